@@ -1,0 +1,192 @@
+// pybind11 bindings (layer 5 of STYLE.md): check, allocate outputs, release the GIL, call.
+//
+// The Python layer validates user input and produces the user-facing messages; the checks
+// here are the last line of defence so that no call from Python can reach a kernel with a
+// wrong dtype, layout or size. Arrays are taken as they are: nothing is cast or copied.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstdint>
+#include <limits>
+#include <stdexcept>
+#include <string>
+
+#include "search.h"
+#include "simd.h"
+
+namespace py = pybind11;
+using cofisearch::SimdLevel;
+
+namespace {
+
+template <class T>
+void require(const py::array& a, const char* name, const char* dtype_name) {
+  if (!a.dtype().equal(py::dtype::of<T>()))
+    throw py::type_error(std::string(name) + " must have dtype " + dtype_name + ", got " +
+                         std::string(py::str(a.dtype())));
+  if (a.ndim() != 2)
+    throw py::value_error(std::string(name) + " must be 2-D, got " + std::to_string(a.ndim()) +
+                          "-D");
+  if (!(a.flags() & py::array::c_style))
+    throw py::value_error(std::string(name) +
+                          " must be C-contiguous; try numpy.ascontiguousarray");
+}
+
+std::size_t rows_used(const py::array& db, std::int64_t n) {
+  if (n < 0 || static_cast<std::uint64_t>(n) > static_cast<std::uint64_t>(db.shape(0)))
+    throw py::value_error("n must be in [0, " + std::to_string(db.shape(0)) + "], got " +
+                          std::to_string(n));
+  return static_cast<std::size_t>(n);
+}
+
+std::size_t checked_k(std::int64_t k) {
+  if (k < 1) throw py::value_error("k must be >= 1, got " + std::to_string(k));
+  return static_cast<std::size_t>(k);
+}
+
+int checked_threads(int t) {
+  if (t < 1) throw py::value_error("num_threads must be >= 1, got " + std::to_string(t));
+  return t;
+}
+
+template <class V>
+py::tuple allocate(std::size_t nq, std::size_t k, py::array_t<V>& values,
+                   py::array_t<std::int64_t>& ids) {
+  if (nq != 0 && k > static_cast<std::size_t>(std::numeric_limits<py::ssize_t>::max()) / 16 / nq)
+    throw py::value_error("k * number of queries is too large: " + std::to_string(k) + " * " +
+                          std::to_string(nq));
+  values = py::array_t<V>({static_cast<py::ssize_t>(nq), static_cast<py::ssize_t>(k)});
+  ids = py::array_t<std::int64_t>({static_cast<py::ssize_t>(nq), static_cast<py::ssize_t>(k)});
+  return py::make_tuple(values, ids);
+}
+
+py::tuple hamming_search(const py::array& codes, std::int64_t n, const py::array& queries,
+                         std::int64_t k, int num_threads) {
+  require<std::uint8_t>(codes, "codes", "uint8");
+  require<std::uint8_t>(queries, "queries", "uint8");
+  if (codes.shape(1) != queries.shape(1))
+    throw py::value_error("queries must have " + std::to_string(codes.shape(1)) +
+                          " bytes per row, got " + std::to_string(queries.shape(1)));
+  const std::size_t rows = rows_used(codes, n), kk = checked_k(k);
+  const int threads = checked_threads(num_threads);
+  const std::size_t nbytes = static_cast<std::size_t>(codes.shape(1));
+  const std::size_t nq = static_cast<std::size_t>(queries.shape(0));
+  py::array_t<std::int32_t> dist;
+  py::array_t<std::int64_t> ids;
+  py::tuple out = allocate(nq, kk, dist, ids);
+  const auto* cp = static_cast<const std::uint8_t*>(codes.data());
+  const auto* qp = static_cast<const std::uint8_t*>(queries.data());
+  std::int32_t* dp = dist.mutable_data();
+  std::int64_t* ip = ids.mutable_data();
+  {
+    py::gil_scoped_release release;
+    cofisearch::hamming_search(cp, rows, nbytes, qp, nq, kk, threads, dp, ip);
+  }
+  return out;
+}
+
+py::tuple dot_search(const py::array& db, std::int64_t n, const py::array& queries,
+                     std::int64_t k, int num_threads) {
+  require<float>(db, "database", "float32");
+  require<float>(queries, "queries", "float32");
+  if (db.shape(1) != queries.shape(1))
+    throw py::value_error("queries must have " + std::to_string(db.shape(1)) +
+                          " columns, got " + std::to_string(queries.shape(1)));
+  const std::size_t rows = rows_used(db, n), kk = checked_k(k);
+  const int threads = checked_threads(num_threads);
+  const std::size_t dim = static_cast<std::size_t>(db.shape(1));
+  const std::size_t nq = static_cast<std::size_t>(queries.shape(0));
+  py::array_t<float> scores;
+  py::array_t<std::int64_t> ids;
+  py::tuple out = allocate(nq, kk, scores, ids);
+  const auto* dbp = static_cast<const float*>(db.data());
+  const auto* qp = static_cast<const float*>(queries.data());
+  float* sp = scores.mutable_data();
+  std::int64_t* ip = ids.mutable_data();
+  {
+    py::gil_scoped_release release;
+    cofisearch::dot_search(dbp, rows, dim, qp, nq, kk, threads, sp, ip);
+  }
+  return out;
+}
+
+py::tuple dot_rerank(const py::array& db, std::int64_t n, const py::array& queries,
+                     const py::array& candidates, std::int64_t k, int num_threads) {
+  require<float>(db, "database", "float32");
+  require<float>(queries, "queries", "float32");
+  require<std::int64_t>(candidates, "candidates", "int64");
+  if (db.shape(1) != queries.shape(1))
+    throw py::value_error("queries must have " + std::to_string(db.shape(1)) +
+                          " columns, got " + std::to_string(queries.shape(1)));
+  if (candidates.shape(0) != queries.shape(0))
+    throw py::value_error("candidates must have one row per query (" +
+                          std::to_string(queries.shape(0)) + "), got " +
+                          std::to_string(candidates.shape(0)));
+  const std::size_t rows = rows_used(db, n), kk = checked_k(k);
+  const int threads = checked_threads(num_threads);
+  const std::size_t dim = static_cast<std::size_t>(db.shape(1));
+  const std::size_t nq = static_cast<std::size_t>(queries.shape(0));
+  const std::size_t c = static_cast<std::size_t>(candidates.shape(1));
+  const auto* cand = static_cast<const std::int64_t*>(candidates.data());
+  for (std::size_t i = 0; i < nq * c; ++i)
+    if (cand[i] < -1 || cand[i] >= static_cast<std::int64_t>(rows))
+      throw py::value_error("candidates must hold ids in [0, " + std::to_string(rows) +
+                            ") or -1, got " + std::to_string(cand[i]));
+  py::array_t<float> scores;
+  py::array_t<std::int64_t> ids;
+  py::tuple out = allocate(nq, kk, scores, ids);
+  const auto* dbp = static_cast<const float*>(db.data());
+  const auto* qp = static_cast<const float*>(queries.data());
+  float* sp = scores.mutable_data();
+  std::int64_t* ip = ids.mutable_data();
+  {
+    py::gil_scoped_release release;
+    cofisearch::dot_rerank(dbp, rows, dim, qp, nq, cand, c, kk, threads, sp, ip);
+  }
+  return out;
+}
+
+SimdLevel parse_level(const std::string& name) {
+  try {
+    return cofisearch::parse_simd_level(name);
+  } catch (const std::invalid_argument& e) {
+    throw py::value_error(e.what());
+  }
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "cofisearch native core: SIMD Hamming and inner-product scans with fused top-k";
+  m.attr("HAMMING_SENTINEL") = cofisearch::kHammingSentinel;
+  m.attr("SCORE_SENTINEL") = cofisearch::kScoreSentinel;
+#ifdef COFISEARCH_VERSION
+  m.attr("__version__") = COFISEARCH_VERSION;
+#endif
+
+  m.def("simd_level", [] { return std::string(cofisearch::simd_level_name(cofisearch::current_simd_level())); },
+        "Name of the SIMD level that searches use now.");
+  m.def("available_simd_levels", [] {
+    py::list out;
+    for (SimdLevel l : cofisearch::available_simd_levels()) out.append(cofisearch::simd_level_name(l));
+    return out;
+  }, "Levels this processor supports, from 'scalar' upwards.");
+  m.def("set_simd_level", [](const std::string& name) {
+    try {
+      cofisearch::set_simd_level(parse_level(name));
+    } catch (const std::invalid_argument& e) {
+      throw py::value_error(e.what());
+    }
+  }, py::arg("level"), "Forces a SIMD level; ValueError when the processor lacks it.");
+
+  m.def("hamming_search", &hamming_search, py::arg("codes"), py::arg("n"), py::arg("queries"),
+        py::arg("k"), py::arg("num_threads"),
+        "Exact Hamming top-k of uint8 queries over the first n rows of codes.");
+  m.def("dot_search", &dot_search, py::arg("database"), py::arg("n"), py::arg("queries"),
+        py::arg("k"), py::arg("num_threads"),
+        "Exact inner-product top-k of float32 queries over the first n rows of database.");
+  m.def("dot_rerank", &dot_rerank, py::arg("database"), py::arg("n"), py::arg("queries"),
+        py::arg("candidates"), py::arg("k"), py::arg("num_threads"),
+        "Inner-product top-k of each query over its own row of candidate ids.");
+}

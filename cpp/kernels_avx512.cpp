@@ -1,0 +1,362 @@
+// AVX-512 kernels (F, BW, DQ, VL and VPOPCNTDQ), compiled only in this translation unit.
+//
+// Hamming: VPOPCNTQ counts bits per 64-bit lane, so a 512-bit register holds 8 codes of
+// 64 bits, 4 of 128, 2 of 256 or a part of one longer code. Summing lanes per code one
+// register at a time (a horizontal reduction per code) is what made long codes slow in
+// earlier engines; here the lane sums of several registers are folded together with
+// unpack/shuffle adds, so 8 codes come out in one register whatever the width, and one
+// unsigned compare against the threshold rejects all 8. The fold permutes codes within
+// the register; the kPerm tables map lanes back. Each loaded code register is reused by
+// a group of queries held in registers. Tails use masked loads; widths without a
+// specialised path (any multiple of 8 bits) fall back to a per-code loop.
+//
+// Inner product: a register-tiled micro-kernel accumulates MR queries x NR rows along the
+// dimension with FMA, 16 floats per step (masked for the tail), then reduces the MR * NR
+// accumulators with one transpose-and-add tree into a single register of scores, which is
+// compared with the per-query thresholds in one instruction.
+#include <immintrin.h>
+
+#include "kernels.h"
+
+namespace cofisearch {
+namespace avx512 {
+namespace {
+
+using u8 = std::uint8_t;
+using u32 = std::uint32_t;
+using u64 = std::uint64_t;
+using sz = std::size_t;
+
+constexpr int kQueryGroup = 4;
+constexpr int kShuffleEven = _MM_SHUFFLE(2, 0, 2, 0);
+constexpr int kShuffleOdd = _MM_SHUFFLE(3, 1, 3, 1);
+
+alignas(8) constexpr u8 kPermIdentity[8] = {0, 1, 2, 3, 4, 5, 6, 7};
+alignas(8) constexpr u8 kPerm128[8] = {0, 4, 1, 5, 2, 6, 3, 7};
+alignas(8) constexpr u8 kPerm256[8] = {0, 2, 1, 3, 4, 6, 5, 7};
+
+// Mask of the 64-bit lanes of register `v` that lie inside the first `total` words.
+inline __mmask8 word_mask(sz total, sz v) {
+  if (total <= 8 * v) return 0;
+  sz left = total - 8 * v;
+  return left >= 8 ? static_cast<__mmask8>(0xFF) : static_cast<__mmask8>((1u << left) - 1);
+}
+
+// Lanes whose code (through perm) is among the first `rem` codes of the group.
+inline __mmask8 valid_lanes(const u8* perm, sz rem) {
+  unsigned m = 0;
+  for (int p = 0; p < 8; ++p)
+    if (perm[p] < rem) m |= 1u << p;
+  return static_cast<__mmask8>(m);
+}
+
+inline void emit(HammingHit*& out, u32 query, sz base, __mmask8 m, __m512i d,
+                 const u8* perm) {
+  alignas(64) u64 lanes[8];
+  _mm512_store_si512(lanes, d);
+  unsigned bits = m;
+  while (bits) {
+    unsigned p = static_cast<unsigned>(__builtin_ctz(bits));
+    *out++ = {query, static_cast<u32>(base + perm[p]), static_cast<u32>(lanes[p])};
+    bits &= bits - 1;
+  }
+}
+
+// Pairwise sums of adjacent lanes of a and b, interleaved: lane 2i holds a's pair i,
+// lane 2i+1 holds b's pair i.
+inline __m512i fold_pairs(__m512i a, __m512i b) {
+  return _mm512_add_epi64(_mm512_unpacklo_epi64(a, b), _mm512_unpackhi_epi64(a, b));
+}
+
+// Sums of 128-bit chunks 0+1 and 2+3 of a, then of b.
+inline __m512i fold_chunks(__m512i a, __m512i b) {
+  return _mm512_add_epi64(_mm512_shuffle_i64x2(a, b, kShuffleEven),
+                          _mm512_shuffle_i64x2(a, b, kShuffleOdd));
+}
+
+// Full sums of 8 registers, one per lane, in order.
+inline __m512i reduce8(const __m512i* p) {
+  __m512i u01 = fold_pairs(p[0], p[1]), u23 = fold_pairs(p[2], p[3]);
+  __m512i u45 = fold_pairs(p[4], p[5]), u67 = fold_pairs(p[6], p[7]);
+  return fold_chunks(fold_chunks(u01, u23), fold_chunks(u45, u67));
+}
+
+inline __m512i popxor(__m512i a, __m512i b) {
+  return _mm512_popcnt_epi64(_mm512_xor_si512(a, b));
+}
+
+// Query group set-up shared by the fixed-width kernels: thresholds of the missing members
+// of a short group are zero, so they never emit.
+inline void load_thresholds(const u32* thresh, sz q0, sz nq, __m512i* tv) {
+  for (int j = 0; j < kQueryGroup; ++j)
+    tv[j] = q0 + j < nq ? _mm512_set1_epi64(static_cast<long long>(thresh[q0 + j]))
+                        : _mm512_setzero_si512();
+}
+
+inline sz group_member(sz q0, sz nq, int j) { return q0 + j < nq ? q0 + j : nq - 1; }
+
+// Widths of 8, 16 and 32 bytes: a register holds 8 / W codes, R = W / 8 registers cover
+// 8 codes, and the fold turns R registers into one register of 8 distances.
+template <int R>
+inline __m512i distances_narrow(const __m512i* c, __m512i qv) {
+  if constexpr (R == 1) {
+    return popxor(c[0], qv);
+  } else if constexpr (R == 2) {
+    return fold_pairs(popxor(c[0], qv), popxor(c[1], qv));
+  } else {
+    return fold_chunks(fold_pairs(popxor(c[0], qv), popxor(c[1], qv)),
+                       fold_pairs(popxor(c[2], qv), popxor(c[3], qv)));
+  }
+}
+
+template <int R>
+inline __m512i broadcast_query(const u8* q) {
+  if constexpr (R == 1) {
+    long long w;
+    __builtin_memcpy(&w, q, 8);
+    return _mm512_set1_epi64(w);
+  } else if constexpr (R == 2) {
+    return _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q)));
+  } else {
+    return _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(q)));
+  }
+}
+
+template <int R>
+sz scan_narrow(const u8* queries, sz nq, const u8* codes, sz n, const u32* thresh,
+               HammingHit* hits) {
+  constexpr sz W = 8 * R;
+  const u8* perm = R == 1 ? kPermIdentity : R == 2 ? kPerm128 : kPerm256;
+  HammingHit* out = hits;
+  for (sz q0 = 0; q0 < nq; q0 += kQueryGroup) {
+    __m512i qv[kQueryGroup], tv[kQueryGroup];
+    for (int j = 0; j < kQueryGroup; ++j)
+      qv[j] = broadcast_query<R>(queries + group_member(q0, nq, j) * W);
+    load_thresholds(thresh, q0, nq, tv);
+    sz i = 0;
+    for (; i + 8 <= n; i += 8) {
+      __m512i c[R];
+      for (int r = 0; r < R; ++r)
+        c[r] = _mm512_loadu_si512(codes + (i + 8 * r / R) * W);
+      __m512i d[kQueryGroup];
+      __mmask8 m[kQueryGroup];
+      for (int j = 0; j < kQueryGroup; ++j) {
+        d[j] = distances_narrow<R>(c, qv[j]);
+        m[j] = _mm512_cmplt_epu64_mask(d[j], tv[j]);
+      }
+      if ((m[0] | m[1]) | (m[2] | m[3])) {
+        for (int j = 0; j < kQueryGroup; ++j)
+          if (m[j]) emit(out, static_cast<u32>(q0 + j), i, m[j], d[j], perm);
+      }
+    }
+    if (i < n) {
+      const sz rem = n - i;
+      __m512i c[R];
+      for (int r = 0; r < R; ++r)
+        c[r] = _mm512_maskz_loadu_epi64(word_mask(rem * R, r), codes + (i + 8 * r / R) * W);
+      const __mmask8 valid = valid_lanes(perm, rem);
+      for (int j = 0; j < kQueryGroup; ++j) {
+        __m512i d = distances_narrow<R>(c, qv[j]);
+        __mmask8 m = _mm512_cmplt_epu64_mask(d, tv[j]) & valid;
+        if (m) emit(out, static_cast<u32>(q0 + j), i, m, d, perm);
+      }
+    }
+  }
+  return static_cast<sz>(out - hits);
+}
+
+// Widths that are a multiple of 64 bytes: each code spans `words` registers, whose
+// popcounts are summed per code before the 8-code fold. M > 0 fixes the count at compile
+// time (so the query registers stay in registers); M == 0 reads it at run time.
+template <int M>
+sz scan_wide(const u8* queries, sz nq, const u8* codes, sz n, sz nbytes, const u32* thresh,
+             HammingHit* hits) {
+  const sz regs = M > 0 ? static_cast<sz>(M) : nbytes / 64;
+  HammingHit* out = hits;
+  for (sz q = 0; q < nq; ++q) {
+    const u8* qp = queries + q * nbytes;
+    const __m512i tv = _mm512_set1_epi64(static_cast<long long>(thresh[q]));
+    for (sz i = 0; i < n; i += 8) {
+      const sz rem = n - i < 8 ? n - i : 8;
+      __m512i p[8];
+      for (sz c = 0; c < 8; ++c) {
+        // Missing codes of a tail group repeat the last one and are masked out below.
+        const u8* cp = codes + (i + (c < rem ? c : rem - 1)) * nbytes;
+        __m512i acc = popxor(_mm512_loadu_si512(cp), _mm512_loadu_si512(qp));
+        for (sz r = 1; r < regs; ++r)
+          acc = _mm512_add_epi64(acc, popxor(_mm512_loadu_si512(cp + 64 * r),
+                                             _mm512_loadu_si512(qp + 64 * r)));
+        p[c] = acc;
+      }
+      const __m512i d = reduce8(p);
+      const __mmask8 m = _mm512_cmplt_epu64_mask(d, tv) &
+                         static_cast<__mmask8>(rem == 8 ? 0xFF : (1u << rem) - 1);
+      if (m) emit(out, static_cast<u32>(q), i, m, d, kPermIdentity);
+    }
+  }
+  return static_cast<sz>(out - hits);
+}
+
+// Any other multiple of 8 bits: 64-byte steps with a masked byte load for the tail.
+sz scan_any(const u8* queries, sz nq, const u8* codes, sz n, sz nbytes, const u32* thresh,
+            HammingHit* hits) {
+  HammingHit* out = hits;
+  const sz full = nbytes / 64;
+  const sz tail = nbytes % 64;
+  const __mmask64 tail_mask = tail ? (~0ull >> (64 - tail)) : 0;
+  for (sz q = 0; q < nq; ++q) {
+    const u8* qp = queries + q * nbytes;
+    for (sz i = 0; i < n; ++i) {
+      const u8* cp = codes + i * nbytes;
+      __m512i acc = _mm512_setzero_si512();
+      for (sz r = 0; r < full; ++r)
+        acc = _mm512_add_epi64(acc, popxor(_mm512_loadu_si512(cp + 64 * r),
+                                           _mm512_loadu_si512(qp + 64 * r)));
+      if (tail)
+        acc = _mm512_add_epi64(acc, popxor(_mm512_maskz_loadu_epi8(tail_mask, cp + 64 * full),
+                                           _mm512_maskz_loadu_epi8(tail_mask, qp + 64 * full)));
+      const u32 d = static_cast<u32>(_mm512_reduce_add_epi64(acc));
+      if (d < thresh[q]) *out++ = {static_cast<u32>(q), static_cast<u32>(i), d};
+    }
+  }
+  return static_cast<sz>(out - hits);
+}
+
+sz hamming_scan(const u8* queries, sz nq, const u8* codes, sz n, sz nbytes,
+                const u32* thresh, HammingHit* hits) {
+  switch (nbytes) {
+    case 8: return scan_narrow<1>(queries, nq, codes, n, thresh, hits);
+    case 16: return scan_narrow<2>(queries, nq, codes, n, thresh, hits);
+    case 32: return scan_narrow<4>(queries, nq, codes, n, thresh, hits);
+    case 64: return scan_wide<1>(queries, nq, codes, n, nbytes, thresh, hits);
+    case 128: return scan_wide<2>(queries, nq, codes, n, nbytes, thresh, hits);
+    default:
+      if (nbytes % 64 == 0) return scan_wide<0>(queries, nq, codes, n, nbytes, thresh, hits);
+      return scan_any(queries, nq, codes, n, nbytes, thresh, hits);
+  }
+}
+
+// ---- inner product -------------------------------------------------------------------
+
+inline __m512 fold_pairs_ps(__m512 a, __m512 b) {
+  return _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+}
+
+inline __m512 fold_quads_ps(__m512 a, __m512 b) {
+  __m512d x = _mm512_castps_pd(a), y = _mm512_castps_pd(b);
+  return _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)),
+                       _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
+}
+
+inline __m512 fold_chunks_ps(__m512 a, __m512 b) {
+  return _mm512_add_ps(_mm512_shuffle_f32x4(a, b, kShuffleEven),
+                       _mm512_shuffle_f32x4(a, b, kShuffleOdd));
+}
+
+// Sums of N (8 or 16) accumulators, accumulator l in lane l.
+template <int N>
+inline __m512 reduce_ps(const __m512* a) {
+  __m512 u0 = fold_quads_ps(fold_pairs_ps(a[0], a[1]), fold_pairs_ps(a[2], a[3]));
+  __m512 u1 = fold_quads_ps(fold_pairs_ps(a[4], a[5]), fold_pairs_ps(a[6], a[7]));
+  __m512 v0 = fold_chunks_ps(u0, u1);
+  if constexpr (N == 8) {
+    return fold_chunks_ps(v0, v0);
+  } else {
+    __m512 u2 = fold_quads_ps(fold_pairs_ps(a[8], a[9]), fold_pairs_ps(a[10], a[11]));
+    __m512 u3 = fold_quads_ps(fold_pairs_ps(a[12], a[13]), fold_pairs_ps(a[14], a[15]));
+    return fold_chunks_ps(v0, fold_chunks_ps(u2, u3));
+  }
+}
+
+// Inner products of MR queries with NR rows; lane a * NR + j holds <q[a], r[j]>.
+template <int MR, int NR>
+inline __m512 dot_tile(const float* const* q, const float* const* r, sz dim) {
+  static_assert(MR * NR == 8 || MR * NR == 16, "tile must fill 8 or 16 lanes");
+  __m512 acc[MR * NR];
+  for (int l = 0; l < MR * NR; ++l) acc[l] = _mm512_setzero_ps();
+  sz i = 0;
+  for (; i + 16 <= dim; i += 16) {
+    __m512 rv[NR];
+    for (int j = 0; j < NR; ++j) rv[j] = _mm512_loadu_ps(r[j] + i);
+    for (int a = 0; a < MR; ++a) {
+      const __m512 qv = _mm512_loadu_ps(q[a] + i);
+      for (int j = 0; j < NR; ++j) acc[a * NR + j] = _mm512_fmadd_ps(qv, rv[j], acc[a * NR + j]);
+    }
+  }
+  if (i < dim) {
+    const __mmask16 m = static_cast<__mmask16>((1u << (dim - i)) - 1);
+    __m512 rv[NR];
+    for (int j = 0; j < NR; ++j) rv[j] = _mm512_maskz_loadu_ps(m, r[j] + i);
+    for (int a = 0; a < MR; ++a) {
+      const __m512 qv = _mm512_maskz_loadu_ps(m, q[a] + i);
+      for (int j = 0; j < NR; ++j) acc[a * NR + j] = _mm512_fmadd_ps(qv, rv[j], acc[a * NR + j]);
+    }
+  }
+  return reduce_ps<MR * NR>(acc);
+}
+
+template <int MR, int NR>
+ScoreHit* scan_group(const float* queries, sz q0, sz nq, const float* rows, sz n, sz dim,
+                     const float* thresh, ScoreHit* out) {
+  const float* q[MR];
+  alignas(64) float tt[16] = {};
+  for (int a = 0; a < MR; ++a) {
+    q[a] = queries + (q0 + a) * dim;
+    for (int j = 0; j < NR; ++j) tt[a * NR + j] = thresh[q0 + a];
+  }
+  (void)nq;
+  const __m512 tv = _mm512_load_ps(tt);
+  constexpr unsigned kLanes = MR * NR == 16 ? 0xFFFFu : 0xFFu;
+  for (sz i = 0; i < n; i += NR) {
+    const sz rem = n - i < NR ? n - i : NR;
+    const float* r[NR];
+    for (int j = 0; j < NR; ++j) r[j] = rows + (i + (static_cast<sz>(j) < rem ? j : rem - 1)) * dim;
+    const __m512 s = dot_tile<MR, NR>(q, r, dim);
+    unsigned m = _mm512_cmp_ps_mask(s, tv, _CMP_NLE_UQ) & kLanes;
+    if (rem < NR) {
+      unsigned keep = 0;
+      for (int a = 0; a < MR; ++a) keep |= ((1u << rem) - 1) << (a * NR);
+      m &= keep;
+    }
+    if (m) {
+      alignas(64) float sc[16];
+      _mm512_store_ps(sc, s);
+      while (m) {
+        unsigned l = static_cast<unsigned>(__builtin_ctz(m));
+        *out++ = {static_cast<u32>(q0 + l / NR), static_cast<u32>(i + l % NR), sc[l]};
+        m &= m - 1;
+      }
+    }
+  }
+  return out;
+}
+
+sz dot_scan(const float* queries, sz nq, const float* rows, sz n, sz dim, const float* thresh,
+            ScoreHit* hits) {
+  ScoreHit* out = hits;
+  sz q = 0;
+  for (; q + 4 <= nq; q += 4) out = scan_group<4, 4>(queries, q, nq, rows, n, dim, thresh, out);
+  for (; q + 2 <= nq; q += 2) out = scan_group<2, 8>(queries, q, nq, rows, n, dim, thresh, out);
+  for (; q < nq; ++q) out = scan_group<1, 8>(queries, q, nq, rows, n, dim, thresh, out);
+  return static_cast<sz>(out - hits);
+}
+
+void dot_gather(const float* query, const float* base, sz dim, const std::int64_t* ids, sz m,
+                float* scores) {
+  const float* q[1] = {query};
+  for (sz i = 0; i < m; i += 8) {
+    const sz rem = m - i < 8 ? m - i : 8;
+    const float* r[8];
+    for (sz j = 0; j < 8; ++j)
+      r[j] = base + static_cast<sz>(ids[i + (j < rem ? j : rem - 1)]) * dim;
+    const __m512 s = dot_tile<1, 8>(q, r, dim);
+    _mm512_mask_storeu_ps(scores + i, static_cast<__mmask16>((1u << rem) - 1), s);
+  }
+}
+
+}  // namespace
+
+const KernelSet kernels = {hamming_scan, dot_scan, dot_gather};
+
+}  // namespace avx512
+}  // namespace cofisearch

@@ -1,0 +1,242 @@
+#include "search.h"
+
+#include <algorithm>
+#include <exception>
+#include <stdexcept>
+#include <thread>
+#include <vector>
+
+#include "simd.h"
+#include "topk.h"
+
+namespace cofisearch {
+namespace {
+
+// Below this much scanning per thread (rows x queries x bytes per row), starting a thread
+// costs more than it saves.
+constexpr std::size_t kMinWorkPerThread = std::size_t(1) << 21;
+
+// Rows per cache block: a block is scanned by every query tile before the next block is
+// touched, so it should sit in L2 while the queries cycle through L1.
+constexpr std::size_t kBlockBytes = std::size_t(64) << 10;
+
+template <class Fn>
+void run_parallel(int nthreads, Fn&& fn) {
+  if (nthreads <= 1) {
+    fn(0);
+    return;
+  }
+  std::vector<std::exception_ptr> errors(static_cast<std::size_t>(nthreads));
+  auto guarded = [&](int t) {
+    try {
+      fn(t);
+    } catch (...) {
+      errors[static_cast<std::size_t>(t)] = std::current_exception();
+    }
+  };
+  std::vector<std::thread> workers;
+  workers.reserve(static_cast<std::size_t>(nthreads - 1));
+  try {
+    for (int t = 1; t < nthreads; ++t) workers.emplace_back(guarded, t);
+  } catch (...) {
+    for (auto& w : workers) w.join();
+    throw;
+  }
+  guarded(0);
+  for (auto& w : workers) w.join();
+  for (auto& e : errors)
+    if (e) std::rethrow_exception(e);
+}
+
+int threads_for(int requested, std::size_t work, std::size_t max_parts) {
+  std::size_t by_work = work / kMinWorkPerThread;
+  std::size_t t = std::min<std::size_t>({static_cast<std::size_t>(std::max(requested, 1)),
+                                         std::max<std::size_t>(by_work, 1), max_parts});
+  return static_cast<int>(std::max<std::size_t>(t, 1));
+}
+
+// What the generic driver needs to know about one kind of scan.
+struct HammingScan {
+  using Order = HammingOrder;
+  using Elem = std::uint8_t;
+  using Hit = HammingHit;
+  HammingScanFn fn;
+  std::size_t stride;  // bytes per code
+  std::size_t row_bytes() const { return stride; }
+  std::size_t run(const Elem* q, std::size_t nq, const Elem* rows, std::size_t n,
+                  const Order::Value* thresh, Hit* hits) const {
+    return fn(q, nq, rows, n, stride, thresh, hits);
+  }
+  static Order::Value value(const Hit& h) { return h.distance; }
+};
+
+struct DotScan {
+  using Order = ScoreOrder;
+  using Elem = float;
+  using Hit = ScoreHit;
+  DotScanFn fn;
+  std::size_t stride;  // floats per vector
+  std::size_t row_bytes() const { return stride * sizeof(float); }
+  std::size_t run(const Elem* q, std::size_t nq, const Elem* rows, std::size_t n,
+                  const Order::Value* thresh, Hit* hits) const {
+    return fn(q, nq, rows, n, stride, thresh, hits);
+  }
+  static Order::Value value(const Hit& h) { return h.score; }
+};
+
+template <class S>
+using Heap = TopK<typename S::Order>;
+template <class S>
+using Value = typename S::Order::Value;
+
+// Offers rows [r0, r1) to the heaps of queries [0, nq).
+template <class S>
+void scan_into(const S& s, const typename S::Elem* rows, std::size_t r0, std::size_t r1,
+               const typename S::Elem* queries, std::size_t nq, Heap<S>* heaps) {
+  const std::size_t block =
+      std::max<std::size_t>(64, kBlockBytes / std::max<std::size_t>(s.row_bytes(), 1)) / 8 * 8;
+  std::vector<Value<S>> thresh(nq);
+  for (std::size_t i = 0; i < nq; ++i) thresh[i] = heaps[i].threshold();
+  std::vector<typename S::Hit> hits(kMaxQueryTile * block);
+  for (std::size_t b = r0; b < r1; b += block) {
+    const std::size_t nb = std::min(block, r1 - b);
+    for (std::size_t t = 0; t < nq; t += kMaxQueryTile) {
+      const std::size_t nt = std::min(kMaxQueryTile, nq - t);
+      const std::size_t h = s.run(queries + t * s.stride, nt, rows + b * s.stride, nb,
+                                  thresh.data() + t, hits.data());
+      for (std::size_t i = 0; i < h; ++i)
+        heaps[t + hits[i].query].push(S::value(hits[i]),
+                                      static_cast<std::int64_t>(b + hits[i].row));
+      for (std::size_t j = 0; j < nt; ++j) thresh[t + j] = heaps[t + j].threshold();
+    }
+  }
+}
+
+template <class Order>
+void write_sorted(const Entry<Order>* e, std::size_t m, std::size_t k,
+                  typename Order::Value sentinel, typename Order::Value* out_v,
+                  std::int64_t* out_id) {
+  for (std::size_t i = 0; i < m; ++i) {
+    out_v[i] = e[i].value;
+    out_id[i] = e[i].id;
+  }
+  for (std::size_t i = m; i < k; ++i) {
+    out_v[i] = sentinel;
+    out_id[i] = -1;
+  }
+}
+
+template <class S, class Out>
+void search(const S& s, const typename S::Elem* rows, std::size_t n,
+            const typename S::Elem* queries, std::size_t nq, std::size_t k, int nthreads,
+            Out sentinel, Out* out_v, std::int64_t* out_id) {
+  using E = Entry<typename S::Order>;
+  const std::size_t cap = std::min(k, n);
+  if (nq == 0) return;
+  if (cap == 0) {
+    std::fill(out_v, out_v + nq * k, sentinel);
+    std::fill(out_id, out_id + nq * k, -1);
+    return;
+  }
+  const std::size_t work = n * nq * s.row_bytes();
+  const int wanted = threads_for(nthreads, work, std::max<std::size_t>(nq, n / 64));
+
+  if (wanted <= 1 || nq >= 4 * static_cast<std::size_t>(wanted)) {
+    const int T = static_cast<int>(std::min<std::size_t>(static_cast<std::size_t>(wanted), nq));
+    run_parallel(T, [&](int t) {
+      const std::size_t q0 = nq * static_cast<std::size_t>(t) / static_cast<std::size_t>(T);
+      const std::size_t q1 = nq * static_cast<std::size_t>(t + 1) / static_cast<std::size_t>(T);
+      std::vector<E> storage((q1 - q0) * cap);
+      std::vector<Heap<S>> heaps;
+      heaps.reserve(q1 - q0);
+      for (std::size_t q = 0; q < q1 - q0; ++q) heaps.emplace_back(storage.data() + q * cap, cap);
+      scan_into(s, rows, 0, n, queries + q0 * s.stride, q1 - q0, heaps.data());
+      for (std::size_t q = 0; q < q1 - q0; ++q) {
+        heaps[q].sort();
+        write_sorted(heaps[q].data(), heaps[q].size(), k, sentinel, out_v + (q0 + q) * k,
+                     out_id + (q0 + q) * k);
+      }
+    });
+    return;
+  }
+
+  // Few queries: each thread scans a contiguous slice of the database for all of them.
+  const int T = wanted;
+  std::vector<std::vector<E>> storage(static_cast<std::size_t>(T), std::vector<E>(nq * cap));
+  std::vector<std::vector<std::size_t>> sizes(static_cast<std::size_t>(T),
+                                              std::vector<std::size_t>(nq));
+  run_parallel(T, [&](int t) {
+    const std::size_t r0 = n * static_cast<std::size_t>(t) / static_cast<std::size_t>(T) / 64 * 64;
+    const std::size_t r1 =
+        t + 1 == T ? n : n * static_cast<std::size_t>(t + 1) / static_cast<std::size_t>(T) / 64 * 64;
+    auto& st = storage[static_cast<std::size_t>(t)];
+    std::vector<Heap<S>> heaps;
+    heaps.reserve(nq);
+    for (std::size_t q = 0; q < nq; ++q) heaps.emplace_back(st.data() + q * cap, cap);
+    scan_into(s, rows, r0, r1, queries, nq, heaps.data());
+    for (std::size_t q = 0; q < nq; ++q) sizes[static_cast<std::size_t>(t)][q] = heaps[q].size();
+  });
+  std::vector<E> merged;
+  merged.reserve(static_cast<std::size_t>(T) * cap);
+  for (std::size_t q = 0; q < nq; ++q) {
+    merged.clear();
+    for (std::size_t t = 0; t < static_cast<std::size_t>(T); ++t)
+      merged.insert(merged.end(), storage[t].begin() + static_cast<std::ptrdiff_t>(q * cap),
+                    storage[t].begin() + static_cast<std::ptrdiff_t>(q * cap + sizes[t][q]));
+    const std::size_t m = std::min(cap, merged.size());
+    std::partial_sort(merged.begin(), merged.begin() + static_cast<std::ptrdiff_t>(m), merged.end());
+    write_sorted(merged.data(), m, k, sentinel, out_v + q * k, out_id + q * k);
+  }
+}
+
+}  // namespace
+
+void hamming_search(const std::uint8_t* codes, std::size_t n, std::size_t nbytes,
+                    const std::uint8_t* queries, std::size_t nq, std::size_t k, int nthreads,
+                    std::int32_t* distances, std::int64_t* ids) {
+  const HammingScan s{kernels_for(current_simd_level()).hamming_scan, nbytes};
+  // Distances fit in int32 (the bindings cap code widths far below 2^31 bits), and the
+  // unsigned and signed forms of one type may alias.
+  search(s, codes, n, queries, nq, k, nthreads, static_cast<std::uint32_t>(kHammingSentinel),
+         reinterpret_cast<std::uint32_t*>(distances), ids);
+}
+
+void dot_search(const float* rows, std::size_t n, std::size_t dim, const float* queries,
+                std::size_t nq, std::size_t k, int nthreads, float* scores, std::int64_t* ids) {
+  const DotScan s{kernels_for(current_simd_level()).dot_scan, dim};
+  search(s, rows, n, queries, nq, k, nthreads, kScoreSentinel, scores, ids);
+}
+
+void dot_rerank(const float* rows, std::size_t n, std::size_t dim, const float* queries,
+                std::size_t nq, const std::int64_t* candidates, std::size_t c, std::size_t k,
+                int nthreads, float* scores, std::int64_t* ids) {
+  (void)n;
+  using E = Entry<ScoreOrder>;
+  const DotGatherFn gather = kernels_for(current_simd_level()).dot_gather;
+  const int T = threads_for(nthreads, nq * c * dim * sizeof(float), nq);
+  run_parallel(T, [&](int t) {
+    const std::size_t q0 = nq * static_cast<std::size_t>(t) / static_cast<std::size_t>(T);
+    const std::size_t q1 = nq * static_cast<std::size_t>(t + 1) / static_cast<std::size_t>(T);
+    std::vector<std::int64_t> row_ids(c);
+    std::vector<float> row_scores(c);
+    std::vector<E> entries(c);
+    for (std::size_t q = q0; q < q1; ++q) {
+      const std::int64_t* cand = candidates + q * c;
+      std::size_t m = 0;
+      for (std::size_t j = 0; j < c; ++j)
+        if (cand[j] >= 0) row_ids[m++] = cand[j];
+      std::sort(row_ids.begin(), row_ids.begin() + static_cast<std::ptrdiff_t>(m));
+      m = static_cast<std::size_t>(
+          std::unique(row_ids.begin(), row_ids.begin() + static_cast<std::ptrdiff_t>(m)) -
+          row_ids.begin());
+      gather(queries + q * dim, rows, dim, row_ids.data(), m, row_scores.data());
+      for (std::size_t j = 0; j < m; ++j) entries[j] = {row_scores[j], row_ids[j]};
+      const std::size_t keep = std::min(k, m);
+      std::partial_sort(entries.begin(), entries.begin() + static_cast<std::ptrdiff_t>(keep),
+                        entries.begin() + static_cast<std::ptrdiff_t>(m));
+      write_sorted(entries.data(), keep, k, kScoreSentinel, scores + q * k, ids + q * k);
+    }
+  });
+}
+
+}  // namespace cofisearch

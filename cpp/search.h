@@ -1,0 +1,44 @@
+// Scan drivers (layer 4 of STYLE.md): exact top-k search over a whole database, with the
+// selection fused into the scan, and the rerank of given candidates.
+//
+// Contract shared by every entry point:
+// - the database is `n` rows packed back to back (codes of `nbytes` bytes, or float32
+//   vectors of `dim`), queries likewise; nothing is copied and the queries x database
+//   matrix is never formed: each thread keeps one heap of at most k entries per query;
+// - outputs are caller-owned `nq x k` arrays, each row sorted best-first (Hamming
+//   ascending, score descending, ties by smaller id); rows with fewer than k results are
+//   padded with id -1 and the sentinel value below;
+// - `nthreads` >= 1. Many queries are split across threads; few queries on a large
+//   database split the database instead and merge the per-thread heaps, so one query
+//   still uses every core. Results are identical for every thread count;
+// - the SIMD level is read once per call;
+// - no Python here, and no exception escapes a worker thread: the first one is rethrown
+//   on the calling thread after every worker has joined.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+
+#include "kernels.h"
+
+namespace cofisearch {
+
+constexpr std::int32_t kHammingSentinel = std::numeric_limits<std::int32_t>::max();
+constexpr float kScoreSentinel = -std::numeric_limits<float>::infinity();
+
+void hamming_search(const std::uint8_t* codes, std::size_t n, std::size_t nbytes,
+                    const std::uint8_t* queries, std::size_t nq, std::size_t k, int nthreads,
+                    std::int32_t* distances, std::int64_t* ids);
+
+void dot_search(const float* rows, std::size_t n, std::size_t dim, const float* queries,
+                std::size_t nq, std::size_t k, int nthreads, float* scores, std::int64_t* ids);
+
+// Scores, for each query, only the database rows listed in its row of `candidates`
+// (nq x c ids; -1 entries are skipped, duplicates count once). Every id must be -1 or in
+// [0, n): the caller checks. Cost O(nq * c * dim).
+void dot_rerank(const float* rows, std::size_t n, std::size_t dim, const float* queries,
+                std::size_t nq, const std::int64_t* candidates, std::size_t c, std::size_t k,
+                int nthreads, float* scores, std::int64_t* ids);
+
+}  // namespace cofisearch

@@ -1,0 +1,96 @@
+#include "simd.h"
+
+#include <atomic>
+#include <stdexcept>
+
+#if defined(COFISEARCH_X86)
+#include <cpuid.h>
+#endif
+
+namespace cofisearch {
+namespace {
+
+#if defined(COFISEARCH_X86)
+unsigned long long xgetbv0() {
+  unsigned eax, edx;
+  __asm__ volatile("xgetbv" : "=a"(eax), "=d"(edx) : "c"(0));
+  return (static_cast<unsigned long long>(edx) << 32) | eax;
+}
+
+SimdLevel detect() {
+  unsigned a, b, c, d;
+  if (!__get_cpuid(1, &a, &b, &c, &d)) return SimdLevel::scalar;
+  const bool osxsave = c & (1u << 27), avx = c & (1u << 28), fma = c & (1u << 12),
+             popcnt = c & (1u << 23);
+  if (!(osxsave && avx && fma && popcnt)) return SimdLevel::scalar;
+  const unsigned long long xcr0 = xgetbv0();
+  if ((xcr0 & 0x6) != 0x6) return SimdLevel::scalar;  // XMM and YMM state
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return SimdLevel::scalar;
+  if (!(b & (1u << 5))) return SimdLevel::scalar;  // AVX2
+  const bool avx512 = (b & (1u << 16)) && (b & (1u << 17)) && (b & (1u << 30)) &&
+                      (b & (1u << 31)) && (c & (1u << 14));  // F, DQ, BW, VL, VPOPCNTDQ
+  const bool zmm_state = (xcr0 & 0xE6) == 0xE6;                // opmask, ZMM hi256, hi16
+  return avx512 && zmm_state ? SimdLevel::avx512 : SimdLevel::avx2;
+}
+#else
+SimdLevel detect() { return SimdLevel::scalar; }
+#endif
+
+SimdLevel best() {
+  static const SimdLevel level = detect();
+  return level;
+}
+
+std::atomic<int>& current() {
+  static std::atomic<int> level{static_cast<int>(best())};
+  return level;
+}
+
+}  // namespace
+
+const char* simd_level_name(SimdLevel level) {
+  switch (level) {
+    case SimdLevel::avx2: return "avx2";
+    case SimdLevel::avx512: return "avx512";
+    default: return "scalar";
+  }
+}
+
+SimdLevel parse_simd_level(const std::string& name) {
+  if (name == "scalar") return SimdLevel::scalar;
+  if (name == "avx2") return SimdLevel::avx2;
+  if (name == "avx512") return SimdLevel::avx512;
+  throw std::invalid_argument("unknown SIMD level '" + name +
+                              "'; expected one of 'scalar', 'avx2', 'avx512'");
+}
+
+bool simd_level_supported(SimdLevel level) {
+  return static_cast<int>(level) <= static_cast<int>(best());
+}
+
+std::vector<SimdLevel> available_simd_levels() {
+  std::vector<SimdLevel> out;
+  for (int l = 0; l <= static_cast<int>(best()); ++l) out.push_back(static_cast<SimdLevel>(l));
+  return out;
+}
+
+SimdLevel current_simd_level() { return static_cast<SimdLevel>(current().load()); }
+
+void set_simd_level(SimdLevel level) {
+  if (!simd_level_supported(level))
+    throw std::invalid_argument(std::string("SIMD level '") + simd_level_name(level) +
+                                "' is not supported by this processor; the best it runs is '" +
+                                simd_level_name(best()) + "'");
+  current().store(static_cast<int>(level));
+}
+
+const KernelSet& kernels_for(SimdLevel level) {
+#if defined(COFISEARCH_X86)
+  if (level == SimdLevel::avx512) return avx512::kernels;
+  if (level == SimdLevel::avx2) return avx2::kernels;
+#endif
+  (void)level;
+  return scalar::kernels;
+}
+
+}  // namespace cofisearch

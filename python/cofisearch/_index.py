@@ -1,0 +1,427 @@
+"""Exact indexes over packed binary codes and float vectors.
+
+Both indexes keep their data in one contiguous NumPy buffer that grows geometrically,
+so ``add`` is amortised O(rows) and a search passes the buffer to the native scan with
+no copy. A single ``add`` of N rows into an empty index allocates exactly N rows.
+
+Results are :class:`SearchResult` tuples that unpack as ``(distances, ids)`` (the faiss
+order). Where fewer than ``k`` results exist, ids are ``-1`` and distances are
+:data:`HAMMING_SENTINEL` (binary) or :data:`SCORE_SENTINEL` (float, ``-inf``).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import tempfile
+import zlib
+from typing import NamedTuple
+
+import numpy as np
+
+from . import _core
+from ._checks import (
+    as_numpy,
+    check_codes,
+    check_floats,
+    check_k,
+    check_num_threads,
+    check_positive_int,
+)
+
+__all__ = [
+    "HAMMING_SENTINEL",
+    "SCORE_SENTINEL",
+    "BinaryIndex",
+    "FloatIndex",
+    "SearchResult",
+    "dot_knn",
+    "hamming_knn",
+    "load_index",
+]
+
+#: Distance reported for a missing Hamming result (id -1): the largest int32.
+HAMMING_SENTINEL = int(_core.HAMMING_SENTINEL)
+#: Score reported for a missing inner-product result (id -1): negative infinity.
+SCORE_SENTINEL = float(_core.SCORE_SENTINEL)
+
+# Widest code accepted: Hamming distances must fit the int32 results with room to spare.
+MAX_NBITS = 1 << 24
+# Ids are int64 but the heaps key on (distance, id); keep both far from overflow.
+MAX_ROWS = 1 << 40
+
+
+class SearchResult(NamedTuple):
+    """Top-k results, each row sorted best-first, ties broken by the smaller id.
+
+    distances: ``(nq, k)`` int32 Hamming distances (ascending) or float32 scores
+        (descending).
+    ids: ``(nq, k)`` int64 database ids; ``-1`` where fewer than ``k`` results exist.
+    """
+
+    distances: np.ndarray
+    ids: np.ndarray
+
+
+class _Storage:
+    """A growable 2-D buffer; rows [0, n) are live."""
+
+    def __init__(self, width, dtype):
+        self.buffer = np.empty((0, width), dtype=dtype)
+        self.n = 0
+
+    def append(self, rows):
+        needed = self.n + rows.shape[0]
+        if needed > MAX_ROWS:
+            raise ValueError(f"an index holds at most {MAX_ROWS} rows, adding would give {needed}")
+        if needed > self.buffer.shape[0] or not self.buffer.flags.writeable:
+            capacity = needed if self.n == 0 else max(needed, self.buffer.shape[0] * 3 // 2)
+            grown = np.empty((capacity, self.buffer.shape[1]), dtype=self.buffer.dtype)
+            grown[: self.n] = self.buffer[: self.n]
+            self.buffer = grown
+        self.buffer[self.n : needed] = rows
+        self.n = needed
+
+    def view(self):
+        v = self.buffer[: self.n]
+        if v.flags.writeable:
+            v = v.view()
+            v.flags.writeable = False
+        return v
+
+
+class BinaryIndex:
+    """Exact Hamming search over packed binary codes.
+
+    Parameters
+    ----------
+    nbits:
+        Bits per code, a multiple of 8. Codes are ``uint8`` rows of ``nbits // 8`` bytes in
+        ``numpy.packbits`` order (see :func:`cofisearch.pack_bits`).
+    """
+
+    kind = "binary"
+
+    def __init__(self, nbits):
+        nbits = check_positive_int(nbits, "nbits")
+        if nbits % 8:
+            raise ValueError(f"nbits must be a multiple of 8, got {nbits}")
+        if nbits > MAX_NBITS:
+            raise ValueError(f"nbits must be at most {MAX_NBITS}, got {nbits}")
+        self._nbits = nbits
+        self._store = _Storage(nbits // 8, np.uint8)
+
+    @property
+    def nbits(self):
+        return self._nbits
+
+    @property
+    def code_size(self):
+        """Bytes per code."""
+        return self._nbits // 8
+
+    @property
+    def ntotal(self):
+        return self._store.n
+
+    def __len__(self):
+        return self._store.n
+
+    @property
+    def codes(self):
+        """The stored codes, ``(ntotal, code_size)`` uint8, read-only (no copy)."""
+        return self._store.view()
+
+    def add(self, codes):
+        """Appends codes; they get the ids ``ntotal .. ntotal + n - 1``."""
+        self._store.append(check_codes(codes, "codes", self.code_size, one_d_ok=True))
+
+    def search(self, queries, k, *, num_threads=None):
+        """Exact Hamming top-``k``; a 1-D query is a batch of one.
+
+        Returns a :class:`SearchResult` of int32 distances (ascending) and int64 ids.
+        """
+        q = check_codes(queries, "queries", self.code_size, one_d_ok=True)
+        k = check_k(k)
+        threads = check_num_threads(num_threads)
+        if self.ntotal == 0:
+            raise ValueError("the index is empty: add codes before searching")
+        d, i = _core.hamming_search(self._store.buffer, self.ntotal, q, k, threads)
+        return SearchResult(d, i)
+
+    def save(self, path):
+        """Writes the index to ``path`` atomically (see :func:`load_index`)."""
+        _save(path, _KIND_BINARY, self._nbits, 0, self.codes)
+
+    def __reduce__(self):
+        return (_restore, (_KIND_BINARY, self._nbits, 0, np.array(self.codes)))
+
+    def __repr__(self):
+        return f"BinaryIndex(nbits={self._nbits}, ntotal={self.ntotal})"
+
+
+_METRICS = {"ip": 0, "cosine": 1}
+
+
+def _normalise(x):
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    out = np.zeros_like(x)
+    # A zero vector stays zero (score 0 with everything) rather than becoming NaN.
+    np.divide(x, norms, out=out, where=norms > 0)
+    return out
+
+
+class FloatIndex:
+    """Exact inner-product search over float32 vectors.
+
+    Parameters
+    ----------
+    dim:
+        Vector dimension.
+    metric:
+        ``"ip"`` (inner product) or ``"cosine"``. Cosine normalises vectors to unit length
+        once, at :meth:`add` and for each query batch, then uses the inner product; the
+        stored vectors are the normalised ones.
+
+    Vectors of another float dtype (float16, float64) and torch tensors are converted to
+    float32 once; integer arrays are rejected with ``TypeError``; NaN or infinite values
+    with ``ValueError``.
+    """
+
+    kind = "float"
+
+    def __init__(self, dim, metric="ip"):
+        dim = check_positive_int(dim, "dim")
+        if metric not in _METRICS:
+            raise ValueError(f"metric must be one of {sorted(_METRICS)}, got {metric!r}")
+        self._dim = dim
+        self._metric = metric
+        self._store = _Storage(dim, np.float32)
+
+    @property
+    def dim(self):
+        return self._dim
+
+    @property
+    def metric(self):
+        return self._metric
+
+    @property
+    def ntotal(self):
+        return self._store.n
+
+    def __len__(self):
+        return self._store.n
+
+    @property
+    def vectors(self):
+        """The stored vectors (normalised for cosine), read-only (no copy)."""
+        return self._store.view()
+
+    def _prepare(self, x, name):
+        a = check_floats(x, name, self._dim, one_d_ok=True)
+        if self._metric == "cosine":
+            a = _normalise(a)
+        return a
+
+    def add(self, vectors):
+        """Appends vectors; they get the ids ``ntotal .. ntotal + n - 1``."""
+        self._store.append(self._prepare(vectors, "vectors"))
+
+    def search(self, queries, k, *, candidates=None, num_threads=None):
+        """Exact inner-product top-``k``; a 1-D query is a batch of one.
+
+        With ``candidates``, an int64 ``(nq, c)`` array of database ids (``-1`` as padding,
+        duplicates counted once), each query is scored against its own candidates only:
+        the rerank stage of a coarse-to-fine search, O(nq * c * dim) whatever the index
+        size. Returns a :class:`SearchResult` of float32 scores (descending) and int64 ids.
+        """
+        q = self._prepare(queries, "queries")
+        k = check_k(k)
+        threads = check_num_threads(num_threads)
+        if self.ntotal == 0:
+            raise ValueError("the index is empty: add vectors before searching")
+        if candidates is None:
+            s, i = _core.dot_search(self._store.buffer, self.ntotal, q, k, threads)
+            return SearchResult(s, i)
+        cand = _check_candidates(candidates, q.shape[0], self.ntotal)
+        s, i = _core.dot_rerank(self._store.buffer, self.ntotal, q, cand, k, threads)
+        return SearchResult(s, i)
+
+    def save(self, path):
+        """Writes the index to ``path`` atomically (see :func:`load_index`)."""
+        _save(path, _KIND_FLOAT, self._dim, _METRICS[self._metric], self.vectors)
+
+    def __reduce__(self):
+        return (_restore, (_KIND_FLOAT, self._dim, _METRICS[self._metric], np.array(self.vectors)))
+
+    def __repr__(self):
+        return f"FloatIndex(dim={self._dim}, metric={self._metric!r}, ntotal={self.ntotal})"
+
+
+def _check_candidates(candidates, nq, ntotal):
+    c = as_numpy(candidates, "candidates")
+    if c.dtype != np.int64:
+        if not np.issubdtype(c.dtype, np.integer):
+            raise TypeError(f"candidates must be an integer array of ids, got dtype {c.dtype}")
+        c = c.astype(np.int64)  # widening integer ids loses nothing
+    if c.ndim == 1 and nq == 1:
+        c = c[None, :]
+    if c.ndim != 2 or c.shape[0] != nq:
+        raise ValueError(f"candidates must have shape ({nq}, c), one row per query, got {c.shape}")
+    if c.size:
+        lo, hi = int(c.min()), int(c.max())
+        if lo < -1 or hi >= ntotal:
+            bad = lo if lo < -1 else hi
+            raise ValueError(
+                f"candidates must hold ids in [0, {ntotal}) or -1 as padding, got {bad}"
+            )
+    return np.ascontiguousarray(c)
+
+
+def hamming_knn(database, queries, k, *, num_threads=None):
+    """One-off exact Hamming top-``k`` of ``queries`` over ``database`` (both packed uint8),
+    without building an index or copying a contiguous database."""
+    db = check_codes(database, "database")
+    q = check_codes(queries, "queries", db.shape[1], one_d_ok=True)
+    k = check_k(k)
+    threads = check_num_threads(num_threads)
+    if db.shape[0] == 0:
+        raise ValueError("database must hold at least one code, got 0 rows")
+    return SearchResult(*_core.hamming_search(db, db.shape[0], q, k, threads))
+
+
+def dot_knn(database, queries, k, *, num_threads=None):
+    """One-off exact inner-product top-``k`` of ``queries`` over ``database`` (float
+    vectors, converted to float32 once if needed), without building an index."""
+    db = check_floats(database, "database")
+    q = check_floats(queries, "queries", db.shape[1], one_d_ok=True)
+    k = check_k(k)
+    threads = check_num_threads(num_threads)
+    if db.shape[0] == 0:
+        raise ValueError("database must hold at least one vector, got 0 rows")
+    return SearchResult(*_core.dot_search(db, db.shape[0], q, k, threads))
+
+
+# ---- persistence ------------------------------------------------------------------------
+#
+# File layout (little-endian), version 1:
+#   0  magic      8 bytes  b"COFISRCH"
+#   8  version    u32
+#  12  kind       u32      1 = binary codes, 2 = float32 vectors
+#  16  width      u64      nbits (binary) or dim (float)
+#  24  count      u64      rows
+#  32  metric     u32      0 = ip (and binary), 1 = cosine
+#  36  reserved   u32      0
+#  40  payload    u64      payload size in bytes
+#  48  checksum   u32      CRC-32 of bytes 0..47 followed by the payload
+#  52  zero padding up to 64, then the payload: count rows, packed back to back.
+# The payload starts at a 64-byte offset so that a memory map of it is aligned.
+
+_MAGIC = b"COFISRCH"
+_VERSION = 1
+_KIND_BINARY = 1
+_KIND_FLOAT = 2
+_HEAD = struct.Struct("<8sIIQQIIQ")
+_HEADER_SIZE = 64
+_CHUNK = 1 << 24
+
+
+def _row_layout(kind, width):
+    if kind == _KIND_BINARY:
+        return np.dtype(np.uint8), width // 8
+    return np.dtype(np.float32), width
+
+
+def _checksum(head, payload):
+    crc = zlib.crc32(head)
+    flat = payload.reshape(-1).view(np.uint8)
+    for start in range(0, flat.size, _CHUNK):
+        crc = zlib.crc32(flat[start : start + _CHUNK], crc)
+    return crc & 0xFFFFFFFF
+
+
+def _save(path, kind, width, metric, rows):
+    path = os.fspath(path)
+    rows = np.ascontiguousarray(rows)
+    head = _HEAD.pack(_MAGIC, _VERSION, kind, width, rows.shape[0], metric, 0, rows.nbytes)
+    header = head + struct.pack("<I", _checksum(head, rows))
+    header += b"\0" * (_HEADER_SIZE - len(header))
+    directory = os.path.dirname(os.path.abspath(path))
+    # Write beside the target, then rename over it: a crash mid-save leaves the old file.
+    fd, tmp = tempfile.mkstemp(prefix=".cofisearch-", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(header)
+            flat = rows.reshape(-1).view(np.uint8)
+            for start in range(0, flat.size, _CHUNK):
+                f.write(flat[start : start + _CHUNK])
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def _restore(kind, width, metric, rows):
+    if kind == _KIND_BINARY:
+        index = BinaryIndex(width)
+    else:
+        index = FloatIndex(width, metric="cosine" if metric == 1 else "ip")
+    index._store.buffer = rows
+    index._store.n = rows.shape[0]
+    return index
+
+
+def load_index(path, *, mmap=False):
+    """Loads an index written by ``save``.
+
+    With ``mmap=True`` the rows are memory-mapped read-only instead of read into memory
+    (the operating system pages them in as searches touch them); adding to such an index
+    first copies the rows into memory. Either way the checksum is verified, so a truncated,
+    corrupted or foreign file raises ``ValueError`` naming the file and the problem.
+    """
+    path = os.fspath(path)
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            header = f.read(_HEADER_SIZE)
+    except OSError as exc:
+        raise ValueError(f"cannot read index file {path!r}: {exc.strerror or exc}") from exc
+
+    def bad(problem):
+        return ValueError(f"{path!r} is not a valid cofisearch index: {problem}")
+
+    if len(header) < _HEADER_SIZE:
+        raise bad(f"file is {size} bytes, shorter than the {_HEADER_SIZE}-byte header")
+    magic, version, kind, width, count, metric, _, payload = _HEAD.unpack_from(header)
+    if magic != _MAGIC:
+        raise bad(f"wrong magic {magic!r} (expected {_MAGIC!r})")
+    if version != _VERSION:
+        raise bad(f"format version {version} is not supported (this build reads {_VERSION})")
+    (stored_crc,) = struct.unpack_from("<I", header, _HEAD.size)
+    if kind not in (_KIND_BINARY, _KIND_FLOAT) or metric not in (0, 1) or width == 0:
+        raise bad(f"corrupt header (kind {kind}, width {width}, metric {metric})")
+    if kind == _KIND_BINARY and (width % 8 or width > MAX_NBITS):
+        raise bad(f"corrupt header (nbits {width})")
+    dtype, row_len = _row_layout(kind, width)
+    if payload != count * row_len * dtype.itemsize or count > MAX_ROWS:
+        raise bad(f"corrupt header (payload {payload} bytes for {count} rows of width {width})")
+    if size != _HEADER_SIZE + payload:
+        raise bad(f"file is {size} bytes, expected {_HEADER_SIZE + payload} (truncated or padded)")
+    if mmap and count:
+        rows = np.memmap(path, dtype=dtype, mode="r", offset=_HEADER_SIZE, shape=(count, row_len))
+    else:
+        rows = np.empty((count, row_len), dtype=dtype)
+        with open(path, "rb") as f:
+            f.seek(_HEADER_SIZE)
+            got = f.readinto(rows.reshape(-1).view(np.uint8))
+        if got != payload:
+            raise bad(f"payload ended after {got} of {payload} bytes")
+    if _checksum(header[: _HEAD.size], rows) != stored_crc:
+        raise bad("checksum mismatch: the file is corrupted")
+    return _restore(kind, width, metric, rows)

@@ -1,0 +1,170 @@
+import numpy as np
+import pytest
+
+import cofisearch
+from conftest import block_rows
+
+DIMS = [1, 3, 15, 16, 17, 64, 100, 512]
+
+
+def _check_topk(db, queries, result, k):
+    """ScaNN-style check: float ties are not stable across kernels, so compare scores with
+    NumPy and recompute the returned ids' scores instead of comparing ids."""
+    s, i = result
+    exact = queries.astype(np.float64) @ db.astype(np.float64).T
+    m = min(k, db.shape[0])
+    expected = -np.sort(-exact, axis=1)[:, :m]
+    tol = 1e-4 * max(1.0, float(np.abs(exact).max()))
+    np.testing.assert_allclose(s[:, :m], expected, atol=tol)
+    np.testing.assert_allclose(np.take_along_axis(exact, i[:, :m], axis=1), s[:, :m], atol=tol)
+    assert (np.diff(s[:, :m], axis=1) <= 0).all()
+    for row in i[:, :m]:
+        assert len(set(row.tolist())) == m
+    assert (i[:, m:] == -1).all()
+    assert (s[:, m:] == cofisearch.SCORE_SENTINEL).all()
+
+
+@pytest.mark.parametrize("dim", DIMS)
+def test_scores_match_numpy(simd, dim):
+    rng = np.random.default_rng(dim)
+    b = block_rows(dim * 4)
+    queries = rng.standard_normal((9, dim)).astype(np.float32)
+    for n in sorted({1, 5, 8, 9, b - 1, b + 1, 2 * b + 3}):
+        db = rng.standard_normal((n, dim)).astype(np.float32)
+        index = cofisearch.FloatIndex(dim)
+        index.add(db)
+        for k in (1, 10, n + 2):
+            _check_topk(db, queries, index.search(queries, k), k)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("nq", [1, 2, 5, 40])
+def test_threads_do_not_change_results(simd, threads, nq):
+    rng = np.random.default_rng(nq)
+    db = rng.standard_normal((40_000, 32)).astype(np.float32)
+    queries = rng.standard_normal((nq, 32)).astype(np.float32)
+    single = cofisearch.dot_knn(db, queries, 20, num_threads=1)
+    many = cofisearch.dot_knn(db, queries, 20, num_threads=threads)
+    np.testing.assert_array_equal(single.ids, many.ids)
+    np.testing.assert_array_equal(single.distances, many.distances)
+    _check_topk(db, queries, many, 20)
+
+
+def test_exact_duplicates_tie_break_by_smaller_id(simd):
+    rng = np.random.default_rng(7)
+    base = rng.standard_normal((5, 24)).astype(np.float32)
+    db = base[rng.integers(0, 5, 300)]
+    queries = rng.standard_normal((6, 24)).astype(np.float32)
+    s, i = cofisearch.dot_knn(db, queries, 300)
+    for srow, irow in zip(s, i):
+        for value in np.unique(srow):
+            ids = irow[srow == value]
+            assert (np.diff(ids) > 0).all()
+
+
+def test_cosine_normalises_database_and_queries():
+    rng = np.random.default_rng(8)
+    db = rng.standard_normal((200, 12)) * rng.uniform(0.1, 10, (200, 1))
+    queries = rng.standard_normal((4, 12)) * 7
+    index = cofisearch.FloatIndex(12, metric="cosine")
+    index.add(db)
+    unit = db / np.linalg.norm(db, axis=1, keepdims=True)
+    q_unit = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    np.testing.assert_allclose(np.linalg.norm(index.vectors, axis=1), 1, rtol=1e-6)
+    _check_topk(unit.astype(np.float32), q_unit.astype(np.float32), index.search(queries, 5), 5)
+
+
+def test_cosine_keeps_zero_vectors_at_zero_score():
+    index = cofisearch.FloatIndex(3, metric="cosine")
+    index.add(np.array([[0.0, 0, 0], [1, 0, 0]], dtype=np.float32))
+    s, i = index.search(np.array([0.0, 1, 0], dtype=np.float32), 2)
+    assert np.isfinite(s).all()
+    assert i.tolist() == [[0, 1]] and s.tolist() == [[0.0, 0.0]]
+
+
+def test_cosine_does_not_modify_caller_arrays():
+    x = np.array([[3.0, 4.0]], dtype=np.float32)
+    index = cofisearch.FloatIndex(2, metric="cosine")
+    index.add(x)
+    index.search(x, 1)
+    assert x.tolist() == [[3.0, 4.0]]
+
+
+def test_other_float_dtypes_are_converted_once():
+    rng = np.random.default_rng(9)
+    db = rng.standard_normal((50, 8))
+    index = cofisearch.FloatIndex(8)
+    index.add(db.astype(np.float16))
+    index.add(db)
+    assert index.vectors.dtype == np.float32
+    np.testing.assert_array_equal(index.vectors[50:], db.astype(np.float32))
+    s, _ = index.search(db[:2].astype(np.float64), 3)
+    assert s.dtype == np.float32
+
+
+def _numpy_rerank(db, queries, candidates, k):
+    out_s = np.full((len(queries), k), -np.inf, dtype=np.float64)
+    out_i = np.full((len(queries), k), -1, dtype=np.int64)
+    for r, (q, cand) in enumerate(zip(queries, candidates)):
+        ids = np.unique(cand[cand >= 0])
+        scores = db[ids].astype(np.float64) @ q.astype(np.float64)
+        order = np.lexsort((ids, -scores))[:k]
+        out_s[r, : len(order)] = scores[order]
+        out_i[r, : len(order)] = ids[order]
+    return out_s, out_i
+
+
+@pytest.mark.parametrize("dim", [3, 16, 37, 256])
+def test_candidates_rerank_matches_numpy(simd, dim):
+    rng = np.random.default_rng(dim)
+    db = rng.standard_normal((500, dim)).astype(np.float32)
+    queries = rng.standard_normal((11, dim)).astype(np.float32)
+    candidates = rng.integers(-1, 500, (11, 29))
+    candidates[:, 5] = candidates[:, 6]  # duplicates count once
+    candidates[3] = -1  # a query with no candidates at all
+    index = cofisearch.FloatIndex(dim)
+    index.add(db)
+    s, i = index.search(queries, 10, candidates=candidates)
+    rs, ri = _numpy_rerank(db, queries, candidates, 10)
+    valid = ri >= 0
+    np.testing.assert_array_equal(i >= 0, valid)
+    np.testing.assert_allclose(s[valid], rs[valid], atol=1e-4)
+    exact = queries.astype(np.float64) @ db.astype(np.float64).T
+    rows = np.nonzero(valid)[0]
+    np.testing.assert_allclose(exact[rows, i[valid]], s[valid], atol=1e-4)
+    assert (s[~valid] == cofisearch.SCORE_SENTINEL).all()
+
+
+def test_candidates_covering_everything_equal_exhaustive_search():
+    rng = np.random.default_rng(10)
+    db = rng.standard_normal((300, 20)).astype(np.float32)
+    queries = rng.standard_normal((4, 20)).astype(np.float32)
+    index = cofisearch.FloatIndex(20)
+    index.add(db)
+    full = index.search(queries, 15)
+    everything = np.tile(rng.permutation(300), (4, 1))
+    reranked = index.search(queries, 15, candidates=everything)
+    np.testing.assert_array_equal(full.ids, reranked.ids)
+    np.testing.assert_array_equal(full.distances, reranked.distances)
+
+
+def test_candidates_accept_narrower_integer_ids():
+    db = np.eye(4, dtype=np.float32)
+    index = cofisearch.FloatIndex(4)
+    index.add(db)
+    s, i = index.search(db[2], 2, candidates=np.array([[2, 1]], dtype=np.int32))
+    assert i.tolist() == [[2, 1]]
+
+
+def test_rerank_cost_does_not_depend_on_index_size():
+    # O(nq * c * dim): only the candidate rows are touched, so poisoning the others with
+    # values that would win an exhaustive search changes nothing.
+    db = np.zeros((10_000, 8), dtype=np.float32)
+    db[:, 0] = 100.0
+    db[[3, 9], 0] = [1.0, 2.0]
+    index = cofisearch.FloatIndex(8)
+    index.add(db)
+    q = np.zeros((1, 8), dtype=np.float32)
+    q[0, 0] = 1.0
+    s, i = index.search(q, 2, candidates=np.array([[3, 9]]))
+    assert i.tolist() == [[9, 3]]

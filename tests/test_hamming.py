@@ -1,0 +1,116 @@
+import numpy as np
+import pytest
+
+import cofisearch
+from conftest import block_rows, hamming_reference
+
+NBITS = [8, 64, 72, 128, 256, 520, 1024]
+
+
+def _sizes(nbits):
+    b = block_rows(nbits // 8)
+    return sorted({1, 7, 8, 9, 63, 65, b - 1, b, b + 1, 2 * b + 13})
+
+
+@pytest.mark.parametrize("nbits", NBITS)
+def test_matches_reference_at_tails_and_block_edges(simd, nbits):
+    rng = np.random.default_rng(nbits)
+    nbytes = nbits // 8
+    queries = rng.integers(0, 256, (5, nbytes), dtype=np.uint8)
+    for n in _sizes(nbits):
+        db = rng.integers(0, 256, (n, nbytes), dtype=np.uint8)
+        index = cofisearch.BinaryIndex(nbits)
+        index.add(db)
+        for k in (1, 10, n, n + 3):
+            d, i = index.search(queries, k)
+            rd, ri = hamming_reference(db, queries, k)
+            np.testing.assert_array_equal(d, rd, err_msg=f"n={n} k={k}")
+            np.testing.assert_array_equal(i, ri, err_msg=f"n={n} k={k}")
+
+
+@pytest.mark.parametrize("nbits", NBITS)
+def test_ties_break_by_smaller_id(simd, nbits):
+    rng = np.random.default_rng(1 + nbits)
+    nbytes = nbits // 8
+    pool = rng.integers(0, 256, (3, nbytes), dtype=np.uint8)
+    db = pool[rng.integers(0, 3, 700)]
+    queries = np.concatenate([pool, rng.integers(0, 256, (14, nbytes), dtype=np.uint8)])
+    index = cofisearch.BinaryIndex(nbits)
+    index.add(db)
+    for k in (1, 10, 300, 700):
+        d, i = index.search(queries, k)
+        rd, ri = hamming_reference(db, queries, k)
+        np.testing.assert_array_equal(d, rd)
+        np.testing.assert_array_equal(i, ri)
+
+
+@pytest.mark.parametrize("nq", [1, 3, 17, 40])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_threads_and_query_tiles_do_not_change_results(simd, nq, threads):
+    # Large enough that several threads split the database when queries are few.
+    rng = np.random.default_rng(nq)
+    db = rng.integers(0, 256, (300_000, 8), dtype=np.uint8)
+    db[::7] = db[0]  # ties across the thread boundaries
+    queries = rng.integers(0, 256, (nq, 8), dtype=np.uint8)
+    queries[0] = db[0]
+    d, i = cofisearch.hamming_knn(db, queries, 25, num_threads=threads)
+    rd, ri = hamming_reference(db, queries, 25)
+    np.testing.assert_array_equal(d, rd)
+    np.testing.assert_array_equal(i, ri)
+
+
+def test_one_dimensional_query_is_a_batch_of_one():
+    rng = np.random.default_rng(3)
+    db = rng.integers(0, 256, (50, 16), dtype=np.uint8)
+    index = cofisearch.BinaryIndex(128)
+    index.add(db)
+    d1, i1 = index.search(db[4], 5)
+    d2, i2 = index.search(db[4:5], 5)
+    assert d1.shape == (1, 5)
+    np.testing.assert_array_equal(d1, d2)
+    np.testing.assert_array_equal(i1, i2)
+
+
+def test_result_types_and_padding():
+    index = cofisearch.BinaryIndex(64)
+    index.add(np.zeros((2, 8), dtype=np.uint8))
+    result = index.search(np.zeros((1, 8), dtype=np.uint8), 4)
+    assert isinstance(result, cofisearch.SearchResult)
+    assert result.distances.dtype == np.int32 and result.ids.dtype == np.int64
+    assert result.ids.tolist() == [[0, 1, -1, -1]]
+    assert result.distances[0, 2:].tolist() == [cofisearch.HAMMING_SENTINEL] * 2
+
+
+def test_incremental_adds_keep_global_ids():
+    rng = np.random.default_rng(5)
+    db = rng.integers(0, 256, (1000, 8), dtype=np.uint8)
+    index = cofisearch.BinaryIndex(64)
+    for start in range(0, 1000, 137):
+        index.add(db[start : start + 137])
+    assert index.ntotal == 1000 and len(index) == 1000
+    np.testing.assert_array_equal(index.codes, db)
+    d, i = index.search(db[:9], 10)
+    rd, ri = hamming_reference(db, db[:9], 10)
+    np.testing.assert_array_equal(d, rd)
+    np.testing.assert_array_equal(i, ri)
+
+
+def test_index_keeps_its_own_copy_of_added_codes():
+    db = np.zeros((4, 8), dtype=np.uint8)
+    index = cofisearch.BinaryIndex(64)
+    index.add(db)
+    db[:] = 255
+    assert index.search(np.zeros(8, dtype=np.uint8), 1).distances[0, 0] == 0
+    with pytest.raises(ValueError):
+        index.codes[0, 0] = 1
+
+
+def test_non_contiguous_inputs_are_accepted():
+    rng = np.random.default_rng(6)
+    wide = rng.integers(0, 256, (200, 16), dtype=np.uint8)
+    db = wide[:, ::2]
+    queries = wide[:5, 1::2]
+    d, i = cofisearch.hamming_knn(db, queries, 7)
+    rd, ri = hamming_reference(np.ascontiguousarray(db), np.ascontiguousarray(queries), 7)
+    np.testing.assert_array_equal(d, rd)
+    np.testing.assert_array_equal(i, ri)

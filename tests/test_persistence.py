@@ -1,0 +1,126 @@
+import os
+import pickle
+
+import numpy as np
+import pytest
+
+import cofisearch
+
+
+def _indexes():
+    rng = np.random.default_rng(0)
+    b = cofisearch.BinaryIndex(72)
+    b.add(rng.integers(0, 256, (333, 9), dtype=np.uint8))
+    f = cofisearch.FloatIndex(13, metric="cosine")
+    f.add(rng.standard_normal((250, 13)))
+    return [b, f]
+
+
+def _queries(index):
+    rng = np.random.default_rng(1)
+    if index.kind == "binary":
+        return rng.integers(0, 256, (7, index.code_size), dtype=np.uint8)
+    return rng.standard_normal((7, index.dim)).astype(np.float32)
+
+
+def _assert_same(a, b):
+    assert type(a) is type(b) and a.ntotal == b.ntotal and repr(a) == repr(b)
+    q = _queries(a)
+    ra, rb = a.search(q, 10), b.search(q, 10)
+    np.testing.assert_array_equal(ra.ids, rb.ids)
+    np.testing.assert_array_equal(ra.distances, rb.distances)
+
+
+@pytest.mark.parametrize("mmap", [False, True])
+@pytest.mark.parametrize("which", [0, 1])
+def test_save_load_round_trip(tmp_path, which, mmap):
+    index = _indexes()[which]
+    path = tmp_path / "index.cofi"
+    index.save(path)
+    _assert_same(index, cofisearch.load_index(path, mmap=mmap))
+
+
+def test_mmap_index_is_read_only_and_copies_on_add(tmp_path):
+    index = _indexes()[0]
+    path = tmp_path / "index.cofi"
+    index.save(path)
+    before = path.read_bytes()
+    loaded = cofisearch.load_index(str(path), mmap=True)
+    assert isinstance(loaded.codes.base, np.memmap) or isinstance(loaded.codes, np.memmap)
+    loaded.add(np.zeros((5, 9), dtype=np.uint8))
+    assert loaded.ntotal == 338
+    assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize("which", [0, 1])
+def test_pickle_round_trip(which):
+    index = _indexes()[which]
+    _assert_same(index, pickle.loads(pickle.dumps(index)))
+
+
+def test_empty_index_round_trips(tmp_path):
+    path = tmp_path / "empty.cofi"
+    cofisearch.FloatIndex(4).save(path)
+    for mmap in (False, True):
+        loaded = cofisearch.load_index(path, mmap=mmap)
+        assert loaded.ntotal == 0 and loaded.dim == 4
+
+
+def test_truncated_file_is_rejected(tmp_path):
+    path = tmp_path / "index.cofi"
+    _indexes()[0].save(path)
+    data = path.read_bytes()
+    for cut in (10, 64, len(data) - 1):
+        path.write_bytes(data[:cut])
+        with pytest.raises(ValueError, match="index.cofi"):
+            cofisearch.load_index(path)
+
+
+@pytest.mark.parametrize("mmap", [False, True])
+def test_flipped_byte_is_rejected_anywhere(tmp_path, mmap):
+    path = tmp_path / "index.cofi"
+    _indexes()[1].save(path)
+    data = bytearray(path.read_bytes())
+    for offset in (9, 14, 33, 50, 64, len(data) // 2, len(data) - 1):
+        corrupt = bytearray(data)
+        corrupt[offset] ^= 0x10
+        path.write_bytes(bytes(corrupt))
+        with pytest.raises(ValueError, match="index.cofi"):
+            cofisearch.load_index(path, mmap=mmap)
+
+
+def test_foreign_file_is_rejected(tmp_path):
+    path = tmp_path / "foreign.npy"
+    np.save(path, np.zeros((100, 8)))
+    with pytest.raises(ValueError, match="magic"):
+        cofisearch.load_index(path)
+
+
+def test_failed_save_leaves_the_old_file_intact(tmp_path, monkeypatch):
+    path = tmp_path / "index.cofi"
+    old, new = _indexes()
+    old.save(path)
+    before = path.read_bytes()
+
+    def crash(*args):
+        raise OSError("simulated crash before the rename")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError, match="simulated"):
+        new.save(path)
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["index.cofi"]
+
+
+def test_save_over_a_mapped_file_keeps_the_mapping_valid(tmp_path):
+    path = tmp_path / "index.cofi"
+    index = _indexes()[0]
+    index.save(path)
+    mapped = cofisearch.load_index(path, mmap=True)
+    expected = mapped.search(_queries(mapped), 5)
+    mapped.add(np.zeros((1, 9), dtype=np.uint8))
+    mapped.save(path)
+    reloaded = cofisearch.load_index(path)
+    assert reloaded.ntotal == index.ntotal + 1
+    got = reloaded.search(_queries(mapped), 5)
+    np.testing.assert_array_equal(got.distances[:, :1] <= expected.distances[:, :1], True)
