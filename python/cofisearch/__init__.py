@@ -15,6 +15,7 @@ import os as _os
 
 from . import _core
 from ._bits import pack_bits, unpack_bits
+from .cascade import Cascade, CascadeResult
 from ._checks import check_positive_int as _check_positive_int
 from ._checks import default_num_threads as _default_num_threads
 from ._checks import set_default_num_threads as _set_default_num_threads
@@ -35,6 +36,8 @@ __all__ = [
     "HAMMING_SENTINEL",
     "SCORE_SENTINEL",
     "BinaryIndex",
+    "Cascade",
+    "CascadeResult",
     "FloatIndex",
     "SearchResult",
     "__version__",

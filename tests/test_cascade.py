@@ -1,0 +1,115 @@
+import numpy as np
+import pytest
+
+import cofisearch
+from cofisearch.cascade import Cascade, CascadeResult, feature_reranker
+
+
+def _data(n=2000, dim=32, nbits=64, nq=25, seed=0):
+    rng = np.random.default_rng(seed)
+    vectors = rng.standard_normal((n, dim)).astype(np.float32)
+    projection = rng.standard_normal((dim, nbits))
+    codes = cofisearch.pack_bits(vectors @ projection > 0)
+    queries = vectors[:nq] + 0.1 * rng.standard_normal((nq, dim)).astype(np.float32)
+    query_codes = cofisearch.pack_bits(queries @ projection > 0)
+    coarse = cofisearch.BinaryIndex(nbits)
+    coarse.add(codes)
+    fine = cofisearch.FloatIndex(dim)
+    fine.add(vectors)
+    return coarse, fine, query_codes, queries
+
+
+def test_full_depth_equals_exhaustive_float_search():
+    coarse, fine, qc, qv = _data()
+    result = Cascade(coarse, fine, n_candidates=coarse.ntotal).search(qc, qv, 10)
+    exhaustive = fine.search(qv, 10)
+    np.testing.assert_array_equal(result.ids, exhaustive.ids)
+    np.testing.assert_array_equal(result.distances, exhaustive.distances)
+
+
+def test_result_unpacks_like_search_result_and_carries_timings():
+    coarse, fine, qc, qv = _data()
+    result = Cascade(coarse, fine, n_candidates=50).search(qc, qv, 5)
+    assert isinstance(result, CascadeResult) and isinstance(result, cofisearch.SearchResult)
+    distances, ids = result
+    assert distances.shape == ids.shape == (25, 5)
+    assert set(result.timings) == {"coarse", "fine", "rerank", "total"}
+    assert all(v >= 0 for v in result.timings.values())
+    assert result.candidates.shape == (25, 50)
+
+
+def test_stage_two_reranks_exactly_the_stage_one_candidates():
+    coarse, fine, qc, qv = _data()
+    result = Cascade(coarse, fine, n_candidates=40).search(qc, qv, 10)
+    _, cand = coarse.search(qc, 40)
+    expected = fine.search(qv, 10, candidates=cand)
+    np.testing.assert_array_equal(result.ids, expected.ids)
+    for row, c in zip(result.ids, cand):
+        assert set(row.tolist()) <= set(c.tolist())
+
+
+def test_screen_deeper_than_the_database_pads_with_minus_one():
+    coarse, fine, qc, qv = _data(n=30)
+    result = Cascade(coarse, fine, n_candidates=100).search(qc, qv, 40)
+    assert (result.ids[:, 30:] == -1).all()
+    assert (result.distances[:, 30:] == cofisearch.SCORE_SENTINEL).all()
+
+
+def test_reranker_reorders_the_top_n_rerank():
+    coarse, fine, qc, qv = _data()
+    # A reranker that prefers large ids, to make its effect visible.
+    calls = []
+
+    def prefer_large_ids(queries, ids):
+        calls.append(ids.shape)
+        return ids.astype(np.float64)
+
+    cascade = Cascade(coarse, fine, n_candidates=60, reranker=prefer_large_ids, n_rerank=20)
+    result = cascade.search(qc, qv, 5)
+    stage2 = fine.search(qv, 20, candidates=coarse.search(qc, 60).ids)
+    assert calls == [(25, 20)]
+    np.testing.assert_array_equal(result.ids, -np.sort(-stage2.ids, axis=1)[:, :5])
+    assert result.timings["rerank"] > 0
+
+
+def test_feature_reranker_gathers_candidate_features():
+    feats = np.arange(12, dtype=np.float32).reshape(6, 2)
+
+    def scorer(q, c):
+        return (c * q[:, None, :]).sum(axis=2)
+
+    rerank = feature_reranker(scorer, feats)
+    scores = rerank(np.array([[1.0, 0.0]]), np.array([[5, 0, -1]]))
+    assert scores.tolist() == [[10.0, 0.0, 0.0]]
+
+
+def test_reranker_with_wrong_output_shape_is_rejected():
+    coarse, fine, qc, qv = _data()
+    cascade = Cascade(coarse, fine, n_candidates=10, reranker=lambda q, ids: np.zeros(3))
+    with pytest.raises(ValueError, match="reranker"):
+        cascade.search(qc, qv, 5)
+
+
+@pytest.mark.parametrize(
+    "make, error, fragment",
+    [
+        (lambda c, f: Cascade(f, f), TypeError, "coarse"),
+        (lambda c, f: Cascade(c, c), TypeError, "fine"),
+        (lambda c, f: Cascade(c, f, n_candidates=0), ValueError, "n_candidates"),
+        (lambda c, f: Cascade(c, f, reranker=3), TypeError, "reranker"),
+        (lambda c, f: Cascade(c, f, n_rerank=5), ValueError, "n_rerank"),
+    ],
+)
+def test_bad_construction_is_rejected(make, error, fragment):
+    coarse, fine, _, _ = _data(n=20, nq=5)
+    with pytest.raises(error, match=fragment):
+        make(coarse, fine)
+
+
+def test_mismatched_indexes_and_queries_are_rejected():
+    coarse, fine, qc, qv = _data(n=50)
+    with pytest.raises(ValueError, match="query_codes"):
+        Cascade(coarse, fine).search(qc[:3], qv[:4], 5)
+    fine.add(np.zeros((1, 32), np.float32))
+    with pytest.raises(ValueError, match="same items"):
+        Cascade(coarse, fine).search(qc, qv, 5)
