@@ -27,7 +27,6 @@ using u32 = std::uint32_t;
 using u64 = std::uint64_t;
 using sz = std::size_t;
 
-constexpr int kQueryGroup = 4;
 constexpr int kShuffleEven = _MM_SHUFFLE(2, 0, 2, 0);
 constexpr int kShuffleOdd = _MM_SHUFFLE(3, 1, 3, 1);
 
@@ -85,15 +84,6 @@ inline __m512i popxor(__m512i a, __m512i b) {
   return _mm512_popcnt_epi64(_mm512_xor_si512(a, b));
 }
 
-// Query group set-up shared by the fixed-width kernels: thresholds of the missing members
-// of a short group are zero, so they never emit.
-inline void load_thresholds(const u32* thresh, sz q0, sz nq, __m512i* tv) {
-  for (int j = 0; j < kQueryGroup; ++j)
-    tv[j] = q0 + j < nq ? _mm512_set1_epi64(static_cast<long long>(thresh[q0 + j]))
-                        : _mm512_setzero_si512();
-}
-
-inline sz group_member(sz q0, sz nq, int j) { return q0 + j < nq ? q0 + j : nq - 1; }
 
 // Widths of 8, 16 and 32 bytes: a register holds 8 / W codes, R = W / 8 registers cover
 // 8 codes, and the fold turns R registers into one register of 8 distances.
@@ -123,45 +113,70 @@ inline __m512i broadcast_query(const u8* q) {
 }
 
 template <int R>
-sz scan_narrow(const u8* queries, sz nq, const u8* codes, sz n, const u32* thresh,
-               HammingHit* hits) {
+constexpr const u8* narrow_perm() {
+  return R == 1 ? kPermIdentity : R == 2 ? kPerm128 : kPerm256;
+}
+
+// G queries (held in registers) against every code, U groups of 8 codes per iteration.
+// One OR of all compare masks decides whether any lane needs the slow path, so the loop
+// body is branch-free in the common case where every code is rejected.
+template <int R, int G, int U>
+HammingHit* scan_group(const u8* queries, sz q0, const u8* codes, sz n, const u32* thresh,
+                       HammingHit* out) {
   constexpr sz W = 8 * R;
-  const u8* perm = R == 1 ? kPermIdentity : R == 2 ? kPerm128 : kPerm256;
-  HammingHit* out = hits;
-  for (sz q0 = 0; q0 < nq; q0 += kQueryGroup) {
-    __m512i qv[kQueryGroup], tv[kQueryGroup];
-    for (int j = 0; j < kQueryGroup; ++j)
-      qv[j] = broadcast_query<R>(queries + group_member(q0, nq, j) * W);
-    load_thresholds(thresh, q0, nq, tv);
-    sz i = 0;
-    for (; i + 8 <= n; i += 8) {
+  const u8* perm = narrow_perm<R>();
+  __m512i qv[G], tv[G];
+  for (int j = 0; j < G; ++j) {
+    qv[j] = broadcast_query<R>(queries + (q0 + j) * W);
+    tv[j] = _mm512_set1_epi64(static_cast<long long>(thresh[q0 + j]));
+  }
+  sz i = 0;
+  for (; i + 8 * U <= n; i += 8 * U) {
+    __m512i d[U][G];
+    __mmask8 m[U][G];
+    __mmask8 any = 0;
+    for (int u = 0; u < U; ++u) {
       __m512i c[R];
       for (int r = 0; r < R; ++r)
-        c[r] = _mm512_loadu_si512(codes + (i + 8 * r / R) * W);
-      __m512i d[kQueryGroup];
-      __mmask8 m[kQueryGroup];
-      for (int j = 0; j < kQueryGroup; ++j) {
-        d[j] = distances_narrow<R>(c, qv[j]);
-        m[j] = _mm512_cmplt_epu64_mask(d[j], tv[j]);
-      }
-      if ((m[0] | m[1]) | (m[2] | m[3])) {
-        for (int j = 0; j < kQueryGroup; ++j)
-          if (m[j]) emit(out, static_cast<u32>(q0 + j), i, m[j], d[j], perm);
+        c[r] = _mm512_loadu_si512(codes + (i + 8 * u + 8 * r / R) * W);
+      for (int j = 0; j < G; ++j) {
+        d[u][j] = distances_narrow<R>(c, qv[j]);
+        m[u][j] = _mm512_cmplt_epu64_mask(d[u][j], tv[j]);
+        any |= m[u][j];
       }
     }
-    if (i < n) {
-      const sz rem = n - i;
-      __m512i c[R];
-      for (int r = 0; r < R; ++r)
-        c[r] = _mm512_maskz_loadu_epi64(word_mask(rem * R, r), codes + (i + 8 * r / R) * W);
-      const __mmask8 valid = valid_lanes(perm, rem);
-      for (int j = 0; j < kQueryGroup; ++j) {
-        __m512i d = distances_narrow<R>(c, qv[j]);
-        __mmask8 m = _mm512_cmplt_epu64_mask(d, tv[j]) & valid;
-        if (m) emit(out, static_cast<u32>(q0 + j), i, m, d, perm);
-      }
+    if (__builtin_expect(any != 0, 0)) {
+      for (int u = 0; u < U; ++u)
+        for (int j = 0; j < G; ++j)
+          if (m[u][j]) emit(out, static_cast<u32>(q0 + j), i + 8 * u, m[u][j], d[u][j], perm);
     }
   }
+  for (; i < n; i += 8) {
+    const sz rem = n - i < 8 ? n - i : 8;
+    __m512i c[R];
+    for (int r = 0; r < R; ++r)
+      c[r] = _mm512_maskz_loadu_epi64(word_mask(rem * R, r), codes + (i + 8 * r / R) * W);
+    const __mmask8 valid = rem == 8 ? static_cast<__mmask8>(0xFF) : valid_lanes(perm, rem);
+    for (int j = 0; j < G; ++j) {
+      const __m512i d = distances_narrow<R>(c, qv[j]);
+      const __mmask8 m = _mm512_cmplt_epu64_mask(d, tv[j]) & valid;
+      if (m) emit(out, static_cast<u32>(q0 + j), i, m, d, perm);
+    }
+  }
+  return out;
+}
+
+template <int R>
+sz scan_narrow(const u8* queries, sz nq, const u8* codes, sz n, const u32* thresh,
+               HammingHit* hits) {
+  // Wider groups reuse each loaded code more; narrow codes have registers to spare.
+  constexpr int kWide = R == 4 ? 4 : 8;
+  HammingHit* out = hits;
+  sz q = 0;
+  for (; q + kWide <= nq; q += kWide)
+    out = scan_group<R, kWide, 1>(queries, q, codes, n, thresh, out);
+  for (; q + 2 <= nq; q += 2) out = scan_group<R, 2, 2>(queries, q, codes, n, thresh, out);
+  for (; q < nq; ++q) out = scan_group<R, 1, 4>(queries, q, codes, n, thresh, out);
   return static_cast<sz>(out - hits);
 }
 

@@ -52,7 +52,7 @@ def test_search_releases_the_gil():
     # While a long native scan runs in one thread, another Python thread keeps running.
     rng = np.random.default_rng(2)
     db = rng.integers(0, 256, (2_000_000, 16), dtype=np.uint8)
-    queries = rng.integers(0, 256, (64, 16), dtype=np.uint8)
+    queries = rng.integers(0, 256, (512, 16), dtype=np.uint8)
     done = threading.Event()
     ticks = []
 
