@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os as _os
 
-from . import _core
+from . import _core, metrics
 from ._bits import pack_bits, unpack_bits
 from .cascade import Cascade, CascadeResult
 from ._checks import check_positive_int as _check_positive_int
@@ -46,6 +46,7 @@ __all__ = [
     "get_num_threads",
     "hamming_knn",
     "load_index",
+    "metrics",
     "pack_bits",
     "set_num_threads",
     "set_simd_level",
