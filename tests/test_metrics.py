@@ -490,3 +490,45 @@ ERRORS = [
 def test_bad_input_raises(call, error, message):
     with pytest.raises(error, match=re.escape(message)):
         call()
+
+
+def test_ranking_metrics_match_evaluate_on_engine_rankings():
+    import cofisearch
+
+    rng = np.random.default_rng(11)
+    images = rng.standard_normal((60, 16)).astype(np.float32)
+    cap2img = np.repeat(np.arange(60), 5)
+    texts = images[cap2img] + 0.8 * rng.standard_normal((300, 16)).astype(np.float32)
+    labels = (rng.random((60, 6)) < 0.3).astype(np.uint8)
+    expected = metrics.evaluate(images, texts, captions_per_image=cap2img, labels=labels,
+                                ks=(1, 5, 10), map_at=(10, 50), metric="ip", ranks=False)
+    i2t_ids = cofisearch.dot_knn(texts, images, 50).ids
+    t2i_ids = cofisearch.dot_knn(images, texts, 50).ids
+    for ids, direction, want in ((i2t_ids, "i2t", expected[0]), (t2i_ids, "t2i", expected[1])):
+        got = metrics.ranking_metrics(ids, cap2img, direction=direction, labels=labels,
+                                      ks=(1, 5, 10), map_at=(10, 50))
+        assert got.keys() == want.keys()
+        for key in want:
+            assert got[key] == pytest.approx(want[key], abs=1e-12), key
+
+
+def test_ranking_metrics_ignore_padding():
+    cap2img = np.array([0, 0, 1, 1])
+    ids = np.array([[-1, -1], [3, -1]])
+    got = metrics.ranking_metrics(ids, cap2img, direction="i2t", ks=(1, 2))
+    assert got == {"R@1": 50.0, "R@2": 50.0}
+
+
+@pytest.mark.parametrize(
+    "call, error",
+    [
+        (lambda: metrics.ranking_metrics(np.zeros((2, 2)), np.array([0, 1]), direction="i2t"), TypeError),
+        (lambda: metrics.ranking_metrics(np.zeros((2, 2), int), np.array([0, 1]), direction="x"), ValueError),
+        (lambda: metrics.ranking_metrics(np.zeros((2, 2), int), np.array([0, 1]), direction="i2t", ks=(5,)), ValueError),
+        (lambda: metrics.ranking_metrics(np.full((2, 2), 7), np.array([0, 1]), direction="i2t", ks=(1,)), ValueError),
+        (lambda: metrics.ranking_metrics(np.zeros((3, 2), int), np.array([0, 1]), direction="i2t", ks=(1,)), ValueError),
+    ],
+)
+def test_ranking_metrics_reject_bad_input(call, error):
+    with pytest.raises(error):
+        call()
