@@ -146,9 +146,21 @@ HammingHit* scan_group(const u8* queries, sz q0, const u8* codes, sz n, const u3
       }
     }
     if (__builtin_expect(any != 0, 0)) {
-      for (int u = 0; u < U; ++u)
-        for (int j = 0; j < G; ++j)
-          if (m[u][j]) emit(out, static_cast<u32>(q0 + j), i + 8 * u, m[u][j], d[u][j], perm);
+      // All masks of one code group in one word (bit 8 * query + lane), so the hits come
+      // out of a single bit loop instead of one hard-to-predict branch per query.
+      for (int u = 0; u < U; ++u) {
+        u64 bits = 0;
+        for (int j = 0; j < G; ++j) bits |= static_cast<u64>(m[u][j]) << (8 * j);
+        if (!bits) continue;
+        alignas(64) u64 lanes[G][8];
+        for (int j = 0; j < G; ++j) _mm512_store_si512(lanes[j], d[u][j]);
+        do {
+          const unsigned p = static_cast<unsigned>(__builtin_ctzll(bits));
+          *out++ = {static_cast<u32>(q0 + (p >> 3)), static_cast<u32>(i + 8 * u + perm[p & 7]),
+                    static_cast<u32>(lanes[p >> 3][p & 7])};
+          bits &= bits - 1;
+        } while (bits);
+      }
     }
   }
   for (; i < n; i += 8) {

@@ -4,6 +4,7 @@
 #include <exception>
 #include <stdexcept>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "simd.h"
@@ -19,6 +20,8 @@ constexpr std::size_t kMinWorkPerThread = std::size_t(1) << 21;
 // Rows per cache block: a block is scanned by every query tile before the next block is
 // touched, so it should sit in L2 while the queries cycle through L1.
 constexpr std::size_t kBlockBytes = std::size_t(64) << 10;
+
+constexpr std::size_t kMaxCountingBits = 1 << 16;
 
 template <class Fn>
 void run_parallel(int nthreads, Fn&& fn) {
@@ -56,8 +59,10 @@ int threads_for(int requested, std::size_t work, std::size_t max_parts) {
 }
 
 // What the generic driver needs to know about one kind of scan.
+template <class Sel>
 struct HammingScan {
   using Order = HammingOrder;
+  using Selector = Sel;
   using Elem = std::uint8_t;
   using Hit = HammingHit;
   HammingScanFn fn;
@@ -68,10 +73,17 @@ struct HammingScan {
     return fn(q, nq, rows, n, stride, thresh, hits);
   }
   static Order::Value value(const Hit& h) { return h.distance; }
+  Selector selector(std::size_t cap) const {
+    if constexpr (std::is_same_v<Selector, CountingSelector>)
+      return Selector(cap, static_cast<std::uint32_t>(stride * 8));
+    else
+      return Selector(cap);
+  }
 };
 
 struct DotScan {
   using Order = ScoreOrder;
+  using Selector = HeapSelector<ScoreOrder>;
   using Elem = float;
   using Hit = ScoreHit;
   DotScanFn fn;
@@ -82,24 +94,28 @@ struct DotScan {
     return fn(q, nq, rows, n, stride, thresh, hits);
   }
   static Order::Value value(const Hit& h) { return h.score; }
+  Selector selector(std::size_t cap) const { return Selector(cap); }
 };
 
 template <class S>
-using Heap = TopK<typename S::Order>;
-template <class S>
 using Value = typename S::Order::Value;
 
-// Offers rows [r0, r1) to the heaps of queries [0, nq).
+// Offers rows [r0, r1) to the selectors of queries [0, nq).
 template <class S>
 void scan_into(const S& s, const typename S::Elem* rows, std::size_t r0, std::size_t r1,
-               const typename S::Elem* queries, std::size_t nq, Heap<S>* heaps) {
+               const typename S::Elem* queries, std::size_t nq, typename S::Selector* heaps) {
   const std::size_t block =
       std::max<std::size_t>(64, kBlockBytes / std::max<std::size_t>(s.row_bytes(), 1)) / 8 * 8;
   std::vector<Value<S>> thresh(nq);
   for (std::size_t i = 0; i < nq; ++i) thresh[i] = heaps[i].threshold();
   std::vector<typename S::Hit> hits(kMaxQueryTile * block);
-  for (std::size_t b = r0; b < r1; b += block) {
-    const std::size_t nb = std::min(block, r1 - b);
+  // A kernel compares against the thresholds it was given for its whole block, and they
+  // are open until the heaps fill: one full first block would turn every one of its rows
+  // into a heap insertion for every query. Doubling the block from a small start keeps
+  // the insertions near k * log(block) per query.
+  std::size_t step = std::min<std::size_t>(block, 64);
+  for (std::size_t b = r0; b < r1; b += step, step = std::min(2 * step, block)) {
+    const std::size_t nb = std::min(step, r1 - b);
     for (std::size_t t = 0; t < nq; t += kMaxQueryTile) {
       const std::size_t nt = std::min(kMaxQueryTile, nq - t);
       const std::size_t h = s.run(queries + t * s.stride, nt, rows + b * s.stride, nb,
@@ -131,6 +147,7 @@ void search(const S& s, const typename S::Elem* rows, std::size_t n,
             const typename S::Elem* queries, std::size_t nq, std::size_t k, int nthreads,
             Out sentinel, Out* out_v, std::int64_t* out_id) {
   using E = Entry<typename S::Order>;
+  using Selector = typename S::Selector;
   const std::size_t cap = std::min(k, n);
   if (nq == 0) return;
   if (cap == 0) {
@@ -140,21 +157,24 @@ void search(const S& s, const typename S::Elem* rows, std::size_t n,
   }
   const std::size_t work = n * nq * s.row_bytes();
   const int wanted = threads_for(nthreads, work, std::max<std::size_t>(nq, n / 64));
+  auto selectors = [&](std::size_t count) {
+    std::vector<Selector> out;
+    out.reserve(count);
+    for (std::size_t q = 0; q < count; ++q) out.push_back(s.selector(cap));
+    return out;
+  };
 
   if (wanted <= 1 || nq >= 4 * static_cast<std::size_t>(wanted)) {
     const int T = static_cast<int>(std::min<std::size_t>(static_cast<std::size_t>(wanted), nq));
     run_parallel(T, [&](int t) {
       const std::size_t q0 = nq * static_cast<std::size_t>(t) / static_cast<std::size_t>(T);
       const std::size_t q1 = nq * static_cast<std::size_t>(t + 1) / static_cast<std::size_t>(T);
-      std::vector<E> storage((q1 - q0) * cap);
-      std::vector<Heap<S>> heaps;
-      heaps.reserve(q1 - q0);
-      for (std::size_t q = 0; q < q1 - q0; ++q) heaps.emplace_back(storage.data() + q * cap, cap);
-      scan_into(s, rows, 0, n, queries + q0 * s.stride, q1 - q0, heaps.data());
+      std::vector<Selector> sel = selectors(q1 - q0);
+      scan_into(s, rows, 0, n, queries + q0 * s.stride, q1 - q0, sel.data());
+      std::vector<E> best(cap);
       for (std::size_t q = 0; q < q1 - q0; ++q) {
-        heaps[q].sort();
-        write_sorted(heaps[q].data(), heaps[q].size(), k, sentinel, out_v + (q0 + q) * k,
-                     out_id + (q0 + q) * k);
+        const std::size_t m = sel[q].take(best.data());
+        write_sorted(best.data(), m, k, sentinel, out_v + (q0 + q) * k, out_id + (q0 + q) * k);
       }
     });
     return;
@@ -169,12 +189,11 @@ void search(const S& s, const typename S::Elem* rows, std::size_t n,
     const std::size_t r0 = n * static_cast<std::size_t>(t) / static_cast<std::size_t>(T) / 64 * 64;
     const std::size_t r1 =
         t + 1 == T ? n : n * static_cast<std::size_t>(t + 1) / static_cast<std::size_t>(T) / 64 * 64;
+    std::vector<Selector> sel = selectors(nq);
+    scan_into(s, rows, r0, r1, queries, nq, sel.data());
     auto& st = storage[static_cast<std::size_t>(t)];
-    std::vector<Heap<S>> heaps;
-    heaps.reserve(nq);
-    for (std::size_t q = 0; q < nq; ++q) heaps.emplace_back(st.data() + q * cap, cap);
-    scan_into(s, rows, r0, r1, queries, nq, heaps.data());
-    for (std::size_t q = 0; q < nq; ++q) sizes[static_cast<std::size_t>(t)][q] = heaps[q].size();
+    for (std::size_t q = 0; q < nq; ++q)
+      sizes[static_cast<std::size_t>(t)][q] = sel[q].take(st.data() + q * cap);
   });
   std::vector<E> merged;
   merged.reserve(static_cast<std::size_t>(T) * cap);
@@ -194,11 +213,18 @@ void search(const S& s, const typename S::Elem* rows, std::size_t n,
 void hamming_search(const std::uint8_t* codes, std::size_t n, std::size_t nbytes,
                     const std::uint8_t* queries, std::size_t nq, std::size_t k, int nthreads,
                     std::int32_t* distances, std::int64_t* ids) {
-  const HammingScan s{kernels_for(current_simd_level()).hamming_scan, nbytes};
+  const HammingScanFn fn = kernels_for(current_simd_level()).hamming_scan;
   // Distances fit in int32 (the bindings cap code widths far below 2^31 bits), and the
   // unsigned and signed forms of one type may alias.
-  search(s, codes, n, queries, nq, k, nthreads, static_cast<std::uint32_t>(kHammingSentinel),
-         reinterpret_cast<std::uint32_t*>(distances), ids);
+  auto* dist = reinterpret_cast<std::uint32_t*>(distances);
+  const auto sentinel = static_cast<std::uint32_t>(kHammingSentinel);
+  // Counting selection needs a counter per possible distance; very wide codes use a heap.
+  if (nbytes * 8 <= kMaxCountingBits)
+    search(HammingScan<CountingSelector>{fn, nbytes}, codes, n, queries, nq, k, nthreads,
+           sentinel, dist, ids);
+  else
+    search(HammingScan<HeapSelector<HammingOrder>>{fn, nbytes}, codes, n, queries, nq, k,
+           nthreads, sentinel, dist, ids);
 }
 
 void dot_search(const float* rows, std::size_t n, std::size_t dim, const float* queries,

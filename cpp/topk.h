@@ -1,7 +1,7 @@
 // Deterministic top-k selection (layer 3 of STYLE.md).
 //
-// One bounded heap per query keeps the best `capacity` entries seen so far with the worst
-// on top, so the scan can compare against a single threshold. "Best" is a strict total
+// One selector per query keeps the best `capacity` entries seen so far and hands the scan
+// a single threshold that a row must beat to be offered at all. "Best" is a strict total
 // order: Hamming distance ascending or score descending, then the smaller id. Because the
 // order is total, the result does not depend on the order in which rows were offered,
 // which is what makes results equal across SIMD levels, block sizes and thread counts.
@@ -13,6 +13,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <limits>
+#include <vector>
 
 namespace cofisearch {
 
@@ -42,37 +43,120 @@ struct Entry {
   bool operator<(const Entry& o) const { return Order::better(value, id, o.value, o.id); }
 };
 
-// A max-heap (worst on top) over caller-owned storage of `capacity` entries.
+// A max-heap (worst on top) of at most `capacity` entries, for any order.
 template <class Order>
-class TopK {
+class HeapSelector {
  public:
   using Value = typename Order::Value;
   using E = Entry<Order>;
 
-  TopK(E* storage, std::size_t capacity) : data_(storage), cap_(capacity) {}
+  explicit HeapSelector(std::size_t capacity) : data_(capacity), cap_(capacity) {}
 
   void push(Value v, std::int64_t id) {
     if (size_ < cap_) {
-      data_[size_++] = {v, id};
-      std::push_heap(data_, data_ + size_);
+      sift_up(size_++, {v, id});
     } else if (cap_ > 0 && Order::better(v, id, data_[0].value, data_[0].id)) {
-      std::pop_heap(data_, data_ + size_);
-      data_[size_ - 1] = {v, id};
-      std::push_heap(data_, data_ + size_);
+      // Replacing the worst in place and sifting down costs one pass instead of the two
+      // of pop_heap + push_heap; this runs for every hit the scan lets through.
+      sift_down({v, id});
     }
   }
 
   Value threshold() const { return size_ < cap_ ? Order::open() : data_[0].value; }
-  std::size_t size() const { return size_; }
-  const E* data() const { return data_; }
 
-  // Sorts best-first in place; the heap is unusable afterwards.
-  void sort() { std::sort(data_, data_ + size_); }
+  // Moves the kept entries, best first, to `out`; returns how many. The selector is
+  // unusable afterwards.
+  std::size_t take(E* out) {
+    std::sort(data_.begin(), data_.begin() + static_cast<std::ptrdiff_t>(size_));
+    std::copy(data_.begin(), data_.begin() + static_cast<std::ptrdiff_t>(size_), out);
+    return size_;
+  }
 
  private:
-  E* data_;
+  // Heap order: a parent is never better than its children (worst entry at the root).
+  void sift_up(std::size_t i, E e) {
+    while (i > 0) {
+      const std::size_t parent = (i - 1) / 2;
+      if (!(data_[parent] < e)) break;
+      data_[i] = data_[parent];
+      i = parent;
+    }
+    data_[i] = e;
+  }
+
+  void sift_down(E e) {
+    std::size_t i = 0;
+    for (;;) {
+      std::size_t child = 2 * i + 1;
+      if (child >= size_) break;
+      if (child + 1 < size_ && data_[child] < data_[child + 1]) ++child;
+      if (!(e < data_[child])) break;
+      data_[i] = data_[child];
+      i = child;
+    }
+    data_[i] = e;
+  }
+
+  std::vector<E> data_;
   std::size_t cap_;
   std::size_t size_ = 0;
+};
+
+// Counting selection for Hamming distances, which are small integers (at most nbits).
+//
+// Instead of a heap it keeps every admitted (distance, id) in arrival order plus a count
+// per distance, and tracks `limit`, the smallest distance bound such that at least
+// `capacity` kept entries lie below it. The k-th best distance is then limit - 1, which
+// becomes the kernel's strict threshold. Admitting a hit costs an append and an
+// increment instead of a heap sift, and entries at or beyond the limit are dropped in
+// bulk. The final sort by (distance, id) restores the exact tie-break.
+class CountingSelector {
+ public:
+  using Value = std::uint32_t;
+  using E = Entry<HammingOrder>;
+
+  CountingSelector(std::size_t capacity, std::uint32_t max_value)
+      : cap_(capacity), hist_(static_cast<std::size_t>(max_value) + 2, 0), limit_(max_value + 1) {}
+
+  void push(Value d, std::int64_t id) {
+    if (d >= limit_) return;  // admitted by a threshold that was stale for its block
+    entries_.push_back({d, id});
+    ++hist_[d];
+    ++below_;
+  }
+
+  Value threshold() {
+    while (below_ - hist_[limit_ - 1] >= cap_) {
+      below_ -= hist_[limit_ - 1];
+      hist_[limit_ - 1] = 0;
+      --limit_;
+    }
+    if (entries_.size() > 2 * cap_ + 64) compact();
+    return below_ >= cap_ ? limit_ - 1 : HammingOrder::open();
+  }
+
+  std::size_t take(E* out) {
+    compact();
+    const std::size_t m = std::min(cap_, entries_.size());
+    std::partial_sort(entries_.begin(), entries_.begin() + static_cast<std::ptrdiff_t>(m),
+                      entries_.end());
+    std::copy(entries_.begin(), entries_.begin() + static_cast<std::ptrdiff_t>(m), out);
+    return m;
+  }
+
+ private:
+  void compact() {
+    const Value limit = limit_;
+    entries_.erase(std::remove_if(entries_.begin(), entries_.end(),
+                                  [limit](const E& e) { return e.value >= limit; }),
+                   entries_.end());
+  }
+
+  std::size_t cap_;
+  std::vector<std::size_t> hist_;
+  Value limit_;
+  std::size_t below_ = 0;
+  std::vector<E> entries_;
 };
 
 }  // namespace cofisearch

@@ -114,3 +114,16 @@ def test_non_contiguous_inputs_are_accepted():
     rd, ri = hamming_reference(np.ascontiguousarray(db), np.ascontiguousarray(queries), 7)
     np.testing.assert_array_equal(d, rd)
     np.testing.assert_array_equal(i, ri)
+
+
+def test_very_wide_codes_use_the_heap_selector_and_match(simd):
+    # Beyond 65,536 bits the driver keeps a heap instead of a counter per distance.
+    rng = np.random.default_rng(12)
+    nbytes = 65536 // 8 + 1
+    db = rng.integers(0, 256, (40, nbytes), dtype=np.uint8)
+    db[20:] = db[0]
+    queries = rng.integers(0, 256, (3, nbytes), dtype=np.uint8)
+    d, i = cofisearch.hamming_knn(db, queries, 25)
+    rd, ri = hamming_reference(db, queries, 25)
+    np.testing.assert_array_equal(d, rd)
+    np.testing.assert_array_equal(i, ri)
