@@ -27,6 +27,7 @@ using u32 = std::uint32_t;
 using u64 = std::uint64_t;
 using sz = std::size_t;
 
+constexpr sz kPrefetchBytes = 2048;
 constexpr int kShuffleEven = _MM_SHUFFLE(2, 0, 2, 0);
 constexpr int kShuffleOdd = _MM_SHUFFLE(3, 1, 3, 1);
 
@@ -135,6 +136,13 @@ HammingHit* scan_group(const u8* queries, sz q0, const u8* codes, sz n, const u3
     __m512i d[U][G];
     __mmask8 m[U][G];
     __mmask8 any = 0;
+    if constexpr (G <= 2) {
+      // Few queries stream the codes at memory speed; the hardware prefetcher alone
+      // leaves a few percent of the bandwidth unused.
+      for (int line = 0; line < U * R; ++line)
+        _mm_prefetch(reinterpret_cast<const char*>(codes + i * W + 64 * line + kPrefetchBytes),
+                     _MM_HINT_T0);
+    }
     for (int u = 0; u < U; ++u) {
       __m512i c[R];
       for (int r = 0; r < R; ++r)
