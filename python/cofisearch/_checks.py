@@ -112,6 +112,7 @@ def check_floats(x, name, dim=None, *, one_d_ok=False):
         raise ValueError(f"{name} must have {dim} columns, got {a.shape[1]}")
     with np.errstate(over="ignore"):  # values beyond float32 become inf, rejected below
         a = np.ascontiguousarray(a, dtype=np.float32)
-    if a.size and not np.isfinite(a).all():
+    # min and max propagate NaN and expose infinities without a temporary the size of a.
+    if a.size and not (np.isfinite(a.min()) and np.isfinite(a.max())):
         raise ValueError(f"{name} must contain only finite values, got NaN or infinity")
     return a

@@ -293,7 +293,10 @@ def hamming_knn(database, queries, k, *, num_threads=None):
 
 def dot_knn(database, queries, k, *, num_threads=None):
     """One-off exact inner-product top-``k`` of ``queries`` over ``database`` (float
-    vectors, converted to float32 once if needed), without building an index."""
+    vectors, converted to float32 once if needed), without building an index.
+
+    Every call checks that the database is finite, a pass over its memory: to search the
+    same database repeatedly, a :class:`FloatIndex` checks once, at ``add``."""
     db = check_floats(database, "database")
     q = check_floats(queries, "queries", db.shape[1], one_d_ok=True)
     k = check_k(k)
