@@ -1,0 +1,148 @@
+"""Cascade latency and recall against exhaustive float search at the largest scale here.
+
+Issue 4, measurement 2: a database of 1M images and 5M captions (the study's largest
+scalability setting), encoders trained on a 20k-image slice of the same synthetic
+distribution, a sample of test queries (images not used for training) timed against the
+whole database, in both directions:
+
+- exhaustive float: ``FloatIndex.search`` over all image or caption embeddings;
+- the cascade: ``BinaryIndex`` Hamming screen of ``n_candidates`` then exact float rerank.
+
+It prints R@1/R@10 on the sample for each, the per-query latency and the speed-up, and
+says which ``n_candidates`` keeps R@10 within 1 point of exhaustive float at >= 10x lower
+latency. Memory: about 6 GB of float embeddings at the default 256 dimensions.
+
+    python bench/cascade_scale.py                       # 1M images / 5M captions
+    python bench/cascade_scale.py --images 100000       # a tenth of it
+    python bench/cascade_scale.py --json cascade.json   # raw numbers too
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+
+import numpy as np
+
+import cofisearch
+from cofisearch import datasets
+from cofisearch.encoders import DualEncoder, HashEncoder
+
+
+def _median(fn, repeats):
+    times, out = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times)), out
+
+
+def _recall(ids, truth_fn, ks=(1, 10)):
+    hit = truth_fn(ids)
+    first = np.where(hit.any(axis=1), hit.argmax(axis=1), ids.shape[1])
+    return {f"R@{k}": 100.0 * float(np.mean(first < k)) for k in ks}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--images", type=int, default=1_000_000, help="database images (captions = 5x)")
+    p.add_argument("--train", type=int, default=20_000, help="training images")
+    p.add_argument("--queries", type=int, default=1_000, help="sampled queries per direction")
+    p.add_argument("--nbits", type=int, default=128)
+    p.add_argument("--embed-dim", type=int, default=256)
+    p.add_argument("--hidden", type=int, default=512)
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--candidates", default="100,300,1000,3000,10000")
+    p.add_argument("--threads", type=int, default=cofisearch.get_num_threads())
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+    cpi = 5
+    depths = [int(c) for c in args.candidates.split(",")]
+    report = {"args": vars(args), "cpu": platform.processor(), "simd": cofisearch.simd_level()}
+
+    t0 = time.perf_counter()
+    train = datasets.make_paired(args.train, cpi, seed=args.seed, n_test=1).train
+    d_img, d_txt = train.image_features.shape[1], train.text_features.shape[1]
+    fit = dict(caption_to_image=train.caption_to_image, labels=train.image_labels,
+               epochs=args.epochs, show_progress_bar=True)
+    dual = DualEncoder(d_img, d_txt, embed_dim=args.embed_dim, hidden=args.hidden, seed=args.seed)
+    dual.fit(train.image_features, train.text_features, **fit)
+    hasher = HashEncoder(d_img, d_txt, nbits=args.nbits, loss="instance", hidden=args.hidden,
+                         seed=args.seed)
+    hasher.fit(train.image_features, train.text_features, **fit)
+    report["train_seconds"] = time.perf_counter() - t0
+    print(f"trained on {args.train} images in {report['train_seconds']:.0f} s", flush=True)
+
+    # The database is the whole synthetic set (training images included, as in a real
+    # deployment); queries come from its last images, which training never saw.
+    t0 = time.perf_counter()
+    n_img, n_cap = args.images, args.images * cpi
+    img_emb = np.empty((n_img, args.embed_dim), np.float32)
+    cap_emb = np.empty((n_cap, args.embed_dim), np.float32)
+    img_codes = np.empty((n_img, args.nbits // 8), np.uint8)
+    cap_codes = np.empty((n_cap, args.nbits // 8), np.uint8)
+    for chunk in datasets.iter_paired(n_img, cpi, seed=args.seed, chunk_size=16_384):
+        a, b = chunk.start, chunk.stop
+        img_emb[a:b] = dual.encode_image(chunk.image_features)
+        cap_emb[a * cpi:b * cpi] = dual.encode_text(chunk.text_features)
+        img_codes[a:b] = hasher.encode_image(chunk.image_features)
+        cap_codes[a * cpi:b * cpi] = hasher.encode_text(chunk.text_features)
+        print(f"\rencoded {b}/{n_img} images", end="", flush=True)
+    report["encode_seconds"] = time.perf_counter() - t0
+    print(f"\nencoded the database in {report['encode_seconds']:.0f} s", flush=True)
+
+    rng = np.random.default_rng(args.seed)
+    q_img = np.sort(rng.choice(np.arange(n_img - 10 * args.queries, n_img), args.queries, replace=False))
+    q_cap = q_img * cpi + rng.integers(0, cpi, args.queries)
+    directions = {
+        "i2t": dict(db_emb=cap_emb, db_codes=cap_codes, q_emb=img_emb[q_img], q_codes=img_codes[q_img],
+                    truth=lambda ids: (ids // cpi) == q_img[:, None]),
+        "t2i": dict(db_emb=img_emb, db_codes=img_codes, q_emb=cap_emb[q_cap], q_codes=cap_codes[q_cap],
+                    truth=lambda ids: ids == (q_cap // cpi)[:, None]),
+    }
+    report["directions"] = {}
+    for name, d in directions.items():
+        fine = cofisearch.FloatIndex(args.embed_dim)  # embeddings are unit rows already
+        fine.add(d["db_emb"])
+        coarse = cofisearch.BinaryIndex(args.nbits)
+        coarse.add(d["db_codes"])
+        t_float, exact = _median(lambda: fine.search(d["q_emb"], 10, num_threads=args.threads), args.repeats)
+        base = _recall(exact.ids, d["truth"])
+        rows = []
+        print(f"\n{name}: database {fine.ntotal:,} items, {args.queries} queries, {args.threads} threads")
+        print(f"  exhaustive float: R@1 {base['R@1']:.1f}  R@10 {base['R@10']:.1f}  "
+              f"{1e3 * t_float / args.queries:.3f} ms/query")
+        for depth in depths:
+            cascade = cofisearch.Cascade(coarse, fine, n_candidates=depth)
+            t_casc, res = _median(lambda: cascade.search(d["q_codes"], d["q_emb"], 10,
+                                                         num_threads=args.threads), args.repeats)
+            rec = _recall(res.ids, d["truth"])
+            row = {"n_candidates": depth, **rec, "ms_per_query": 1e3 * t_casc / args.queries,
+                   "speedup": t_float / t_casc,
+                   "screen_ms_per_query": 1e3 * res.timings["coarse"] / args.queries,
+                   "rerank_ms_per_query": 1e3 * res.timings["fine"] / args.queries}
+            rows.append(row)
+            print(f"  cascade n_candidates={depth:>6}: R@1 {rec['R@1']:.1f}  R@10 {rec['R@10']:.1f}  "
+                  f"{row['ms_per_query']:.3f} ms/query  speed-up {row['speedup']:.1f}x")
+        ok = [r for r in rows if r["R@10"] >= base["R@10"] - 1.0 and r["speedup"] >= 10.0]
+        verdict = (f"n_candidates={ok[0]['n_candidates']} keeps R@10 within 1 point at "
+                   f"{ok[0]['speedup']:.1f}x lower latency" if ok else
+                   "no n_candidates tried keeps R@10 within 1 point at >= 10x lower latency")
+        print(f"  -> {verdict}")
+        report["directions"][name] = {"exhaustive": {**base, "ms_per_query": 1e3 * t_float / args.queries},
+                                      "cascade": rows, "verdict": verdict}
+        del fine, coarse
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+        print(f"wrote {os.path.abspath(args.json)}")
+
+
+if __name__ == "__main__":
+    main()
