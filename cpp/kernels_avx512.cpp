@@ -379,7 +379,14 @@ sz dot_scan(const float* queries, sz nq, const float* rows, sz n, sz dim, const 
 void dot_gather(const float* query, const float* base, sz dim, const std::int64_t* ids, sz m,
                 float* scores) {
   const float* q[1] = {query};
+  const sz row_bytes = dim * sizeof(float);
   for (sz i = 0; i < m; i += 8) {
+    // Candidate rows are scattered: request the next tile's rows while this one computes,
+    // so the rerank waits on memory latency once per tile rather than once per row.
+    for (sz j = i + 8; j < i + 16 && j < m; ++j) {
+      const char* row = reinterpret_cast<const char*>(base + static_cast<sz>(ids[j]) * dim);
+      for (sz off = 0; off < row_bytes; off += 64) _mm_prefetch(row + off, _MM_HINT_T0);
+    }
     const sz rem = m - i < 8 ? m - i : 8;
     const float* r[8];
     for (sz j = 0; j < 8; ++j)

@@ -251,15 +251,21 @@ void dot_rerank(const float* rows, std::size_t n, std::size_t dim, const float* 
       std::size_t m = 0;
       for (std::size_t j = 0; j < c; ++j)
         if (cand[j] >= 0) row_ids[m++] = cand[j];
-      std::sort(row_ids.begin(), row_ids.begin() + static_cast<std::ptrdiff_t>(m));
-      m = static_cast<std::size_t>(
-          std::unique(row_ids.begin(), row_ids.begin() + static_cast<std::ptrdiff_t>(m)) -
-          row_ids.begin());
       gather(queries + q * dim, rows, dim, row_ids.data(), m, row_scores.data());
       for (std::size_t j = 0; j < m; ++j) entries[j] = {row_scores[j], row_ids[j]};
-      const std::size_t keep = std::min(k, m);
-      std::partial_sort(entries.begin(), entries.begin() + static_cast<std::ptrdiff_t>(keep),
-                        entries.begin() + static_cast<std::ptrdiff_t>(m));
+      auto first = entries.begin();
+      auto last = first + static_cast<std::ptrdiff_t>(m);
+      std::size_t keep = std::min(k, m);
+      std::partial_sort(first, first + static_cast<std::ptrdiff_t>(keep), last);
+      // A repeated id scores identically, so repeats are adjacent once sorted. Screens
+      // rarely repeat ids: only then pay for a full sort and a dedup.
+      bool repeated = false;
+      for (std::size_t j = 1; j < keep && !repeated; ++j) repeated = entries[j].id == entries[j - 1].id;
+      if (repeated) {
+        std::sort(first, last);
+        last = std::unique(first, last, [](const E& a, const E& b) { return a.id == b.id; });
+        keep = std::min(k, static_cast<std::size_t>(last - first));
+      }
       write_sorted(entries.data(), keep, k, kScoreSentinel, scores + q * k, ids + q * k);
     }
   });
