@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os as _os
 
-from . import _core, datasets, metrics
+from . import _core, datasets, encoders, metrics
 from ._bits import pack_bits, unpack_bits
 from .cascade import Cascade, CascadeResult
 from ._checks import check_positive_int as _check_positive_int
@@ -43,6 +43,7 @@ __all__ = [
     "__version__",
     "available_simd_levels",
     "datasets",
+    "encoders",
     "dot_knn",
     "get_num_threads",
     "hamming_knn",
