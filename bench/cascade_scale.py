@@ -50,12 +50,14 @@ def _recall(ids, truth_fn, ks=(1, 10)):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--images", type=int, default=1_000_000, help="database images (captions = 5x)")
-    p.add_argument("--train", type=int, default=20_000, help="training images")
+    p.add_argument("--train", type=int, default=12_000, help="training images")
     p.add_argument("--queries", type=int, default=1_000, help="sampled queries per direction")
     p.add_argument("--nbits", type=int, default=128)
     p.add_argument("--embed-dim", type=int, default=256)
     p.add_argument("--hidden", type=int, default=512)
-    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--torch-threads", type=int, default=1,
+                   help="threads for training and encoding (one is fastest on a shared 2-core box)")
     p.add_argument("--candidates", default="100,300,1000,3000,10000")
     p.add_argument("--threads", type=int, default=cofisearch.get_num_threads())
     p.add_argument("--repeats", type=int, default=3)
@@ -71,10 +73,11 @@ def main(argv=None):
     d_img, d_txt = train.image_features.shape[1], train.text_features.shape[1]
     fit = dict(caption_to_image=train.caption_to_image, labels=train.image_labels,
                epochs=args.epochs, show_progress_bar=True)
-    dual = DualEncoder(d_img, d_txt, embed_dim=args.embed_dim, hidden=args.hidden, seed=args.seed)
+    dual = DualEncoder(d_img, d_txt, embed_dim=args.embed_dim, hidden=args.hidden, seed=args.seed,
+                       num_threads=args.torch_threads)
     dual.fit(train.image_features, train.text_features, **fit)
     hasher = HashEncoder(d_img, d_txt, nbits=args.nbits, loss="instance", hidden=args.hidden,
-                         seed=args.seed)
+                         seed=args.seed, num_threads=args.torch_threads)
     hasher.fit(train.image_features, train.text_features, **fit)
     report["train_seconds"] = time.perf_counter() - t0
     print(f"trained on {args.train} images in {report['train_seconds']:.0f} s", flush=True)

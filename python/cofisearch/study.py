@@ -150,6 +150,7 @@ def run_study(
     batch_size=256,
     seed=0,
     num_threads=1,
+    torch_threads=1,
     repeats=3,
     show_progress_bar=False,
 ):
@@ -170,7 +171,7 @@ def run_study(
     config = dict(
         n_images=n_images, n_test=n_test, captions_per_image=captions_per_image, nbits=nbits,
         n_candidates=n_candidates, epochs=epochs, hidden=hidden, embed_dim=embed_dim,
-        seed=seed, search_threads=num_threads,
+        seed=seed, search_threads=num_threads, torch_threads=torch_threads,
     )
     data = datasets.make_paired(n_images, captions_per_image, seed=seed, n_test=n_test)
     train, test = data.train, data.test
@@ -179,13 +180,15 @@ def run_study(
                     epochs=epochs, batch_size=batch_size, show_progress_bar=show_progress_bar)
 
     started = time.perf_counter()
-    dual = DualEncoder(d_img, d_txt, embed_dim=embed_dim, hidden=hidden, seed=seed)
+    dual = DualEncoder(d_img, d_txt, embed_dim=embed_dim, hidden=hidden, seed=seed,
+                       num_threads=torch_threads)
     dual.fit(train.image_features, train.text_features, **fit_args)
     emb = {"i": dual.encode_image(test.image_features), "t": dual.encode_text(test.text_features)}
     hashers = {}
     for loss in ("instance", "category"):
         for bits in nbits:
-            enc = HashEncoder(d_img, d_txt, nbits=bits, loss=loss, hidden=hidden, seed=seed)
+            enc = HashEncoder(d_img, d_txt, nbits=bits, loss=loss, hidden=hidden, seed=seed,
+                              num_threads=torch_threads)
             enc.fit(train.image_features, train.text_features, **fit_args)
             hashers[f"CG {loss} {bits}-bit"] = (
                 enc.encode_image(test.image_features), enc.encode_text(test.text_features)

@@ -1,0 +1,222 @@
+"""The ``cofisearch`` command line (also ``python -m cofisearch``).
+
+Commands:
+  demo   the main job: synthetic image-text data, trained encoders, FG vs CG vs cascade
+  bench  the scalability benchmark against faiss-cpu (when installed) and NumPy
+  eval   evaluate a FiCo-ITR layout directory of your own model outputs
+  info   version, SIMD levels and threads
+
+Tables go to stdout, files to ``--out`` (default ``./cofisearch-report/``). A bad argument
+ends with a one-line error and exit status 2; a failure while running, with a one-line
+error and exit status 1 — never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+
+import cofisearch
+
+DEFAULT_OUT = "cofisearch-report"
+
+# Presets for `demo --scale`: images (train + test), test images, epochs, hidden width.
+SCALES = {
+    "tiny": dict(n_images=1_200, n_test=400, epochs=2, hidden=128, embed_dim=64),
+    "small": dict(n_images=6_000, n_test=2_000, epochs=4, hidden=256, embed_dim=128),
+    "medium": dict(n_images=24_000, n_test=5_000, epochs=6, hidden=512, embed_dim=256),
+    "large": dict(n_images=60_000, n_test=10_000, epochs=8, hidden=1024, embed_dim=256),
+}
+
+
+class UsageError(Exception):
+    """A bad argument found after parsing: reported like argparse's own errors."""
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _int_list(text):
+    return [_positive_int(part) for part in text.split(",") if part.strip()]
+
+
+def _parser():
+    parser = argparse.ArgumentParser(
+        prog="cofisearch",
+        description="Coarse-to-fine image-text retrieval on SIMD Hamming and float search.",
+    )
+    parser.add_argument("--version", action="version", version=f"cofisearch {cofisearch.__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    demo = sub.add_parser("demo", help="synthetic ITR study: FG vs CG vs cascade (the main job)")
+    demo.add_argument("--out", default=DEFAULT_OUT, help="output directory (default: %(default)s)")
+    demo.add_argument("--scale", choices=sorted(SCALES), default="small",
+                      help="dataset and model size (default: %(default)s, a few minutes on 2 cores)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--threads", type=_positive_int, default=1,
+                      help="search threads for the latency tables (default: %(default)s)")
+    demo.add_argument("--no-fashion-mnist", action="store_true",
+                      help="skip the real-data table even when Debian's Fashion-MNIST is installed")
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    bench = sub.add_parser("bench", help="scalability benchmark against faiss-cpu and NumPy")
+    bench.add_argument("--out", default=DEFAULT_OUT, help="output directory (default: %(default)s)")
+    bench.add_argument("--max-size", type=_positive_int, default=10_000_000,
+                       help="largest database, in codes (default: %(default)s)")
+    bench.add_argument("--quick", action="store_true", help="small sizes, a minute or so")
+    bench.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    ev = sub.add_parser("eval", help="evaluate a FiCo-ITR layout directory")
+    ev.add_argument("directory", help="directory of {model}_{dataset}_img/_txt/_sim .npy files and labels")
+    ev.add_argument("--out", default=DEFAULT_OUT, help="output directory (default: %(default)s)")
+    ev.add_argument("--ks", type=_int_list, default=[1, 5, 10], help="recall depths, e.g. 1,5,10,100")
+
+    sub.add_parser("info", help="version, SIMD levels and threads")
+    return parser
+
+
+def _cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cmd_info(args, out):
+    rows = [
+        ("version", cofisearch.__version__),
+        ("python", platform.python_version()),
+        ("cpu", _cpu_model()),
+        ("simd level", cofisearch.simd_level()),
+        ("simd levels available", ", ".join(cofisearch.available_simd_levels())),
+        ("COFISEARCH_SIMD", os.environ.get("COFISEARCH_SIMD", "(unset)")),
+        ("threads", str(cofisearch.get_num_threads())),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}", file=out)
+    return 0
+
+
+def cmd_demo(args, out):
+    from . import study
+
+    try:
+        import torch  # noqa: F401  (checked up front: the demo trains models)
+    except ImportError:
+        raise RuntimeError('the demo trains torch models: pip install "cofisearch[torch]"') from None
+    preset = SCALES[args.scale]
+    print(f"cofisearch demo, scale {args.scale}: {preset}", file=out)
+    result = study.run_study(seed=args.seed, num_threads=args.threads,
+                             show_progress_bar=not args.quiet, **preset)
+    written = result.save(args.out, "demo")
+    print(result.to_markdown(), file=out)
+    if not args.no_fashion_mnist:
+        try:
+            fashion = study.run_fashion_mnist(seed=args.seed, num_threads=args.threads)
+        except FileNotFoundError as exc:
+            print(f"(Fashion-MNIST table skipped: {exc})", file=out)
+        else:
+            written += fashion.save(args.out, "fashion_mnist")
+            print(fashion.to_markdown(), file=out)
+    print("wrote " + ", ".join(written), file=out)
+    return 0
+
+
+def cmd_bench(args, out):
+    from . import benchmark
+
+    report = benchmark.run(max_size=args.max_size, quick=args.quick, show_progress_bar=not args.quiet)
+    written = report.save(args.out)
+    print(report.to_markdown(), file=out)
+    print("wrote " + ", ".join(written), file=out)
+    return 0
+
+
+def cmd_eval(args, out):
+    from . import datasets, metrics
+
+    if not os.path.isdir(args.directory):
+        raise UsageError(f"directory {args.directory!r} does not exist")
+    found = datasets.load_fico(args.directory)
+    lines = [f"## FiCo-ITR evaluation of {os.path.abspath(args.directory)}", ""]
+    header = ["model", "dataset", "direction"] + [f"R@{k}" for k in args.ks] + ["MedianR", "MeanR", "mAP@N"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for (model, dataset), output in sorted(found.outputs.items()):
+        i2t, t2i = _evaluate_output(output, args.ks, metrics)
+        for direction, values in (("i2t", i2t), ("t2i", t2i)):
+            cells = [model, dataset, direction] + [_cell(values.get(f"R@{k}")) for k in args.ks]
+            cells += [_cell(values.get(key)) for key in ("MedianR", "MeanR", "mAP@N")]
+            lines.append("| " + " | ".join(cells) + " |")
+    text = "\n".join(lines) + "\n"
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, "eval.md")
+    with open(path, "w") as f:
+        f.write(text)
+    print(text, file=out)
+    print(f"wrote {path}", file=out)
+    return 0
+
+
+def _cell(value):
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
+    return str(value)
+
+
+def _evaluate_output(output, ks, metrics):
+    cpi = "auto" if output.caption_to_image is None else output.caption_to_image
+    if output.kind == "embeddings":
+        img, txt = output.image_embeddings, output.text_embeddings
+        i2t, t2i = metrics.evaluate(img, txt, captions_per_image=cpi, labels=output.labels,
+                                    ks=ks, map_at=(None,) if output.labels is not None else ())
+        return i2t, t2i
+    if output.kind == "similarity":
+        i2t, t2i = metrics.instance_retrieval(output.similarity, captions_per_image=cpi, ks=ks)
+        sim = output.similarity
+    else:
+        i2t, t2i = metrics.instance_retrieval(output.similarity_i2t, output.similarity_t2i,
+                                              captions_per_image=cpi, ks=ks)
+        sim = output.similarity_i2t
+    if output.labels is not None:
+        map_i2t, map_t2i = metrics.category_retrieval(sim, output.labels, captions_per_image=cpi)
+        i2t["mAP@N"], t2i["mAP@N"] = map_i2t, map_t2i
+    return i2t, t2i
+
+
+COMMANDS = {"demo": cmd_demo, "bench": cmd_bench, "eval": cmd_eval, "info": cmd_info}
+
+
+def main(argv=None, out=None):
+    out = sys.stdout if out is None else out
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command](args, out)
+    except UsageError as exc:
+        parser.exit(2, f"cofisearch {args.command}: error: {exc}\n")
+    except KeyboardInterrupt:
+        parser.exit(130, "cofisearch: interrupted\n")
+    except (ValueError, TypeError, OSError, MemoryError, RuntimeError, ImportError) as exc:
+        message = str(exc) or type(exc).__name__
+        parser.exit(1, f"cofisearch {args.command}: error: {message}\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
