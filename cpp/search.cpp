@@ -1,6 +1,7 @@
 #include "search.h"
 
 #include <algorithm>
+#include <cmath>
 #include <exception>
 #include <stdexcept>
 #include <thread>
@@ -73,6 +74,9 @@ struct HammingScan {
     return fn(q, nq, rows, n, stride, thresh, hits);
   }
   static Order::Value value(const Hit& h) { return h.distance; }
+  // Distances are integers: "at most d" is "below d + 1".
+  static Order::Value ceiling_from(Order::Value d) { return d + 1; }
+  static constexpr bool kSampleCeiling = true;
   Selector selector(std::size_t cap) const {
     if constexpr (std::is_same_v<Selector, CountingSelector>)
       return Selector(cap, static_cast<std::uint32_t>(stride * 8));
@@ -94,20 +98,31 @@ struct DotScan {
     return fn(q, nq, rows, n, stride, thresh, hits);
   }
   static Order::Value value(const Hit& h) { return h.score; }
+  static constexpr bool kSampleCeiling = false;
   Selector selector(std::size_t cap) const { return Selector(cap); }
 };
 
 template <class S>
 using Value = typename S::Order::Value;
 
-// Offers rows [r0, r1) to the selectors of queries [0, nq).
+// The threshold to hand a kernel: the selector's own, or the ceiling where that is tighter.
 template <class S>
-void scan_into(const S& s, const typename S::Elem* rows, std::size_t r0, std::size_t r1,
-               const typename S::Elem* queries, std::size_t nq, typename S::Selector* heaps) {
+Value<S> tighter(Value<S> own, const std::vector<Value<S>>& ceiling, std::size_t q) {
+  if (ceiling.empty()) return own;
+  using O = typename S::Order;
+  return O::better(ceiling[q], 0, own, 0) ? ceiling[q] : own;
+}
+
+// Offers rows [r0, r1) to the selectors of queries [0, nq). A row must also beat
+// ceiling[q] when ceilings are given.
+template <class S>
+void scan_range(const S& s, const typename S::Elem* rows, std::size_t r0, std::size_t r1,
+                const typename S::Elem* queries, std::size_t nq, typename S::Selector* heaps,
+                const std::vector<Value<S>>& ceiling) {
   const std::size_t block =
       std::max<std::size_t>(64, kBlockBytes / std::max<std::size_t>(s.row_bytes(), 1)) / 8 * 8;
   std::vector<Value<S>> thresh(nq);
-  for (std::size_t i = 0; i < nq; ++i) thresh[i] = heaps[i].threshold();
+  for (std::size_t i = 0; i < nq; ++i) thresh[i] = tighter<S>(heaps[i].threshold(), ceiling, i);
   std::vector<typename S::Hit> hits(kMaxQueryTile * block);
   // A kernel compares against the thresholds it was given for its whole block, and they
   // are open until the heaps fill: one full first block would turn every one of its rows
@@ -123,8 +138,64 @@ void scan_into(const S& s, const typename S::Elem* rows, std::size_t r0, std::si
       for (std::size_t i = 0; i < h; ++i)
         heaps[t + hits[i].query].push(S::value(hits[i]),
                                       static_cast<std::int64_t>(b + hits[i].row));
-      for (std::size_t j = 0; j < nt; ++j) thresh[t + j] = heaps[t + j].threshold();
+      for (std::size_t j = 0; j < nt; ++j)
+        thresh[t + j] = tighter<S>(heaps[t + j].threshold(), ceiling, t + j);
     }
+  }
+}
+
+// With k large, most of a streaming top-k's work is the k * log(n / k) rows per query
+// that beat a threshold still on its way down. A sample of the range (evenly spaced
+// chunks), searched for a proportionally smaller k with a safety margin, gives each
+// query a ceiling that a small multiple of k rows of the range beat; the real scan then
+// admits little more than that.
+// Returns no ceilings when a sample would not pay. A ceiling is only a guess: queries
+// whose selector did not fill below it are searched again without one (scan_into).
+template <class S>
+std::vector<Value<S>> sample_ceilings(const S& s, const typename S::Elem* rows, std::size_t r0,
+                                      std::size_t r1, const typename S::Elem* queries,
+                                      std::size_t nq, std::size_t k) {
+  constexpr std::size_t kChunk = 64;  // rows copied together, so the copy runs at memcpy speed
+  const std::size_t n = r1 - r0;
+  // Expected rows of the sample inside the top k: more make a tighter ceiling, and are
+  // affordable when k is large (the sample is then a small part of the range).
+  const std::size_t hits = 32 * n / std::max<std::size_t>(k, 1) <= n / 8 ? 32 : 8;
+  const std::size_t size = hits * n / std::max<std::size_t>(k, 1) / kChunk * kChunk;
+  // Below this the sample costs more copying and scanning than the admissions it saves;
+  // a lone query admits too few rows at moderate k for the sample to pay.
+  if (k < 32 || (nq < 4 && k < 512) || size < 4 * kChunk || size > n / 8) return {};
+  const double expected = static_cast<double>(k) * static_cast<double>(size) / static_cast<double>(n);
+  const auto rank = static_cast<std::size_t>(std::ceil(expected + 3.0 * std::sqrt(expected) + 2.0));
+  std::vector<typename S::Elem> sample(size * s.stride);
+  const std::size_t chunks = size / kChunk, chunk_step = n / chunks;
+  for (std::size_t c = 0; c < chunks; ++c)
+    std::copy_n(rows + (r0 + c * chunk_step) * s.stride, kChunk * s.stride,
+                sample.data() + c * kChunk * s.stride);
+  std::vector<typename S::Selector> sel;
+  sel.reserve(nq);
+  for (std::size_t q = 0; q < nq; ++q) sel.push_back(s.selector(rank));
+  scan_range(s, sample.data(), 0, size, queries, nq, sel.data(), {});
+  std::vector<Value<S>> ceiling(nq);
+  std::vector<Entry<typename S::Order>> best(rank);
+  for (std::size_t q = 0; q < nq; ++q) {
+    const std::size_t got = sel[q].take(best.data());
+    ceiling[q] = got == rank ? S::ceiling_from(best[rank - 1].value) : S::Order::open();
+  }
+  return ceiling;
+}
+
+template <class S>
+void scan_into(const S& s, const typename S::Elem* rows, std::size_t r0, std::size_t r1,
+               const typename S::Elem* queries, std::size_t nq, typename S::Selector* sel,
+               std::size_t cap) {
+  std::vector<Value<S>> ceiling;
+  if constexpr (S::kSampleCeiling) ceiling = sample_ceilings(s, rows, r0, r1, queries, nq, cap);
+  scan_range(s, rows, r0, r1, queries, nq, sel, ceiling);
+  if (ceiling.empty()) return;
+  for (std::size_t q = 0; q < nq; ++q) {
+    if (sel[q].full()) continue;
+    sel[q] = s.selector(cap);
+    scan_range(s, rows, r0, r1, queries + q * s.stride, 1, &sel[q], {});
   }
 }
 
@@ -170,7 +241,7 @@ void search(const S& s, const typename S::Elem* rows, std::size_t n,
       const std::size_t q0 = nq * static_cast<std::size_t>(t) / static_cast<std::size_t>(T);
       const std::size_t q1 = nq * static_cast<std::size_t>(t + 1) / static_cast<std::size_t>(T);
       std::vector<Selector> sel = selectors(q1 - q0);
-      scan_into(s, rows, 0, n, queries + q0 * s.stride, q1 - q0, sel.data());
+      scan_into(s, rows, 0, n, queries + q0 * s.stride, q1 - q0, sel.data(), cap);
       std::vector<E> best(cap);
       for (std::size_t q = 0; q < q1 - q0; ++q) {
         const std::size_t m = sel[q].take(best.data());
@@ -190,7 +261,7 @@ void search(const S& s, const typename S::Elem* rows, std::size_t n,
     const std::size_t r1 =
         t + 1 == T ? n : n * static_cast<std::size_t>(t + 1) / static_cast<std::size_t>(T) / 64 * 64;
     std::vector<Selector> sel = selectors(nq);
-    scan_into(s, rows, r0, r1, queries, nq, sel.data());
+    scan_into(s, rows, r0, r1, queries, nq, sel.data(), cap);
     auto& st = storage[static_cast<std::size_t>(t)];
     for (std::size_t q = 0; q < nq; ++q)
       sizes[static_cast<std::size_t>(t)][q] = sel[q].take(st.data() + q * cap);

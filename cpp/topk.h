@@ -63,6 +63,7 @@ class HeapSelector {
   }
 
   Value threshold() const { return size_ < cap_ ? Order::open() : data_[0].value; }
+  bool full() const { return size_ == cap_; }
 
   // Moves the kept entries, best first, to `out`; returns how many. The selector is
   // unusable afterwards.
@@ -135,12 +136,24 @@ class CountingSelector {
     return below_ >= cap_ ? limit_ - 1 : HammingOrder::open();
   }
 
+  bool full() const { return below_ >= cap_; }
+
+  // Distances are small integers, so the final order comes from a counting sort by
+  // distance; only the distance groups that reach the output are then sorted by id
+  // (arrival order is nearly ascending, so those sorts are short).
   std::size_t take(E* out) {
     compact();
     const std::size_t m = std::min(cap_, entries_.size());
-    std::partial_sort(entries_.begin(), entries_.begin() + static_cast<std::ptrdiff_t>(m),
-                      entries_.end());
-    std::copy(entries_.begin(), entries_.begin() + static_cast<std::ptrdiff_t>(m), out);
+    std::vector<std::size_t> start(static_cast<std::size_t>(limit_) + 1, 0);
+    for (const E& e : entries_) ++start[e.value + 1];
+    for (std::size_t d = 1; d < start.size(); ++d) start[d] += start[d - 1];
+    std::vector<E> sorted(entries_.size());
+    std::vector<std::size_t> next(start.begin(), start.end() - 1);
+    for (const E& e : entries_) sorted[next[e.value]++] = e;
+    for (std::size_t d = 0; d + 1 < start.size() && start[d] < m; ++d)
+      std::sort(sorted.begin() + static_cast<std::ptrdiff_t>(start[d]),
+                sorted.begin() + static_cast<std::ptrdiff_t>(start[d + 1]));
+    std::copy(sorted.begin(), sorted.begin() + static_cast<std::ptrdiff_t>(m), out);
     return m;
   }
 

@@ -127,3 +127,31 @@ def test_very_wide_codes_use_the_heap_selector_and_match(simd):
     rd, ri = hamming_reference(db, queries, 25)
     np.testing.assert_array_equal(d, rd)
     np.testing.assert_array_equal(i, ri)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_large_k_with_sampled_ceiling_matches_reference(simd, threads):
+    # k = 100 on 20,000 rows makes the driver estimate a ceiling from a sample (an 8%
+    # sample of evenly spaced 64-row chunks).
+    rng = np.random.default_rng(13)
+    db = rng.integers(0, 256, (20_000, 8), dtype=np.uint8)
+    db[rng.integers(0, 20_000, 3_000)] = db[7]  # heavy ties
+    queries = np.concatenate([db[7:8], rng.integers(0, 256, (20, 8), dtype=np.uint8)])
+    d, i = cofisearch.hamming_knn(db, queries, 100, num_threads=threads)
+    rd, ri = hamming_reference(db, queries, 100)
+    np.testing.assert_array_equal(d, rd)
+    np.testing.assert_array_equal(i, ri)
+
+
+def test_misleading_sample_falls_back_to_a_full_search(simd):
+    # The first sampled chunk (rows 0-63) equals the query, so the sample promises that
+    # distance 0 is enough; only 64 such rows exist, fewer than k = 100. (A batch of 4
+    # queries, since single queries at this k are not sampled.)
+    rng = np.random.default_rng(14)
+    db = rng.integers(0, 256, (20_000, 8), dtype=np.uint8)
+    query = np.repeat(rng.integers(0, 256, (1, 8), dtype=np.uint8), 4, axis=0)
+    db[0:64] = query[0]
+    d, i = cofisearch.hamming_knn(db, query, 100, num_threads=1)
+    rd, ri = hamming_reference(db, query, 100)
+    np.testing.assert_array_equal(d, rd)
+    np.testing.assert_array_equal(i, ri)
