@@ -401,36 +401,6 @@ def format_table(rows):
     return "\n".join(out)
 
 
-def format_machine(info):
-    flags = " ".join(f for f, on in info["cpu_flags"].items() if on)
-    if isinstance(info["blas"], list):
-        blas = "; ".join(
-            f"{b['library']} {b['version']} ({b['architecture'] or b['api']}, "
-            f"{b['num_threads']} threads)"
-            for b in info["blas"]
-        )
-    else:
-        blas = info["blas"]
-    env = ", ".join(f"{k}={v}" for k, v in info["env"].items() if v is not None) or "none set"
-    return "\n".join(
-        [
-            f"CPU:        {info['cpu_model']} (family {info['cpu_family']}, model "
-            f"{info['cpu_model_number']}), {info['logical_cpus']} logical CPUs, "
-            f"affinity {info['affinity']}",
-            f"caches:     {info['caches']}; memory {info['mem_total_gib']} GiB; "
-            f"THP {info['transparent_hugepages']}",
-            f"flags:      {flags}",
-            f"cofisearch: {info['cofisearch']}, SIMD {info['simd_level']} "
-            f"(available {', '.join(info['simd_levels_available'])})",
-            f"peers:      numpy {info['numpy']}, faiss {info['faiss']}",
-            f"BLAS:       {blas}",
-            f"env:        {env}",
-            f"load:       {info['loadavg']} (1, 5, 15 min; above the CPU count means shared cores)",
-            f"python:     {info['python']} on {info['platform']}",
-        ]
-    )
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller float sizes and batches")
@@ -476,7 +446,7 @@ def main(argv=None):
           f"{args.clock}-clock medians of {args.repeat} after a warm-up\n")
     print(format_table(report.rows))
     print()
-    print(format_machine(before))
+    print(cb.format_machine(before))
     print(f"load after: {after['loadavg']}")
     for warning in cb.blas_warnings(before):
         print(f"warning:    {warning}")

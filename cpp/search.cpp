@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <exception>
+#include <memory>
 #include <stdexcept>
 #include <thread>
 #include <type_traits>
@@ -123,7 +124,11 @@ void scan_range(const S& s, const typename S::Elem* rows, std::size_t r0, std::s
       std::max<std::size_t>(64, kBlockBytes / std::max<std::size_t>(s.row_bytes(), 1)) / 8 * 8;
   std::vector<Value<S>> thresh(nq);
   for (std::size_t i = 0; i < nq; ++i) thresh[i] = tighter<S>(heaps[i].threshold(), ceiling, i);
-  std::vector<typename S::Hit> hits(kMaxQueryTile * block);
+  // Sized for the worst case of one kernel call on this range, and left uninitialised:
+  // zeroing a buffer of a megabyte or more cost more than searching a small database.
+  const std::size_t hit_rows = std::min(block, r1 - r0);
+  std::unique_ptr<typename S::Hit[]> hit_buffer(new typename S::Hit[kMaxQueryTile * hit_rows]);
+  typename S::Hit* const hits = hit_buffer.get();
   // A kernel compares against the thresholds it was given for its whole block, and they
   // are open until the heaps fill: one full first block would turn every one of its rows
   // into a heap insertion for every query. Doubling the block from a small start keeps
@@ -134,7 +139,7 @@ void scan_range(const S& s, const typename S::Elem* rows, std::size_t r0, std::s
     for (std::size_t t = 0; t < nq; t += kMaxQueryTile) {
       const std::size_t nt = std::min(kMaxQueryTile, nq - t);
       const std::size_t h = s.run(queries + t * s.stride, nt, rows + b * s.stride, nb,
-                                  thresh.data() + t, hits.data());
+                                  thresh.data() + t, hits);
       for (std::size_t i = 0; i < h; ++i)
         heaps[t + hits[i].query].push(S::value(hits[i]),
                                       static_cast<std::int64_t>(b + hits[i].row));

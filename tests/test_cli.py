@@ -1,0 +1,275 @@
+"""The ``cofisearch`` command line, end to end at a tiny scale.
+
+Commands run in-process through ``cli.main(argv, out=...)`` (their tables go to ``out``,
+errors to stderr), plus real subprocesses for ``python -m cofisearch`` so that the entry
+point itself, and what a user's terminal shows on an error, are covered too.
+"""
+
+import functools
+import importlib.util
+import io
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import cofisearch
+from cofisearch import _measure, benchmark, cli
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
+BENCH_PLOTS = (
+    "bench_hamming_scaling.png",
+    "bench_float_scaling.png",
+    "bench_equal_storage.png",
+    "bench_equal_recall.png",
+    "bench_cascade.png",
+    "bench_table7.png",
+)
+
+
+def run_cli(argv):
+    """(exit status, stdout text) of ``cofisearch argv`` run in this process."""
+    out = io.StringIO()
+    try:
+        status = cli.main(argv, out=out)
+    except SystemExit as exc:
+        status = exc.code
+    return status, out.getvalue()
+
+
+def run_module(*args):
+    """``python -m cofisearch args`` in a subprocess that imports this same package."""
+    package_root = os.path.dirname(os.path.dirname(cofisearch.__file__))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+    return subprocess.run(
+        [sys.executable, "-m", "cofisearch", *args],
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+
+
+def is_png(path):
+    with open(path, "rb") as f:
+        return f.read(len(PNG_MAGIC)) == PNG_MAGIC
+
+
+# ---- info -----------------------------------------------------------------------------------
+
+
+def test_info_prints_version_and_simd_level():
+    status, text = run_cli(["info"])
+    assert status == 0
+    assert cofisearch.__version__ in text
+    assert cofisearch.simd_level() in text
+
+
+def test_module_entry_point_runs_info():
+    proc = run_module("info")
+    assert proc.returncode == 0, proc.stderr
+    assert "simd level" in proc.stdout
+    assert proc.stderr == ""
+
+
+# ---- bench ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory):
+    """One tiny ``cofisearch bench --quick`` shared by the bench tests: the "tiny" scale
+    keeps every section and plot but takes seconds instead of a minute."""
+    out_dir = tmp_path_factory.mktemp("bench")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(benchmark, "run", functools.partial(benchmark.run, scale="tiny"))
+        status, text = run_cli(
+            ["bench", "--quick", "--max-size", "2000", "--quiet", "--out", str(out_dir)]
+        )
+    return status, text, out_dir
+
+
+def test_bench_exits_zero_and_prints_the_tables(bench_run):
+    status, text, _ = bench_run
+    assert status == 0
+    assert "## Hamming top-k" in text
+    assert "bench.json" in text.splitlines()[-1]
+
+
+def test_bench_json_has_machine_and_timings(bench_run):
+    _, _, out_dir = bench_run
+    with open(out_dir / "bench.json") as f:
+        report = json.load(f)
+    assert report["machine"]["simd_level"] == cofisearch.simd_level()
+    assert report["machine"]["cpu_model"]
+    assert report["machine"]["logical_cpus"] >= 1
+    engines = {m["engine"] for m in report["measurements"]}
+    assert {"cofisearch", "numpy"} <= engines
+    assert all(m["times_s"] and m["median_s"] > 0 for m in report["measurements"])
+
+
+def test_bench_respects_max_size(bench_run):
+    _, _, out_dir = bench_run
+    with open(out_dir / "bench.json") as f:
+        report = json.load(f)
+    assert max(m["n"] for m in report["measurements"]) <= 2000
+
+
+def test_bench_results_pass_their_checks(bench_run):
+    _, _, out_dir = bench_run
+    with open(out_dir / "bench.json") as f:
+        report = json.load(f)
+    assert report["problems"] == []
+
+
+def test_bench_markdown_has_the_table7_ratio_line(bench_run):
+    _, _, out_dir = bench_run
+    text = (out_dir / "bench.md").read_text()
+    ratio_lines = [line for line in text.splitlines() if "float/binary time ratio" in line]
+    assert len(ratio_lines) == 1
+    assert "cofisearch" in ratio_lines[0] and benchmark.STUDY_RATIO_TEXT in ratio_lines[0]
+
+
+@pytest.mark.skipif(not HAS_MATPLOTLIB, reason="matplotlib is not installed")
+def test_bench_writes_every_plot(bench_run):
+    _, _, out_dir = bench_run
+    assert all(is_png(out_dir / name) for name in BENCH_PLOTS)
+
+
+@pytest.mark.skipif(
+    _measure.mem_available_bytes() is None, reason="no /proc/meminfo to check memory against"
+)
+def test_bench_refuses_max_size_beyond_memory(capsys, tmp_path):
+    status, _ = run_cli(["bench", "--max-size", str(10**15), "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert status == 1
+    assert err.count("\n") == 1 and "max_size" in err and "memory" in err
+    assert not (tmp_path / "bench.json").exists()
+
+
+# The Python API behind the command: (keyword arguments, exception, words of the message).
+BAD_RUN_ARGUMENTS = [
+    ({"max_size": "10000"}, TypeError, "max_size must be an int"),
+    ({"max_size": 1e6}, TypeError, "max_size must be an int"),
+    ({"max_size": 999}, ValueError, "max_size must be at least 1,000"),
+    ({"scale": "huge"}, ValueError, "scale must be one of"),
+]
+
+
+@pytest.mark.parametrize("kwargs, error, words", BAD_RUN_ARGUMENTS)
+def test_benchmark_run_rejects_bad_arguments(kwargs, error, words):
+    with pytest.raises(error, match=words):
+        benchmark.run(show_progress_bar=False, **kwargs)
+
+
+# ---- eval -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fico_dir(tmp_path):
+    """A FiCo-ITR layout: an embedding model and a similarity model on 'f30k' (20 images,
+    5 captions each, every caption near its image) and the dataset's labels."""
+    rng = np.random.default_rng(7)
+    images = rng.standard_normal((20, 16)).astype(np.float32)
+    texts = np.repeat(images, 5, axis=0)
+    texts += 0.05 * rng.standard_normal(texts.shape).astype(np.float32)
+    labels = np.zeros((20, 4), dtype=np.int64)
+    labels[np.arange(20), np.arange(20) % 4] = 1
+    np.save(tmp_path / "toy_f30k_img.npy", images)
+    np.save(tmp_path / "toy_f30k_txt.npy", texts)
+    # Cosine, as the study computes from embeddings: rank 1 is then the true match.
+    np.save(tmp_path / "toysim_f30k_sim.npy", _unit_rows(images) @ _unit_rows(texts).T)
+    np.save(tmp_path / "flickr30k-karpathy-test-labels.npy", labels)
+    return tmp_path
+
+
+def _unit_rows(x):
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _eval_rows(text):
+    return [
+        [c.strip() for c in line.strip("|").split("|")]
+        for line in text.splitlines()
+        if line.startswith("| ") and not line.startswith("| model")
+    ]
+
+
+def test_eval_prints_a_row_per_model_and_direction(fico_dir, tmp_path_factory):
+    out_dir = tmp_path_factory.mktemp("eval")
+    status, text = run_cli(["eval", str(fico_dir), "--out", str(out_dir), "--ks", "1,5"])
+    assert status == 0
+    rows = _eval_rows(text)
+    assert sorted((r[0], r[1], r[2]) for r in rows) == [
+        ("toy", "f30k", "i2t"), ("toy", "f30k", "t2i"),
+        ("toysim", "f30k", "i2t"), ("toysim", "f30k", "t2i"),
+    ]
+
+
+def test_eval_finds_every_true_match_at_rank_one(fico_dir, tmp_path_factory):
+    out_dir = tmp_path_factory.mktemp("eval")
+    _, text = run_cli(["eval", str(fico_dir), "--out", str(out_dir), "--ks", "1,5"])
+    assert all(float(r[3]) == 100.0 for r in _eval_rows(text))
+
+
+def test_eval_writes_the_table(fico_dir, tmp_path_factory):
+    out_dir = tmp_path_factory.mktemp("eval")
+    _, text = run_cli(["eval", str(fico_dir), "--out", str(out_dir)])
+    assert (out_dir / "eval.md").read_text().strip() in text
+
+
+# ---- demo -----------------------------------------------------------------------------------
+
+
+def test_demo_tiny_writes_tables_and_plots(tmp_path):
+    pytest.importorskip("torch")
+    status, text = run_cli(
+        ["demo", "--scale", "tiny", "--quiet", "--no-fashion-mnist", "--out", str(tmp_path)]
+    )
+    assert status == 0
+    assert "demo.md" in text.splitlines()[-1]
+    with open(tmp_path / "demo.json") as f:
+        assert json.load(f)["retrieval"]
+    assert (tmp_path / "demo.md").read_text().startswith("## ")
+    if HAS_MATPLOTLIB:
+        assert is_png(tmp_path / "demo_recall.png") and is_png(tmp_path / "demo_latency.png")
+
+
+# ---- bad arguments --------------------------------------------------------------------------
+
+# (argv, exit status, words the error line must hold); "{tmp}" is an empty directory.
+BAD_ARGUMENTS = [
+    (["bench", "--bogus"], 2, "unrecognized arguments"),
+    (["frobnicate"], 2, "invalid choice"),
+    ([], 2, "required"),
+    (["bench", "--max-size", "-5"], 2, "--max-size"),
+    (["bench", "--max-size", "0"], 2, "--max-size"),
+    (["bench", "--max-size", "many"], 2, "--max-size"),
+    (["bench", "--max-size", "999", "--out", "{tmp}"], 1, "max_size"),
+    (["demo", "--threads", "-1"], 2, "--threads"),
+    (["demo", "--scale", "huge"], 2, "--scale"),
+    (["eval", "{tmp}", "--ks", "0"], 2, "--ks"),
+    (["eval", "{tmp}", "--out", "{tmp}"], 1, "holds no FiCo-ITR model outputs"),
+    (["eval", "{tmp}/missing"], 2, "does not exist"),
+]
+
+
+@pytest.mark.parametrize(
+    "argv, status, words", BAD_ARGUMENTS, ids=[" ".join(a[0]) or "(none)" for a in BAD_ARGUMENTS]
+)
+def test_bad_argument_ends_with_a_one_line_error(argv, status, words, tmp_path, capsys):
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    got, out = run_cli(argv)
+    err = capsys.readouterr().err
+    assert got == status
+    last = err.rstrip("\n").splitlines()[-1]
+    assert last.startswith("cofisearch") and "error:" in last and words in last
+    assert "Traceback" not in err
+    assert out == ""
+
+
+def test_bad_argument_from_the_entry_point_shows_no_traceback(tmp_path):
+    proc = run_module("eval", str(tmp_path))
+    assert proc.returncode == 1
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("cofisearch eval: error:")
