@@ -6,7 +6,10 @@ distribution, a sample of test queries (images not used for training) timed agai
 whole database, in both directions:
 
 - exhaustive float: ``FloatIndex.search`` over all image or caption embeddings;
-- the cascade: ``BinaryIndex`` Hamming screen of ``n_candidates`` then exact float rerank.
+- the cascade: ``BinaryIndex`` Hamming screen of ``n_candidates`` then exact float rerank,
+  with two kinds of codes: an instance-loss ``HashEncoder`` trained on the features
+  (``hash``), and ITQ codes of the dual encoder's own embeddings (``itq``, training-free,
+  so the screen approximates the very ranking it feeds).
 
 It prints R@1/R@10 on the sample for each, the per-query latency and the speed-up, and
 says which ``n_candidates`` keeps R@10 within 1 point of exhaustive float at >= 10x lower
@@ -29,7 +32,7 @@ import numpy as np
 
 import cofisearch
 from cofisearch import datasets
-from cofisearch.encoders import DualEncoder, HashEncoder
+from cofisearch.encoders import DualEncoder, HashEncoder, ITQBinarizer
 
 
 def _median(fn, repeats):
@@ -59,6 +62,8 @@ def main(argv=None):
     p.add_argument("--torch-threads", type=int, default=1,
                    help="threads for training and encoding (one is fastest on a shared 2-core box)")
     p.add_argument("--candidates", default="100,300,1000,3000,10000")
+    p.add_argument("--codes", default="hash,itq", help="code kinds to screen with: hash, itq")
+    p.add_argument("--itq-bits", type=int, default=256)
     p.add_argument("--threads", type=int, default=cofisearch.get_num_threads())
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
@@ -88,15 +93,26 @@ def main(argv=None):
     n_img, n_cap = args.images, args.images * cpi
     img_emb = np.empty((n_img, args.embed_dim), np.float32)
     cap_emb = np.empty((n_cap, args.embed_dim), np.float32)
-    img_codes = np.empty((n_img, args.nbits // 8), np.uint8)
-    cap_codes = np.empty((n_cap, args.nbits // 8), np.uint8)
+    kinds = [c.strip() for c in args.codes.split(",") if c.strip()]
+    bits = {"hash": args.nbits, "itq": args.itq_bits}
+    img_codes = {c: np.empty((n_img, bits[c] // 8), np.uint8) for c in kinds}
+    cap_codes = {c: np.empty((n_cap, bits[c] // 8), np.uint8) for c in kinds}
     for chunk in datasets.iter_paired(n_img, cpi, seed=args.seed, chunk_size=16_384):
         a, b = chunk.start, chunk.stop
         img_emb[a:b] = dual.encode_image(chunk.image_features)
         cap_emb[a * cpi:b * cpi] = dual.encode_text(chunk.text_features)
-        img_codes[a:b] = hasher.encode_image(chunk.image_features)
-        cap_codes[a * cpi:b * cpi] = hasher.encode_text(chunk.text_features)
+        if "hash" in kinds:
+            img_codes["hash"][a:b] = hasher.encode_image(chunk.image_features)
+            cap_codes["hash"][a * cpi:b * cpi] = hasher.encode_text(chunk.text_features)
         print(f"\rencoded {b}/{n_img} images", end="", flush=True)
+    if "itq" in kinds:
+        # One rotation for both modalities: they share the dual encoder's space.
+        fit_rows = np.concatenate([img_emb[:args.train], cap_emb[:args.train * cpi:cpi]])
+        itq = ITQBinarizer(args.itq_bits, seed=args.seed).fit(fit_rows)
+        for start in range(0, n_img, 65_536):
+            img_codes["itq"][start:start + 65_536] = itq.transform(img_emb[start:start + 65_536])
+        for start in range(0, n_cap, 65_536):
+            cap_codes["itq"][start:start + 65_536] = itq.transform(cap_emb[start:start + 65_536])
     report["encode_seconds"] = time.perf_counter() - t0
     print(f"\nencoded the database in {report['encode_seconds']:.0f} s", flush=True)
 
@@ -104,43 +120,48 @@ def main(argv=None):
     q_img = np.sort(rng.choice(np.arange(n_img - 10 * args.queries, n_img), args.queries, replace=False))
     q_cap = q_img * cpi + rng.integers(0, cpi, args.queries)
     directions = {
-        "i2t": dict(db_emb=cap_emb, db_codes=cap_codes, q_emb=img_emb[q_img], q_codes=img_codes[q_img],
+        "i2t": dict(db_emb=cap_emb, db_codes=cap_codes, q_emb=img_emb[q_img],
+                    q_codes={c: img_codes[c][q_img] for c in kinds},
                     truth=lambda ids: (ids // cpi) == q_img[:, None]),
-        "t2i": dict(db_emb=img_emb, db_codes=img_codes, q_emb=cap_emb[q_cap], q_codes=cap_codes[q_cap],
+        "t2i": dict(db_emb=img_emb, db_codes=img_codes, q_emb=cap_emb[q_cap],
+                    q_codes={c: cap_codes[c][q_cap] for c in kinds},
                     truth=lambda ids: ids == (q_cap // cpi)[:, None]),
     }
     report["directions"] = {}
     for name, d in directions.items():
         fine = cofisearch.FloatIndex(args.embed_dim)  # embeddings are unit rows already
         fine.add(d["db_emb"])
-        coarse = cofisearch.BinaryIndex(args.nbits)
-        coarse.add(d["db_codes"])
         t_float, exact = _median(lambda: fine.search(d["q_emb"], 10, num_threads=args.threads), args.repeats)
         base = _recall(exact.ids, d["truth"])
-        rows = []
         print(f"\n{name}: database {fine.ntotal:,} items, {args.queries} queries, {args.threads} threads")
         print(f"  exhaustive float: R@1 {base['R@1']:.1f}  R@10 {base['R@10']:.1f}  "
               f"{1e3 * t_float / args.queries:.3f} ms/query")
-        for depth in depths:
-            cascade = cofisearch.Cascade(coarse, fine, n_candidates=depth)
-            t_casc, res = _median(lambda: cascade.search(d["q_codes"], d["q_emb"], 10,
-                                                         num_threads=args.threads), args.repeats)
-            rec = _recall(res.ids, d["truth"])
-            row = {"n_candidates": depth, **rec, "ms_per_query": 1e3 * t_casc / args.queries,
-                   "speedup": t_float / t_casc,
-                   "screen_ms_per_query": 1e3 * res.timings["coarse"] / args.queries,
-                   "rerank_ms_per_query": 1e3 * res.timings["fine"] / args.queries}
-            rows.append(row)
-            print(f"  cascade n_candidates={depth:>6}: R@1 {rec['R@1']:.1f}  R@10 {rec['R@10']:.1f}  "
-                  f"{row['ms_per_query']:.3f} ms/query  speed-up {row['speedup']:.1f}x")
-        ok = [r for r in rows if r["R@10"] >= base["R@10"] - 1.0 and r["speedup"] >= 10.0]
-        verdict = (f"n_candidates={ok[0]['n_candidates']} keeps R@10 within 1 point at "
-                   f"{ok[0]['speedup']:.1f}x lower latency" if ok else
-                   "no n_candidates tried keeps R@10 within 1 point at >= 10x lower latency")
-        print(f"  -> {verdict}")
-        report["directions"][name] = {"exhaustive": {**base, "ms_per_query": 1e3 * t_float / args.queries},
-                                      "cascade": rows, "verdict": verdict}
-        del fine, coarse
+        entry = {"exhaustive": {**base, "ms_per_query": 1e3 * t_float / args.queries}}
+        for kind in kinds:
+            coarse = cofisearch.BinaryIndex(bits[kind])
+            coarse.add(d["db_codes"][kind])
+            rows = []
+            for depth in depths:
+                cascade = cofisearch.Cascade(coarse, fine, n_candidates=depth)
+                t_casc, res = _median(lambda: cascade.search(d["q_codes"][kind], d["q_emb"], 10,
+                                                             num_threads=args.threads), args.repeats)
+                rec = _recall(res.ids, d["truth"])
+                row = {"n_candidates": depth, **rec, "ms_per_query": 1e3 * t_casc / args.queries,
+                       "speedup": t_float / t_casc,
+                       "screen_ms_per_query": 1e3 * res.timings["coarse"] / args.queries,
+                       "rerank_ms_per_query": 1e3 * res.timings["fine"] / args.queries}
+                rows.append(row)
+                print(f"  cascade {kind} {bits[kind]}-bit n_candidates={depth:>6}: R@1 {rec['R@1']:.1f}  "
+                      f"R@10 {rec['R@10']:.1f}  {row['ms_per_query']:.3f} ms/query  "
+                      f"speed-up {row['speedup']:.1f}x")
+            ok = [r for r in rows if r["R@10"] >= base["R@10"] - 1.0 and r["speedup"] >= 10.0]
+            verdict = (f"{kind} codes, n_candidates={ok[0]['n_candidates']}: R@10 within 1 point at "
+                       f"{ok[0]['speedup']:.1f}x lower latency" if ok else
+                       f"{kind} codes: no n_candidates tried keeps R@10 within 1 point at >= 10x lower latency")
+            print(f"  -> {verdict}")
+            entry[kind] = {"nbits": bits[kind], "cascade": rows, "verdict": verdict}
+        report["directions"][name] = entry
+        del fine
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)
