@@ -112,6 +112,19 @@ def _run_python(code):
     )
 
 
+
+def _kill(actor):
+    """Kills a shard's actor and waits until Ray reports it dead: ray.kill only asks, so a
+    call made right after it may still be answered by the living actor."""
+    ray.kill(actor)
+    for _ in range(400):
+        try:
+            ray.get(actor.count.remote(), timeout=30)
+        except ray.exceptions.RayActorError:
+            return
+        time.sleep(0.05)
+    raise AssertionError("the actor did not die")
+
 def test_importing_cofisearch_does_not_import_ray():
     done = _run_python("import sys, cofisearch; print('ray' in sys.modules)")
     assert done.returncode == 0, done.stderr
@@ -440,7 +453,7 @@ def test_killed_saved_shard_is_restored_and_results_stay_identical(tmp_path):
     with sharded:
         _assert_same(sharded.search(queries, 10), single.search(queries, 10))
         dead = sharded.actors[1]
-        ray.kill(dead)
+        _kill(dead)
         _assert_same(sharded.search(queries, 10), single.search(queries, 10))
         assert sharded.actors[1] is not dead
 
@@ -464,7 +477,7 @@ def test_shard_killed_while_searches_run_never_changes_an_answer(tmp_path):
         thread = threading.Thread(target=searcher)
         thread.start()
         first_done.wait(timeout=60)
-        ray.kill(sharded.actors[2])
+        _kill(sharded.actors[2])
         thread.join(timeout=120)
     assert not errors
     assert len(answers) == 15
@@ -476,7 +489,7 @@ def test_killed_shard_with_rows_added_since_its_save_is_reported_lost(tmp_path):
     sharded, _, codes, queries = _saved_index(tmp_path)
     with sharded:
         sharded.add(codes[:3])  # one row reaches each shard, so no save matches any more
-        ray.kill(sharded.actors[0])
+        _kill(sharded.actors[0])
         with pytest.raises(ShardLostError, match="shard 0 of 3.*added since its last save") as info:
             sharded.search(queries, 10)
         assert isinstance(info.value, RuntimeError)
@@ -487,7 +500,7 @@ def test_killed_unsaved_shard_raises_shard_lost_and_keeps_raising():
     codes, queries = _binary_data(n=900, seed=6)
     with ShardedIndex(cofisearch.BinaryIndex(16), 3) as sharded:
         sharded.add(codes)
-        ray.kill(sharded.actors[2])
+        _kill(sharded.actors[2])
         with pytest.raises(ShardLostError, match="shard 2 of 3.*never saved"):
             sharded.search(queries, 10)
         # The survivors are alive, but an answer from them alone would be wrong.
@@ -520,7 +533,7 @@ def test_shard_killed_before_an_add_is_restored_and_receives_its_rows(tmp_path):
     sharded, _, codes, queries = _saved_index(tmp_path)
     extra, _ = _binary_data(n=10, seed=8)
     with sharded:
-        ray.kill(sharded.actors[0])
+        _kill(sharded.actors[0])
         sharded.add(extra)
         expected = _single(sharded, np.concatenate([codes, extra])).search(queries, 10)
         _assert_same(sharded.search(queries, 10), expected)
