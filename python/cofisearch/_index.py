@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import os
 import struct
-import tempfile
 import zlib
 from typing import NamedTuple
 
 import numpy as np
 
 from . import _core
+from ._files import atomic_write
 from ._checks import (
     as_numpy,
     check_codes,
@@ -350,24 +350,15 @@ def _save(path, kind, width, metric, rows):
     head = _HEAD.pack(_MAGIC, _VERSION, kind, width, rows.shape[0], metric, 0, rows.nbytes)
     header = head + struct.pack("<I", _checksum(head, rows))
     header += b"\0" * (_HEADER_SIZE - len(header))
-    directory = os.path.dirname(os.path.abspath(path))
-    # Write beside the target, then rename over it: a crash mid-save leaves the old file.
-    fd, tmp = tempfile.mkstemp(prefix=".cofisearch-", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(header)
-            flat = rows.reshape(-1).view(np.uint8)
-            for start in range(0, flat.size, _CHUNK):
-                f.write(flat[start : start + _CHUNK])
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+
+    def write(f):
+        f.write(header)
+        flat = rows.reshape(-1).view(np.uint8)
+        for start in range(0, flat.size, _CHUNK):
+            f.write(flat[start : start + _CHUNK])
+
+    # Written beside the target, then renamed over it: a crash mid-save leaves the old file.
+    atomic_write(path, write)
 
 
 def _restore(kind, width, metric, rows):

@@ -50,6 +50,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from ._files import json_default
 from . import _measure as ms
 from . import simd_level
 from ._index import BinaryIndex, FloatIndex
@@ -300,19 +301,13 @@ class BenchReport:
         os.makedirs(out_dir, exist_ok=True)
         paths = [os.path.join(out_dir, "bench.json"), os.path.join(out_dir, "bench.md")]
         with open(paths[0], "w") as f:
-            json.dump(self.to_dict(), f, indent=1, default=_json_default)
+            json.dump(self.to_dict(), f, indent=1, default=json_default)
         with open(paths[1], "w") as f:
             f.write(self.to_markdown())
         paths += _plots(self, out_dir)
         return paths
 
 
-def _json_default(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"cannot serialise {type(value).__name__}")
 
 
 # ---- run ------------------------------------------------------------------------------------

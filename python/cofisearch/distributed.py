@@ -82,7 +82,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import threading
 import time
 import uuid
@@ -97,6 +96,7 @@ except ImportError as exc:
         'cofisearch.distributed needs Ray, which is not installed: pip install "cofisearch[ray]"'
     ) from exc
 
+from ._files import atomic_write
 from ._checks import (
     check_codes,
     check_floats,
@@ -339,21 +339,11 @@ def _shard_counts(ntotal, n_shards):
 
 
 def _write_json_atomically(path, payload):
-    directory = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(prefix=".manifest-", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(payload, f, indent=2, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    def write(f):
+        json.dump(payload, f, indent=2, sort_keys=True)
+        f.write("\n")
+
+    atomic_write(path, write, mode="w", prefix=".manifest-")
 
 
 def _read_manifest(directory):

@@ -28,6 +28,7 @@ import numpy as np
 
 from . import datasets, metrics
 from ._checks import check_positive_int
+from ._files import json_default
 from ._index import BinaryIndex, FloatIndex
 from .cascade import Cascade
 
@@ -83,18 +84,12 @@ class StudyResult:
         with open(paths[0], "w") as f:
             f.write(self.to_markdown())
         with open(paths[1], "w") as f:
-            json.dump(self.to_dict(), f, indent=2, default=_json_default)
+            json.dump(self.to_dict(), f, indent=2, default=json_default)
         if self.cascade:
             paths += _plot_cascade(self, out_dir, stem)
         return paths
 
 
-def _json_default(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"cannot serialise {type(value).__name__}")
 
 
 def _config_line(config):
