@@ -27,7 +27,7 @@ using u32 = std::uint32_t;
 using u64 = std::uint64_t;
 using sz = std::size_t;
 
-constexpr sz kPrefetchBytes = 2048;
+constexpr sz kPrefetchBytes = 8192;
 constexpr int kShuffleEven = _MM_SHUFFLE(2, 0, 2, 0);
 constexpr int kShuffleOdd = _MM_SHUFFLE(3, 1, 3, 1);
 
