@@ -101,15 +101,24 @@ class Cascade:
             query_vectors, depth, candidates=candidates, num_threads=threads
         )
         t2 = time.perf_counter()
-        if self.reranker is not None:
-            head = ids[:, : self.n_rerank]
-            queries = query_vectors if rerank_queries is None else rerank_queries
-            scores, ids = _apply_reranker(self.reranker, queries, head, k)
-        t3 = time.perf_counter()
-        result = CascadeResult(scores[:, :k], ids[:, :k])
-        result.timings = {"coarse": t1 - t0, "fine": t2 - t1, "rerank": t3 - t2, "total": t3 - t0}
-        result.candidates = candidates
-        return result
+        return _last_stage(self.reranker, self.n_rerank, query_vectors, rerank_queries,
+                           scores, ids, k, candidates, t1 - t0, t2 - t1, t0)
+
+
+def _last_stage(reranker, n_rerank, query_vectors, rerank_queries, scores, ids, k,
+                candidates, coarse_seconds, fine_seconds, started):
+    """Applies the optional reranker and assembles the :class:`CascadeResult` (shared by
+    the sharded cascade)."""
+    t2 = time.perf_counter()
+    if reranker is not None:
+        queries = query_vectors if rerank_queries is None else rerank_queries
+        scores, ids = _apply_reranker(reranker, queries, ids[:, :n_rerank], k)
+    t3 = time.perf_counter()
+    result = CascadeResult(scores[:, :k], ids[:, :k])
+    result.timings = {"coarse": coarse_seconds, "fine": fine_seconds, "rerank": t3 - t2,
+                      "total": t3 - started}
+    result.candidates = candidates
+    return result
 
 
 def _rows(x, name):

@@ -113,7 +113,7 @@ from ._index import (
     _check_candidates,
     load_index,
 )
-from .cascade import CascadeResult, _apply_reranker, _rows
+from .cascade import _last_stage, _rows
 
 __all__ = ["ShardLostError", "ShardedCascade", "ShardedIndex", "load_sharded"]
 
@@ -1007,8 +1007,7 @@ class ShardedCascade(_Sharded):
             c_arg = self._put(candidates, len(shards))
             got = self._call("rerank", shards, lambda s: (qv_arg, c_arg, depth, threads))
             scores, ids = _merge([got[s] for s in shards], depth, descending=True)
-            t2 = time.perf_counter()
-            coarse_s, fine_s = t1 - t0, t2 - t1
+            coarse_s, fine_s = t1 - t0, time.perf_counter() - t1
         else:
             got = self._call(
                 "cascade", shards, lambda s: (qc_arg, qv_arg, self.n_candidates, depth, threads)
@@ -1019,16 +1018,8 @@ class ShardedCascade(_Sharded):
             _, candidates = _merge([p[2:4] for p in parts], width, descending=False)
             coarse_s = max(p[4] for p in parts)
             fine_s = max(p[5] for p in parts)
-            t2 = time.perf_counter()
-        if self.reranker is not None:
-            head = ids[:, : self.n_rerank]
-            queries = query_vectors if rerank_queries is None else rerank_queries
-            scores, ids = _apply_reranker(self.reranker, queries, head, k)
-        t3 = time.perf_counter()
-        result = CascadeResult(scores[:, :k], ids[:, :k])
-        result.timings = {"coarse": coarse_s, "fine": fine_s, "rerank": t3 - t2, "total": t3 - t0}
-        result.candidates = candidates
-        return result
+        return _last_stage(self.reranker, self.n_rerank, query_vectors, rerank_queries,
+                           scores, ids, k, candidates, coarse_s, fine_s, t0)
 
     @classmethod
     def load(cls, directory, *, n_candidates=None, screen=None, reranker=None, n_rerank=None,
