@@ -161,7 +161,7 @@ def main(argv=None):
             print(f"  -> {verdict}")
             entry[kind] = {"nbits": bits[kind], "cascade": rows, "verdict": verdict}
         report["directions"][name] = entry
-        del fine
+        fine = None  # frees this direction's index before the next one is built
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)
