@@ -135,14 +135,16 @@ def test_candidates_rerank_matches_numpy(simd, dim):
     assert (s[~valid] == cofisearch.SCORE_SENTINEL).all()
 
 
-def test_candidates_covering_everything_equal_exhaustive_search():
+@pytest.mark.parametrize("dim, nq", [(20, 4), (300, 13), (17, 3)])
+def test_candidates_covering_everything_equal_exhaustive_search(simd, dim, nq):
+    # Bit for bit, whatever tile shape the exhaustive scan used for these queries.
     rng = np.random.default_rng(10)
-    db = rng.standard_normal((300, 20)).astype(np.float32)
-    queries = rng.standard_normal((4, 20)).astype(np.float32)
-    index = cofisearch.FloatIndex(20)
+    db = rng.standard_normal((300, dim)).astype(np.float32)
+    queries = rng.standard_normal((nq, dim)).astype(np.float32)
+    index = cofisearch.FloatIndex(dim)
     index.add(db)
     full = index.search(queries, 15)
-    everything = np.tile(rng.permutation(300), (4, 1))
+    everything = np.tile(rng.permutation(300), (nq, 1))
     reranked = index.search(queries, 15, candidates=everything)
     np.testing.assert_array_equal(full.ids, reranked.ids)
     np.testing.assert_array_equal(full.distances, reranked.distances)
