@@ -57,17 +57,10 @@ class Cascade:
             raise TypeError(f"coarse must be a BinaryIndex, got {type(coarse).__name__}")
         if not isinstance(fine, FloatIndex):
             raise TypeError(f"fine must be a FloatIndex, got {type(fine).__name__}")
-        if reranker is not None and not callable(reranker):
-            raise TypeError(f"reranker must be callable, got {type(reranker).__name__}")
         self.coarse = coarse
         self.fine = fine
-        self.n_candidates = check_positive_int(n_candidates, "n_candidates")
+        self.n_candidates, self.n_rerank = _check_stages(n_candidates, reranker, n_rerank)
         self.reranker = reranker
-        if n_rerank is None:
-            n_rerank = self.n_candidates
-        self.n_rerank = check_positive_int(n_rerank, "n_rerank")
-        if reranker is None and n_rerank != self.n_candidates:
-            raise ValueError("n_rerank only applies with a reranker; got a value but no reranker")
 
     def __repr__(self):
         return (
@@ -119,6 +112,19 @@ def _last_stage(reranker, n_rerank, query_vectors, rerank_queries, scores, ids, 
                       "total": t3 - started}
     result.candidates = candidates
     return result
+
+
+def _check_stages(n_candidates, reranker, n_rerank):
+    """Validated (n_candidates, n_rerank) for a cascade; shared by the sharded cascade."""
+    if reranker is not None and not callable(reranker):
+        raise TypeError(f"reranker must be callable, got {type(reranker).__name__}")
+    n_candidates = check_positive_int(n_candidates, "n_candidates")
+    if n_rerank is None:
+        return n_candidates, n_candidates
+    n_rerank = check_positive_int(n_rerank, "n_rerank")
+    if reranker is None and n_rerank != n_candidates:
+        raise ValueError("n_rerank only applies with a reranker; got a value but no reranker")
+    return n_candidates, n_rerank
 
 
 def _rows(x, name):

@@ -113,7 +113,7 @@ from ._index import (
     _check_candidates,
     load_index,
 )
-from .cascade import _last_stage, _rows
+from .cascade import _check_stages, _last_stage, _rows
 
 __all__ = ["ShardLostError", "ShardedCascade", "ShardedIndex", "load_sharded"]
 
@@ -928,18 +928,11 @@ class ShardedCascade(_Sharded):
         self._start((coarse, fine), n_shards, address, actor_options, start_timeout_s)
 
     def _set_stages(self, n_candidates, screen, reranker, n_rerank):
-        if reranker is not None and not callable(reranker):
-            raise TypeError(f"reranker must be callable, got {type(reranker).__name__}")
+        self.n_candidates, self.n_rerank = _check_stages(n_candidates, reranker, n_rerank)
         if screen not in _SCREENS:
             raise ValueError(f"screen must be one of {list(_SCREENS)}, got {screen!r}")
-        self.n_candidates = check_positive_int(n_candidates, "n_candidates")
         self.screen = screen
         self.reranker = reranker
-        if n_rerank is None:
-            n_rerank = self.n_candidates
-        self.n_rerank = check_positive_int(n_rerank, "n_rerank")
-        if reranker is None and n_rerank != self.n_candidates:
-            raise ValueError("n_rerank only applies with a reranker; got a value but no reranker")
 
     @property
     def nbits(self):

@@ -535,16 +535,26 @@ def _matrix_blocks(matrix, name):
     return lambda q0, q1: _descending_key(np.asarray(matrix[q0:q1]), name)
 
 
+def _repeat_factor(shape, captions_per_image, name):
+    """How many times each image is repeated along a square matrix's rows (the VSRN/UCCH
+    layout fico-itr reads), or 0 when the matrix is not in that layout."""
+    rows, cols = shape
+    if rows != cols or not _duplicated(captions_per_image):
+        return 0
+    per = int(captions_per_image)
+    if rows % per:
+        raise ValueError(
+            f"{name} is square ({rows} x {cols}), which with captions_per_image={per} "
+            f"means images repeated {per} times, but {rows} is not a multiple of {per}"
+        )
+    return per
+
+
 def _instance_layout(matrix, captions_per_image, name):
     """(i2t matrix, i2t truth, t2i matrix, t2i truth) for one images x captions matrix."""
     rows, cols = matrix.shape
-    if rows == cols and _duplicated(captions_per_image):
-        per = int(captions_per_image)
-        if rows % per:
-            raise ValueError(
-                f"{name} is square ({rows} x {cols}), which with captions_per_image={per} "
-                f"means images repeated {per} times, but {rows} is not a multiple of {per}"
-            )
+    per = _repeat_factor(matrix.shape, captions_per_image, name)
+    if per:
         n_images = rows // per
         owner = np.arange(cols, dtype=np.int64) // per
         unique_rows = matrix[::per]
@@ -653,13 +663,8 @@ def _category_layout(sim1, sim2, labels, captions_per_image):
                 f"sim2 must be captions x images ({cols} x {rows}) to match sim1, got "
                 f"shape {np.shape(sim2)}"
             )
-    if rows == cols and _duplicated(captions_per_image):
-        per = int(captions_per_image)
-        if rows % per:
-            raise ValueError(
-                f"sim1 is square ({rows} x {cols}), which with captions_per_image={per} "
-                f"means images repeated {per} times, but {rows} is not a multiple of {per}"
-            )
+    per = _repeat_factor((rows, cols), captions_per_image, "sim1")
+    if per:
         # As fico-itr: every row and every column is an item, labels repeated on both axes.
         n_images = rows // per
         owner = np.arange(rows, dtype=np.int64) // per
