@@ -87,8 +87,11 @@ py::tuple hamming_search(const py::array& codes, std::int64_t n, const py::array
 }
 
 py::tuple dot_search(const py::array& db, std::int64_t n, const py::array& queries,
-                     std::int64_t k, int num_threads) {
+                     std::int64_t k, int num_threads, float row_norm) {
   require<float>(db, "database", "float32");
+  if (row_norm < 0.0f)
+    throw py::value_error("row_norm must be a non-negative bound or NaN, got " +
+                          std::to_string(row_norm));
   require<float>(queries, "queries", "float32");
   if (db.shape(1) != queries.shape(1))
     throw py::value_error("queries must have " + std::to_string(db.shape(1)) +
@@ -106,7 +109,7 @@ py::tuple dot_search(const py::array& db, std::int64_t n, const py::array& queri
   std::int64_t* ip = ids.mutable_data();
   {
     py::gil_scoped_release release;
-    cofisearch::dot_search(dbp, rows, dim, qp, nq, kk, threads, sp, ip);
+    cofisearch::dot_search(dbp, rows, dim, row_norm, qp, nq, kk, threads, sp, ip);
   }
   return out;
 }
@@ -185,7 +188,9 @@ PYBIND11_MODULE(_core, m) {
         "Exact Hamming top-k of uint8 queries over the first n rows of codes.");
   m.def("dot_search", &dot_search, py::arg("database"), py::arg("n"), py::arg("queries"),
         py::arg("k"), py::arg("num_threads"),
-        "Exact inner-product top-k of float32 queries over the first n rows of database.");
+        py::arg("row_norm") = std::numeric_limits<float>::quiet_NaN(),
+        "Exact inner-product top-k of float32 queries over the first n rows of database. "
+        "row_norm, if given, must bound the norm of every row (it only saves work).");
   m.def("dot_rerank", &dot_rerank, py::arg("database"), py::arg("n"), py::arg("queries"),
         py::arg("candidates"), py::arg("k"), py::arg("num_threads"),
         "Inner-product top-k of each query over its own row of candidate ids.");

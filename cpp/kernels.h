@@ -24,7 +24,7 @@ namespace cofisearch {
 
 enum class SimdLevel : int { scalar = 0, avx2 = 1, avx512 = 2 };
 
-// Largest query tile a scan kernel accepts; the drivers never pass more.
+// Largest query tile a Hamming scan kernel accepts; the drivers never pass more.
 constexpr std::size_t kMaxQueryTile = 16;
 
 struct HammingHit {
@@ -48,19 +48,37 @@ using HammingScanFn = std::size_t (*)(const std::uint8_t* queries, std::size_t n
 
 // Emits every pair whose inner product is > thresh[q], or unordered with it: a NaN
 // threshold therefore admits everything, which is how an unfilled heap is signalled.
+// row_norm is an upper bound on the Euclidean norm of every row, or NaN where the caller
+// does not know one; kernels may use it to bound rounding, never to change a result.
 using DotScanFn = std::size_t (*)(const float* queries, std::size_t nq, const float* rows,
-                                  std::size_t n, std::size_t dim, const float* thresh,
-                                  ScoreHit* hits);
+                                  std::size_t n, std::size_t dim, float row_norm,
+                                  const float* thresh, ScoreHit* hits);
 
 // Inner product of one query with the rows base + ids[j] * dim, into scores[j]. Used by
 // the rerank stage, where candidate rows are scattered over the database.
 using DotGatherFn = void (*)(const float* query, const float* base, std::size_t dim,
                              const std::int64_t* ids, std::size_t m, float* scores);
 
+// Rows per strip of a packed panel (below).
+constexpr std::size_t kPanelRows = 32;
+
+// Rearranges rows [0, n) into the panel that DotPackedScanFn reads: the rows transposed in
+// strips of kPanelRows, ceil(n / kPanelRows) * kPanelRows * dim floats, the last strip
+// padded by repeating the last row. Packing a block once lets a batch of queries run a
+// GEMM-style micro-kernel over it.
+using DotPackFn = void (*)(const float* rows, std::size_t n, std::size_t dim, float* panel);
+
+// DotScanFn over a packed block of n rows, with the same scores bit for bit.
+using DotPackedScanFn = std::size_t (*)(const float* queries, std::size_t nq,
+                                        const float* panel, std::size_t n, std::size_t dim,
+                                        const float* thresh, ScoreHit* hits);
+
 struct KernelSet {
   HammingScanFn hamming_scan;
   DotScanFn dot_scan;
   DotGatherFn dot_gather;
+  DotPackFn dot_pack;  // nullptr (with dot_scan_packed) where rows are always read as stored
+  DotPackedScanFn dot_scan_packed;
 };
 
 namespace scalar { extern const KernelSet kernels; }

@@ -190,8 +190,8 @@ ScoreHit* scan_group(const float* queries, sz q0, const float* rows, sz n, sz di
   return out;
 }
 
-sz dot_scan(const float* queries, sz nq, const float* rows, sz n, sz dim, const float* thresh,
-            ScoreHit* hits) {
+sz dot_scan(const float* queries, sz nq, const float* rows, sz n, sz dim, float,
+            const float* thresh, ScoreHit* hits) {
   ScoreHit* out = hits;
   sz q = 0;
   for (; q + 2 <= nq; q += 2) out = scan_group<2, 4>(queries, q, rows, n, dim, thresh, out);
@@ -215,7 +215,7 @@ void dot_gather(const float* query, const float* base, sz dim, const std::int64_
 
 }  // namespace
 
-const KernelSet kernels = {hamming_scan, dot_scan, dot_gather};
+const KernelSet kernels = {hamming_scan, dot_scan, dot_gather, nullptr, nullptr};
 
 }  // namespace avx2
 }  // namespace cofisearch

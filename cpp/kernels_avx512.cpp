@@ -10,11 +10,13 @@
 // a group of queries held in registers. Tails use masked loads; widths without a
 // specialised path (any multiple of 8 bits) fall back to a per-code loop.
 //
-// Inner product: a register-tiled micro-kernel accumulates MR queries x NR rows along the
-// dimension with FMA, 16 floats per step (masked for the tail), then reduces the MR * NR
-// accumulators with one transpose-and-add tree into a single register of scores, which is
-// compared with the per-query thresholds in one instruction.
+// Inner product: rows in lanes, one FMA chain per score along the dimension (see the
+// section below). A few queries read rows directly and transpose 16 at a time; larger
+// batches read a panel that the driver packs once per block and run a 12-query x 32-row
+// micro-kernel on it, GEMM style, with the threshold compare fused at the end of a tile.
 #include <immintrin.h>
+
+#include <cmath>
 
 #include "kernels.h"
 
@@ -272,13 +274,147 @@ sz hamming_scan(const u8* queries, sz nq, const u8* codes, sz n, sz nbytes,
 }
 
 // ---- inner product -------------------------------------------------------------------
+//
+// Every score is one FMA chain along the dimension, in index order, starting from zero,
+// and one lane carries one (query, row) pair. The kernels differ only in how 16 rows'
+// values at one dimension reach a register (transposed on the fly, or read from a panel
+// packed once per block), never in the arithmetic: a batch, a lone query and the rerank
+// give the same bits for the same pair, so the cascade at full depth equals exhaustive
+// search. With rows in lanes a tile also ends with its scores ready to compare, without
+// the horizontal reduction per score that a dimension-in-lanes layout pays.
+
+constexpr sz kPanel = kPanelRows;  // rows per packed strip: two registers per dimension
+
+// In: v[i] holds 16 consecutive dimensions of row i. Out: v[t] holds dimension t of rows
+// 0..15.
+inline void transpose16(__m512* v) {
+  __m512 t[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {
+    const __m512d a = _mm512_castps_pd(t[4 * i]), b = _mm512_castps_pd(t[4 * i + 1]);
+    const __m512d c = _mm512_castps_pd(t[4 * i + 2]), d = _mm512_castps_pd(t[4 * i + 3]);
+    v[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+    v[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+    v[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+    v[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+  }
+  // v[4i + k] now holds, in 128-bit chunk c, dimension 4c + k of rows 4i..4i+3.
+  for (int k = 0; k < 4; ++k) {
+    const __m512 lo01 = _mm512_shuffle_f32x4(v[k], v[4 + k], 0x44);
+    const __m512 hi01 = _mm512_shuffle_f32x4(v[k], v[4 + k], 0xEE);
+    const __m512 lo23 = _mm512_shuffle_f32x4(v[8 + k], v[12 + k], 0x44);
+    const __m512 hi23 = _mm512_shuffle_f32x4(v[8 + k], v[12 + k], 0xEE);
+    t[k] = _mm512_shuffle_f32x4(lo01, lo23, kShuffleEven);
+    t[4 + k] = _mm512_shuffle_f32x4(lo01, lo23, kShuffleOdd);
+    t[8 + k] = _mm512_shuffle_f32x4(hi01, hi23, kShuffleEven);
+    t[12 + k] = _mm512_shuffle_f32x4(hi01, hi23, kShuffleOdd);
+  }
+  for (int i = 0; i < 16; ++i) v[i] = t[i];
+}
+
+// Dimensions [j, j + len) of rows r[0..15], one dimension per register (len <= 16). The
+// rows in `next` are requested at the same offset: scans walk 16 rows side by side, more
+// streams than the hardware prefetcher follows.
+inline void load_columns(const float* const* r, const float* const* next, sz j, sz len,
+                         __m512* v) {
+  const __mmask16 m = static_cast<__mmask16>((1u << len) - 1);
+  for (int i = 0; i < 16; ++i) {
+    _mm_prefetch(reinterpret_cast<const char*>(next[i] + j), _MM_HINT_T0);
+    v[i] = _mm512_maskz_loadu_ps(m, r[i] + j);
+  }
+  transpose16(v);
+}
+
+// Scores of MR queries with the 16 rows r, read straight from memory (a lone query or a
+// few: packing would cost more than it saves).
+template <int MR>
+inline void stream_tile(const float* const* q, const float* const* r, const float* const* next,
+                        sz dim, __m512* acc) {
+  for (int a = 0; a < MR; ++a) acc[a] = _mm512_setzero_ps();
+  __m512 v[16];
+  sz j = 0;
+  for (; j + 16 <= dim; j += 16) {
+    load_columns(r, next, j, 16, v);
+    for (int a = 0; a < MR; ++a)
+      for (int t = 0; t < 16; ++t)
+        acc[a] = _mm512_fmadd_ps(_mm512_set1_ps(q[a][j + t]), v[t], acc[a]);
+  }
+  if (j < dim) {
+    const sz len = dim - j;
+    load_columns(r, next, j, len, v);
+    for (int a = 0; a < MR; ++a)
+      for (sz t = 0; t < len; ++t)
+        acc[a] = _mm512_fmadd_ps(_mm512_set1_ps(q[a][j + t]), v[t], acc[a]);
+  }
+}
+
+// Appends the pairs of `scores` (lane l: row row0 + l, lanes in `valid` only) that beat
+// the query's threshold.
+inline ScoreHit* emit_scores(u32 query, sz row0, const __m512* scores, int regs, float thresh,
+                             u32 valid, ScoreHit* out) {
+  const __m512 t = _mm512_set1_ps(thresh);
+  u32 m = 0;
+  for (int g = 0; g < regs; ++g)
+    m |= static_cast<u32>(_mm512_cmp_ps_mask(scores[g], t, _CMP_NLE_UQ)) << (16 * g);
+  m &= valid;
+  if (!m) return out;
+  alignas(64) float sc[32];
+  for (int g = 0; g < regs; ++g) _mm512_store_ps(sc + 16 * g, scores[g]);
+  while (m) {
+    const unsigned l = static_cast<unsigned>(__builtin_ctz(m));
+    *out++ = {query, static_cast<u32>(row0 + l), sc[l]};
+    m &= m - 1;
+  }
+  return out;
+}
+
+inline u32 first_lanes(sz count) { return count >= 32 ? ~0u : (1u << count) - 1; }
+
+template <int MR>
+ScoreHit* stream_group(const float* queries, sz q0, const float* rows, sz n, sz dim,
+                       const float* thresh, ScoreHit* out) {
+  const float* q[MR];
+  for (int a = 0; a < MR; ++a) q[a] = queries + (q0 + a) * dim;
+  for (sz i = 0; i < n; i += 16) {
+    const float* r[16];
+    const float* next[16];
+    for (sz j = 0; j < 16; ++j) {
+      r[j] = rows + (i + j < n ? i + j : n - 1) * dim;
+      next[j] = rows + (i + 16 + j < n ? i + 16 + j : n - 1) * dim;
+    }
+    __m512 acc[MR];
+    stream_tile<MR>(q, r, next, dim, acc);
+    for (int a = 0; a < MR; ++a)
+      out = emit_scores(static_cast<u32>(q0 + a), i, acc + a, 1, thresh[q0 + a],
+                        first_lanes(n - i), out);
+  }
+  return out;
+}
+
+template <int MR>
+ScoreHit* stream_rest(const float* queries, sz q0, sz rest, const float* rows, sz n, sz dim,
+                      const float* thresh, ScoreHit* out) {
+  if constexpr (MR == 0) {
+    return out;
+  } else {
+    if (rest == MR) return stream_group<MR>(queries, q0, rows, n, dim, thresh, out);
+    return stream_rest<MR - 1>(queries, q0, rest, rows, n, dim, thresh, out);
+  }
+}
+
+// Eight queries per pass keep the accumulators, the 16 transposed registers and the
+// transpose's temporaries within the register file.
+constexpr sz kStreamQueries = 8;
 
 inline __m512 fold_pairs_ps(__m512 a, __m512 b) {
   return _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
 }
 
 inline __m512 fold_quads_ps(__m512 a, __m512 b) {
-  __m512d x = _mm512_castps_pd(a), y = _mm512_castps_pd(b);
+  const __m512d x = _mm512_castps_pd(a), y = _mm512_castps_pd(b);
   return _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)),
                        _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
 }
@@ -288,139 +424,251 @@ inline __m512 fold_chunks_ps(__m512 a, __m512 b) {
                        _mm512_shuffle_f32x4(a, b, kShuffleOdd));
 }
 
-// Sums of N (8 or 16) accumulators, accumulator l in lane l.
-template <int N>
-inline __m512 reduce_ps(const __m512* a) {
-  __m512 u0 = fold_quads_ps(fold_pairs_ps(a[0], a[1]), fold_pairs_ps(a[2], a[3]));
-  __m512 u1 = fold_quads_ps(fold_pairs_ps(a[4], a[5]), fold_pairs_ps(a[6], a[7]));
-  __m512 v0 = fold_chunks_ps(u0, u1);
-  if constexpr (N == 8) {
-    return fold_chunks_ps(v0, v0);
-  } else {
-    __m512 u2 = fold_quads_ps(fold_pairs_ps(a[8], a[9]), fold_pairs_ps(a[10], a[11]));
-    __m512 u3 = fold_quads_ps(fold_pairs_ps(a[12], a[13]), fold_pairs_ps(a[14], a[15]));
-    return fold_chunks_ps(v0, fold_chunks_ps(u2, u3));
-  }
+// Lane l: the sum of the lanes of a[l].
+inline __m512 reduce16_ps(const __m512* a) {
+  const __m512 u0 = fold_quads_ps(fold_pairs_ps(a[0], a[1]), fold_pairs_ps(a[2], a[3]));
+  const __m512 u1 = fold_quads_ps(fold_pairs_ps(a[4], a[5]), fold_pairs_ps(a[6], a[7]));
+  const __m512 u2 = fold_quads_ps(fold_pairs_ps(a[8], a[9]), fold_pairs_ps(a[10], a[11]));
+  const __m512 u3 = fold_quads_ps(fold_pairs_ps(a[12], a[13]), fold_pairs_ps(a[14], a[15]));
+  return fold_chunks_ps(fold_chunks_ps(u0, u1), fold_chunks_ps(u2, u3));
 }
 
-// Inner products of MR queries with NR rows, in ceil(MR * NR / 16) registers: lane l of
-// the flattened result (register l / 16, lane l % 16) holds <q[l / NR], r[l % NR]>. Every
-// tile shape sums each product in the same order (one FMA chain per 16-float chunk, then
-// the same fold pattern), so a score never depends on which tile computed it: the rerank
-// stage reproduces exhaustive search's scores bit for bit.
-template <int MR, int NR>
-inline void dot_tile(const float* const* q, const float* const* r, sz dim, __m512* out) {
-  constexpr int L = MR * NR;
-  static_assert(L == 8 || L == 16 || L == 24, "tile must fill 8, 16 or 24 lanes");
-  __m512 acc[L];
-  for (int l = 0; l < L; ++l) acc[l] = _mm512_setzero_ps();
-  sz i = 0;
-  for (; i + 16 <= dim; i += 16) {
-    __m512 rv[NR];
-    for (int j = 0; j < NR; ++j) rv[j] = _mm512_loadu_ps(r[j] + i);
-    for (int a = 0; a < MR; ++a) {
-      const __m512 qv = _mm512_loadu_ps(q[a] + i);
-      for (int j = 0; j < NR; ++j) acc[a * NR + j] = _mm512_fmadd_ps(qv, rv[j], acc[a * NR + j]);
-    }
-  }
-  if (i < dim) {
-    const __mmask16 m = static_cast<__mmask16>((1u << (dim - i)) - 1);
-    __m512 rv[NR];
-    for (int j = 0; j < NR; ++j) rv[j] = _mm512_maskz_loadu_ps(m, r[j] + i);
-    for (int a = 0; a < MR; ++a) {
-      const __m512 qv = _mm512_maskz_loadu_ps(m, q[a] + i);
-      for (int j = 0; j < NR; ++j) acc[a * NR + j] = _mm512_fmadd_ps(qv, rv[j], acc[a * NR + j]);
-    }
-  }
-  if constexpr (L == 8) {
-    out[0] = reduce_ps<8>(acc);
-  } else {
-    out[0] = reduce_ps<16>(acc);
-    if constexpr (L == 24) out[1] = reduce_ps<8>(acc + 16);
-  }
+// A lone query is bound by memory, and transposing rows on the fly (the price of the
+// chain arithmetic) costs more per byte than memory delivers (26 GB/s against 36 for
+// rows read as stored). So it screens rows with dimension-in-lanes sums, which need no
+// transpose, and a bound on how far such a sum can be from the chain's: both sum the same
+// products, with rounding errors of at most gamma_d and gamma_(d/16+5) times
+// sum |q_j r_j| <= |q| |r| (Cauchy-Schwarz), taken four times over for margin, plus a
+// subnormal floor. Only rows whose screened score comes within that bound of the
+// threshold get the exact chain, so the results are the chain arithmetic's, at close to
+// streaming speed (the norm costs one more FMA per element: 30-32 GB/s).
+struct ScreenBound {
+  float relative;
+  float absolute;
+};
+
+inline ScreenBound screen_bound(sz dim) {
+  const float roundings = static_cast<float>(dim + dim / 16 + 5);
+  return {4.0f * roundings * 0x1p-24f, 4.0f * roundings * 0x1p-149f};
 }
 
-template <int MR, int NR>
-ScoreHit* scan_group(const float* queries, sz q0, const float* rows, sz n, sz dim,
-                     const float* thresh, ScoreHit* out) {
-  constexpr int L = MR * NR;
-  constexpr int kRegs = (L + 15) / 16;
-  const float* q[MR];
-  alignas(64) float tt[32] = {};
-  for (int a = 0; a < MR; ++a) {
-    q[a] = queries + (q0 + a) * dim;
-    for (int j = 0; j < NR; ++j) tt[a * NR + j] = thresh[q0 + a];
-  }
-  __m512 tv[kRegs];
-  for (int g = 0; g < kRegs; ++g) tv[g] = _mm512_load_ps(tt + 16 * g);
-  constexpr std::uint64_t kLanes = (1ull << L) - 1;
-  for (sz i = 0; i < n; i += NR) {
-    const sz rem = n - i < NR ? n - i : NR;
-    const float* r[NR];
-    for (int j = 0; j < NR; ++j) r[j] = rows + (i + (static_cast<sz>(j) < rem ? j : rem - 1)) * dim;
-    __m512 s[kRegs];
-    dot_tile<MR, NR>(q, r, dim, s);
-    std::uint64_t m = 0;
-    for (int g = 0; g < kRegs; ++g)
-      m |= static_cast<std::uint64_t>(_mm512_cmp_ps_mask(s[g], tv[g], _CMP_NLE_UQ)) << (16 * g);
-    m &= kLanes;
-    if (rem < NR) {
-      std::uint64_t keep = 0;
-      for (int a = 0; a < MR; ++a) keep |= ((1ull << rem) - 1) << (a * NR);
-      m &= keep;
+// Rows i..i+7 of one query: lanes 0..7 the dimension-in-lanes scores, lanes 8..15 (with
+// kRowNorms) the rows' squared norms. Without them the loop is one load and one FMA per
+// element, like the plain scans; the norms cost a further FMA and about 15%.
+template <bool kRowNorms>
+inline __m512 screen_tile(const float* q, const float* const* r,
+                          [[maybe_unused]] const float* const* next, sz dim) {
+  __m512 acc[16];
+  for (int l = 0; l < 16; ++l) acc[l] = _mm512_setzero_ps();
+  sz j = 0;
+  auto step = [&](__m512 qv, auto load) {
+    for (int l = 0; l < 8; ++l) {
+      // Measured: the prefetch pays only when the norms make the loop longer (+10%); on
+      // the bare loop it costs 10%.
+      if constexpr (kRowNorms) _mm_prefetch(reinterpret_cast<const char*>(next[l] + j), _MM_HINT_T0);
+      const __m512 rv = load(r[l]);
+      acc[l] = _mm512_fmadd_ps(qv, rv, acc[l]);
+      if constexpr (kRowNorms) acc[8 + l] = _mm512_fmadd_ps(rv, rv, acc[8 + l]);
     }
-    if (m) {
-      alignas(64) float sc[32];
-      for (int g = 0; g < kRegs; ++g) _mm512_store_ps(sc + 16 * g, s[g]);
-      while (m) {
-        const unsigned l = static_cast<unsigned>(__builtin_ctzll(m));
-        *out++ = {static_cast<u32>(q0 + l / NR), static_cast<u32>(i + l % NR), sc[l]};
-        m &= m - 1;
-      }
+  };
+  for (; j + 16 <= dim; j += 16)
+    step(_mm512_loadu_ps(q + j), [&j](const float* p) { return _mm512_loadu_ps(p + j); });
+  if (j < dim) {
+    const __mmask16 m = static_cast<__mmask16>(first_lanes(dim - j));
+    step(_mm512_maskz_loadu_ps(m, q + j),
+         [&j, m](const float* p) { return _mm512_maskz_loadu_ps(m, p + j); });
+  }
+  return reduce16_ps(acc);
+}
+
+// Exact chain scores of one query for the rows listed in `cand` (from `from` to `to`),
+// keeping those that beat the threshold; compacts them in place.
+ScoreHit* confirm(const float* q, const float* rows, sz dim, float thresh, ScoreHit* from,
+                  ScoreHit* to) {
+  ScoreHit* out = from;
+  const sz m = static_cast<sz>(to - from);
+  const float* qp[1] = {q};
+  auto row = [&](sz j) { return rows + static_cast<sz>(from[j < m ? j : m - 1].row) * dim; };
+  for (sz i = 0; i < m; i += 16) {
+    const float* r[16];
+    const float* next[16];
+    u32 ids[16];
+    for (sz j = 0; j < 16; ++j) {
+      r[j] = row(i + j);
+      next[j] = row(i + 16 + j);
+      ids[j] = from[i + j < m ? i + j : m - 1].row;
+    }
+    const u32 query = from[i].query;
+    __m512 acc;
+    stream_tile<1>(qp, r, next, dim, &acc);
+    u32 hit = _mm512_cmp_ps_mask(acc, _mm512_set1_ps(thresh), _CMP_NLE_UQ) &
+              first_lanes(m - i);
+    alignas(64) float sc[16];
+    _mm512_store_ps(sc, acc);
+    while (hit) {
+      const unsigned l = static_cast<unsigned>(__builtin_ctz(hit));
+      *out++ = {query, ids[l], sc[l]};
+      hit &= hit - 1;
     }
   }
   return out;
 }
 
-sz dot_scan(const float* queries, sz nq, const float* rows, sz n, sz dim, const float* thresh,
-            ScoreHit* hits) {
+template <bool kRowNorms>
+ScoreHit* screen_query(const float* q, const float* rows, sz n, sz dim, float row_norm,
+                       const float* thresh, ScoreHit* out) {
+  const ScreenBound b = screen_bound(dim);
+  const __m512 t = _mm512_set1_ps(thresh[0]);
+  __m512 qq = _mm512_setzero_ps();
+  for (sz j = 0; j < dim; j += 16) {
+    const __m512 v = _mm512_maskz_loadu_ps(static_cast<__mmask16>(first_lanes(dim - j)), q + j);
+    qq = _mm512_fmadd_ps(v, v, qq);
+  }
+  const float qnorm = std::sqrt(_mm512_reduce_add_ps(qq));
+  const __m512 rel = _mm512_set1_ps(b.relative * qnorm), abs_floor = _mm512_set1_ps(b.absolute);
+  const __m512 margin = _mm512_fmadd_ps(rel, _mm512_set1_ps(row_norm), abs_floor);
+  ScoreHit* const first = out;
+  for (sz i = 0; i < n; i += 8) {
+    const float* r[8];
+    const float* next[8];
+    for (sz j = 0; j < 8; ++j) {
+      r[j] = rows + (i + j < n ? i + j : n - 1) * dim;
+      next[j] = rows + (i + 8 + j < n ? i + 8 + j : n - 1) * dim;
+    }
+    const __m512 s = screen_tile<kRowNorms>(q, r, next, dim);
+    __m512 reach;
+    if constexpr (kRowNorms) {
+      // Lanes 8..15 (the squared norms) moved under lanes 0..7.
+      const __m512 norms = _mm512_sqrt_ps(_mm512_shuffle_f32x4(s, s, _MM_SHUFFLE(3, 2, 3, 2)));
+      reach = _mm512_add_ps(s, _mm512_fmadd_ps(norms, rel, abs_floor));
+    } else {
+      reach = _mm512_add_ps(s, margin);
+    }
+    u32 m = _mm512_cmp_ps_mask(reach, t, _CMP_NLE_UQ) & first_lanes(n - i < 8 ? n - i : 8);
+    while (m) {
+      const unsigned l = static_cast<unsigned>(__builtin_ctz(m));
+      *out++ = {0, static_cast<u32>(i + l), 0.0f};
+      m &= m - 1;
+    }
+  }
+  return confirm(q, rows, dim, thresh[0], first, out);
+}
+
+sz dot_scan(const float* queries, sz nq, const float* rows, sz n, sz dim, float row_norm,
+            const float* thresh, ScoreHit* hits) {
+  ScoreHit* out = hits;
+  if (nq == 1) {
+    out = std::isnan(row_norm) ? screen_query<true>(queries, rows, n, dim, 0.0f, thresh, out)
+                               : screen_query<false>(queries, rows, n, dim, row_norm, thresh, out);
+    return static_cast<sz>(out - hits);
+  }
+  sz q = 0;
+  for (; q + kStreamQueries <= nq; q += kStreamQueries)
+    out = stream_group<kStreamQueries>(queries, q, rows, n, dim, thresh, out);
+  out = stream_rest<kStreamQueries - 1>(queries, q, nq - q, rows, n, dim, thresh, out);
+  return static_cast<sz>(out - hits);
+}
+
+// Strip s of the panel holds rows 32s..32s+31, dimension j of row 32s + i at
+// [s * 32 * dim + j * 32 + i]; the last strip repeats the last row.
+void dot_pack(const float* rows, sz n, sz dim, float* panel) {
+  for (sz s = 0; s * kPanel < n; ++s) {
+    const float* r[kPanel];
+    const float* next[kPanel];
+    for (sz i = 0; i < kPanel; ++i) {
+      const sz row = s * kPanel + i, ahead = row + kPanel;
+      r[i] = rows + (row < n ? row : n - 1) * dim;
+      next[i] = rows + (ahead < n ? ahead : n - 1) * dim;
+    }
+    float* strip = panel + s * kPanel * dim;
+    __m512 v[16];
+    for (sz h = 0; h < 2; ++h)
+      for (sz j = 0; j < dim; j += 16) {
+        const sz len = dim - j < 16 ? dim - j : 16;
+        load_columns(r + 16 * h, next + 16 * h, j, len, v);
+        for (sz t = 0; t < len; ++t) _mm512_storeu_ps(strip + (j + t) * kPanel + 16 * h, v[t]);
+      }
+  }
+}
+
+// Scores of MR queries with one 32-row strip: per dimension two loads of the strip, MR
+// broadcasts and 2 * MR FMAs, like a GEMM micro-kernel.
+template <int MR>
+inline void panel_tile(const float* const* q, const float* strip, sz dim, __m512* acc) {
+  for (int a = 0; a < 2 * MR; ++a) acc[a] = _mm512_setzero_ps();
+  for (sz j = 0; j < dim; ++j) {
+    const __m512 p0 = _mm512_loadu_ps(strip + j * kPanel);
+    const __m512 p1 = _mm512_loadu_ps(strip + j * kPanel + 16);
+    for (int a = 0; a < MR; ++a) {
+      const __m512 b = _mm512_set1_ps(q[a][j]);
+      acc[2 * a] = _mm512_fmadd_ps(b, p0, acc[2 * a]);
+      acc[2 * a + 1] = _mm512_fmadd_ps(b, p1, acc[2 * a + 1]);
+    }
+  }
+}
+
+template <int MR>
+ScoreHit* panel_group(const float* queries, sz q0, const float* panel, sz n, sz dim,
+                      const float* thresh, ScoreHit* out) {
+  const float* q[MR];
+  for (int a = 0; a < MR; ++a) q[a] = queries + (q0 + a) * dim;
+  for (sz i = 0; i < n; i += kPanel) {
+    __m512 acc[2 * MR];
+    panel_tile<MR>(q, panel + i * dim, dim, acc);
+    for (int a = 0; a < MR; ++a)
+      out = emit_scores(static_cast<u32>(q0 + a), i, acc + 2 * a, 2, thresh[q0 + a],
+                        first_lanes(n - i), out);
+  }
+  return out;
+}
+
+template <int MR>
+ScoreHit* panel_rest(const float* queries, sz q0, sz rest, const float* panel, sz n, sz dim,
+                     const float* thresh, ScoreHit* out) {
+  if constexpr (MR == 0) {
+    return out;
+  } else {
+    if (rest == MR) return panel_group<MR>(queries, q0, panel, n, dim, thresh, out);
+    return panel_rest<MR - 1>(queries, q0, rest, panel, n, dim, thresh, out);
+  }
+}
+
+// Twelve queries: 24 accumulators, two strip registers and a broadcast fill 27 of the 32
+// registers, and each strip load feeds 12 FMAs.
+constexpr sz kPanelQueries = 12;
+
+sz dot_scan_packed(const float* queries, sz nq, const float* panel, sz n, sz dim,
+                   const float* thresh, ScoreHit* hits) {
   ScoreHit* out = hits;
   sz q = 0;
-  // Six queries per tile load fewer rows per FMA, which pays once a row is long enough to
-  // amortise the larger reduction (and the register spills it brings): measured +10% at
-  // 512 dimensions, -15% at 128.
-  if (dim >= 256)
-    for (; q + 6 <= nq; q += 6) out = scan_group<6, 4>(queries, q, rows, n, dim, thresh, out);
-  for (; q + 4 <= nq; q += 4) out = scan_group<4, 4>(queries, q, rows, n, dim, thresh, out);
-  for (; q + 2 <= nq; q += 2) out = scan_group<2, 8>(queries, q, rows, n, dim, thresh, out);
-  for (; q < nq; ++q) out = scan_group<1, 8>(queries, q, rows, n, dim, thresh, out);
+  for (; q + kPanelQueries <= nq; q += kPanelQueries)
+    out = panel_group<kPanelQueries>(queries, q, panel, n, dim, thresh, out);
+  out = panel_rest<kPanelQueries - 1>(queries, q, nq - q, panel, n, dim, thresh, out);
   return static_cast<sz>(out - hits);
 }
 
 void dot_gather(const float* query, const float* base, sz dim, const std::int64_t* ids, sz m,
                 float* scores) {
   const float* q[1] = {query};
-  const sz row_bytes = dim * sizeof(float);
-  for (sz i = 0; i < m; i += 8) {
-    // Candidate rows are scattered: request the next tile's rows while this one computes,
-    // so the rerank waits on memory latency once per tile rather than once per row.
-    for (sz j = i + 8; j < i + 16 && j < m; ++j) {
-      const char* row = reinterpret_cast<const char*>(base + static_cast<sz>(ids[j]) * dim);
-      for (sz off = 0; off < row_bytes; off += 64) _mm_prefetch(row + off, _MM_HINT_T0);
+  auto row = [&](sz j) { return base + static_cast<sz>(ids[j < m ? j : m - 1]) * dim; };
+  for (sz i = 0; i < m; i += 16) {
+    // Candidates are scattered: the next tile's rows are requested while this one runs.
+    const float* r[16];
+    const float* next[16];
+    for (sz j = 0; j < 16; ++j) {
+      r[j] = row(i + j);
+      next[j] = row(i + 16 + j);
     }
-    const sz rem = m - i < 8 ? m - i : 8;
-    const float* r[8];
-    for (sz j = 0; j < 8; ++j)
-      r[j] = base + static_cast<sz>(ids[i + (j < rem ? j : rem - 1)]) * dim;
     __m512 s;
-    dot_tile<1, 8>(q, r, dim, &s);
-    _mm512_mask_storeu_ps(scores + i, static_cast<__mmask16>((1u << rem) - 1), s);
+    stream_tile<1>(q, r, next, dim, &s);
+    const sz rem = m - i < 16 ? m - i : 16;
+    _mm512_mask_storeu_ps(scores + i, static_cast<__mmask16>(first_lanes(rem)), s);
   }
 }
 
 }  // namespace
 
-const KernelSet kernels = {hamming_scan, dot_scan, dot_gather};
+const KernelSet kernels = {hamming_scan, dot_scan, dot_gather, dot_pack, dot_scan_packed};
 
 }  // namespace avx512
 }  // namespace cofisearch

@@ -53,7 +53,7 @@ inline float dot(const float* a, const float* b, std::size_t dim) {
 }
 
 std::size_t dot_scan(const float* queries, std::size_t nq, const float* rows, std::size_t n,
-                     std::size_t dim, const float* thresh, ScoreHit* hits) {
+                     std::size_t dim, float, const float* thresh, ScoreHit* hits) {
   std::size_t h = 0;
   for (std::size_t q = 0; q < nq; ++q) {
     const float* qp = queries + q * dim;
@@ -75,7 +75,7 @@ void dot_gather(const float* query, const float* base, std::size_t dim,
 
 }  // namespace
 
-const KernelSet kernels = {hamming_scan, dot_scan, dot_gather};
+const KernelSet kernels = {hamming_scan, dot_scan, dot_gather, nullptr, nullptr};
 
 }  // namespace scalar
 }  // namespace cofisearch

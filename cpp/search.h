@@ -31,8 +31,10 @@ void hamming_search(const std::uint8_t* codes, std::size_t n, std::size_t nbytes
                     const std::uint8_t* queries, std::size_t nq, std::size_t k, int nthreads,
                     std::int32_t* distances, std::int64_t* ids);
 
-void dot_search(const float* rows, std::size_t n, std::size_t dim, const float* queries,
-                std::size_t nq, std::size_t k, int nthreads, float* scores, std::int64_t* ids);
+// row_norm: an upper bound on the norm of every row (the index keeps one), or NaN.
+void dot_search(const float* rows, std::size_t n, std::size_t dim, float row_norm,
+                const float* queries, std::size_t nq, std::size_t k, int nthreads, float* scores,
+                std::int64_t* ids);
 
 // Scores, for each query, only the database rows listed in its row of `candidates`
 // (nq x c ids; -1 entries are skipped, duplicates count once). Every id must be -1 or in

@@ -99,3 +99,9 @@ def test_forcing_a_level_the_processor_lacks_is_an_error():
         pytest.skip("this processor supports every SIMD level")
     with pytest.raises(ValueError, match="not supported"):
         cofisearch.set_simd_level(missing[-1])
+
+
+def test_core_rejects_a_negative_row_norm_bound():
+    db = np.ones((4, 3), np.float32)
+    with pytest.raises(ValueError, match="row_norm"):
+        cofisearch._core.dot_search(db, 4, db[:1], 1, 1, -1.0)

@@ -37,6 +37,66 @@ def test_scores_match_numpy(simd, dim):
             _check_topk(db, queries, index.search(queries, k), k)
 
 
+@pytest.mark.parametrize("dim", [1, 15, 17, 100, 512])
+def test_a_query_scores_the_same_alone_and_in_any_batch(simd, dim):
+    # Small batches read rows as stored, large ones through a packed panel (12-query
+    # tiles, 32-row strips); every path must give the same bits for the same pair.
+    rng = np.random.default_rng(dim + 1)
+    b = block_rows(dim * 4)
+    queries = rng.standard_normal((61, dim)).astype(np.float32)
+    for n in sorted({1, 31, 33, b + 5}):
+        db = rng.standard_normal((n, dim)).astype(np.float32)
+        index = cofisearch.FloatIndex(dim)
+        index.add(db)
+        batch = index.search(queries, n)
+        _check_topk(db, queries, batch, n)
+        for nq in (1, 8, 9, 12, 25, 61):
+            part = index.search(queries[:nq], n)
+            np.testing.assert_array_equal(part.distances, batch.distances[:nq])
+            np.testing.assert_array_equal(part.ids, batch.ids[:nq])
+        single = index.search(queries[-1], n)
+        np.testing.assert_array_equal(single.distances[0], batch.distances[-1])
+
+
+@pytest.mark.parametrize("dim", [16, 100, 700])
+def test_rounding_near_ties_rank_the_same_alone_and_in_a_batch(simd, dim):
+    # Rows that permute one vector score the same against an all-ones query in exact
+    # arithmetic; in float32 each summation order rounds differently. A path that screens
+    # with one order and ranks with another must still rank exactly as the batch does.
+    rng = np.random.default_rng(dim)
+    v = (rng.standard_normal(dim) * 10.0 ** rng.integers(-3, 4, dim)).astype(np.float32)
+    db = np.stack([rng.permutation(v) for _ in range(2_000)])
+    queries = np.vstack([np.ones((1, dim), np.float32), rng.standard_normal((12, dim))]).astype(np.float32)
+    index = cofisearch.FloatIndex(dim)
+    index.add(db)
+    batch = index.search(queries, 25)
+    alone = index.search(queries[0], 25)
+    assert len(np.unique(batch.distances[0])) > 1  # the orders really round differently
+    np.testing.assert_array_equal(alone.distances, batch.distances[:1])
+    np.testing.assert_array_equal(alone.ids, batch.ids[:1])
+    # Without the index's norm bound (one-off search), the scan bounds each row itself.
+    oneoff = cofisearch.dot_knn(db, queries[0], 25)
+    np.testing.assert_array_equal(oneoff.distances, batch.distances[:1])
+    np.testing.assert_array_equal(oneoff.ids, batch.ids[:1])
+
+
+def test_lone_query_is_exact_with_a_loose_or_recomputed_norm_bound(simd, tmp_path):
+    rng = np.random.default_rng(3)
+    db = rng.standard_normal((3_000, 40)).astype(np.float32)
+    queries = rng.standard_normal((10, 40)).astype(np.float32)
+    index = cofisearch.FloatIndex(40)
+    index.add(db)
+    index.add(np.full((1, 40), 1e6, np.float32) * np.sign(queries[0]) * -1)  # far away, huge
+    path = tmp_path / "f.cofi"
+    index.save(path)
+    for idx in (index, cofisearch.load_index(path), cofisearch.load_index(path, mmap=True)):
+        batch = idx.search(queries, 7)
+        for q in range(10):
+            alone = idx.search(queries[q], 7)
+            np.testing.assert_array_equal(alone.distances[0], batch.distances[q])
+            np.testing.assert_array_equal(alone.ids[0], batch.ids[q])
+
+
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("nq", [1, 2, 5, 40])
 def test_threads_do_not_change_results(simd, threads, nq):
@@ -135,7 +195,7 @@ def test_candidates_rerank_matches_numpy(simd, dim):
     assert (s[~valid] == cofisearch.SCORE_SENTINEL).all()
 
 
-@pytest.mark.parametrize("dim, nq", [(20, 4), (300, 13), (17, 3)])
+@pytest.mark.parametrize("dim, nq", [(20, 4), (300, 13), (17, 3), (1, 1), (33, 30), (512, 9)])
 def test_candidates_covering_everything_equal_exhaustive_search(simd, dim, nq):
     # Bit for bit, whatever tile shape the exhaustive scan used for these queries.
     rng = np.random.default_rng(10)
