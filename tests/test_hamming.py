@@ -136,7 +136,7 @@ def test_very_wide_codes_use_the_heap_selector_and_match(simd):
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_large_k_with_sampled_ceiling_matches_reference(simd, threads):
-    # k = 100 on 20,000 rows makes the driver estimate a ceiling from a sample (an 8%
+    # k = 100 on 20,000 rows makes the driver estimate a ceiling from a sample (a 4%
     # sample of evenly spaced 64-row chunks).
     rng = np.random.default_rng(13)
     db = rng.integers(0, 256, (20_000, 8), dtype=np.uint8)
