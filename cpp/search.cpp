@@ -24,7 +24,12 @@ constexpr std::size_t kMinWorkPerThread = std::size_t(8) << 20;
 // touched, so it should sit in L2 while the queries cycle through L1.
 constexpr std::size_t kBlockBytes = std::size_t(64) << 10;
 
-constexpr std::size_t kMaxCountingBits = 1 << 16;
+// Counting selection keeps a counter per possible distance for every query; wider codes
+// use a heap, so a search's memory stays O(queries * k) rather than O(queries * nbits).
+constexpr std::size_t kMaxCountingBits = 1024;
+
+// Largest copy of sampled rows that sample_ceilings holds at once.
+constexpr std::size_t kSampleBufferBytes = std::size_t(1) << 20;
 
 // Up to this many queries an inner-product scan reads the rows as stored; more pack each
 // block into a panel first (where the kernels offer one).
@@ -174,7 +179,8 @@ void scan_range(const S& s, const typename S::Elem* rows, std::size_t r0, std::s
   // Sized for the worst case of one kernel call on this range, and left uninitialised:
   // zeroing a buffer of a megabyte or more cost more than searching a small database.
   const std::size_t hit_rows = std::min(block, r1 - r0);
-  std::unique_ptr<typename S::Hit[]> hit_buffer(new typename S::Hit[S::kTile * hit_rows]);
+  std::unique_ptr<typename S::Hit[]> hit_buffer(
+      new typename S::Hit[std::min(S::kTile, nq) * hit_rows]);
   typename S::Hit* const hits = hit_buffer.get();
   typename S::Workspace workspace;
   // A kernel compares against the thresholds it was given for its whole block, and they
@@ -221,15 +227,23 @@ std::vector<Value<S>> sample_ceilings(const S& s, const typename S::Elem* rows, 
   if (k < 32 || (nq < 4 && k < 512) || size < 4 * kChunk || size > n / 8) return {};
   const double expected = static_cast<double>(k) * static_cast<double>(size) / static_cast<double>(n);
   const auto rank = static_cast<std::size_t>(std::ceil(expected + 3.0 * std::sqrt(expected) + 2.0));
-  std::vector<typename S::Elem> sample(size * s.stride);
-  const std::size_t chunks = size / kChunk, chunk_step = n / chunks;
-  for (std::size_t c = 0; c < chunks; ++c)
-    std::copy_n(rows + (r0 + c * chunk_step) * s.stride, kChunk * s.stride,
-                sample.data() + c * kChunk * s.stride);
   std::vector<typename S::Selector> sel;
   sel.reserve(nq);
   for (std::size_t q = 0; q < nq; ++q) sel.push_back(s.selector(rank));
-  scan_range(s, sample.data(), 0, size, queries, nq, sel.data(), {});
+  // The chunks go through a buffer of bounded size, so the sample costs no memory in
+  // proportion to the database; the selectors carry over from one fill to the next (row
+  // ids restart with each fill, which is harmless: only the rank-th value is used).
+  const std::size_t chunks = size / kChunk, chunk_step = n / chunks;
+  const std::size_t per_fill =
+      std::max<std::size_t>(1, kSampleBufferBytes / (kChunk * s.row_bytes()));
+  std::vector<typename S::Elem> buffer(std::min(chunks, per_fill) * kChunk * s.stride);
+  for (std::size_t c0 = 0; c0 < chunks; c0 += per_fill) {
+    const std::size_t m = std::min(per_fill, chunks - c0);
+    for (std::size_t c = 0; c < m; ++c)
+      std::copy_n(rows + (r0 + (c0 + c) * chunk_step) * s.stride, kChunk * s.stride,
+                  buffer.data() + c * kChunk * s.stride);
+    scan_range(s, buffer.data(), 0, m * kChunk, queries, nq, sel.data(), {});
+  }
   std::vector<Value<S>> ceiling(nq);
   std::vector<Entry<typename S::Order>> best(rank);
   for (std::size_t q = 0; q < nq; ++q) {

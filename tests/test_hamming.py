@@ -1,10 +1,13 @@
+import os
+
 import numpy as np
 import pytest
 
 import cofisearch
 from conftest import block_rows, hamming_reference
 
-NBITS = [8, 64, 72, 128, 256, 520, 1024]
+# 1032 bits: the first width past the counting selector (a heap from there on).
+NBITS = [8, 64, 72, 128, 256, 520, 1024, 1032]
 
 
 def _sizes(nbits):
@@ -122,7 +125,7 @@ def test_non_contiguous_inputs_are_accepted():
 
 
 def test_very_wide_codes_use_the_heap_selector_and_match(simd):
-    # Beyond 65,536 bits the driver keeps a heap instead of a counter per distance.
+    # Beyond 1,024 bits the driver keeps a heap instead of a counter per distance.
     rng = np.random.default_rng(12)
     nbytes = 65536 // 8 + 1
     db = rng.integers(0, 256, (40, nbytes), dtype=np.uint8)
@@ -160,3 +163,31 @@ def test_misleading_sample_falls_back_to_a_full_search(simd):
     rd, ri = hamming_reference(db, query, 100)
     np.testing.assert_array_equal(d, rd)
     np.testing.assert_array_equal(i, ri)
+
+
+def _peak_rss_growth(fn):
+    """Bytes by which the process's peak resident set grew while fn ran (Linux)."""
+
+    def hwm():
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM"))
+
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets the peak to the current resident set
+    base = hwm()
+    fn()
+    return hwm() - base
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux /proc")
+def test_search_memory_does_not_grow_with_the_database():
+    # The issue's bound: O(threads x queries x k) beyond inputs and outputs. 16M codes
+    # (128 MB) at k = 40 once sampled 1/8 of them into a 16 MB copy.
+    rng = np.random.default_rng(21)
+    db = rng.integers(0, 256, (16_000_000, 8), dtype=np.uint8)
+    index = cofisearch.BinaryIndex(64)
+    index.add(db)
+    queries = rng.integers(0, 256, (8, 8), dtype=np.uint8)
+    index.search(queries, 40, num_threads=1)  # warm-up: first-call allocations
+    grew = _peak_rss_growth(lambda: index.search(queries, 40, num_threads=2))
+    assert grew < 6 << 20, f"peak memory grew by {grew / 2**20:.1f} MiB"
