@@ -11,9 +11,10 @@
 // specialised path (any multiple of 8 bits) fall back to a per-code loop.
 //
 // Inner product: rows in lanes, one FMA chain per score along the dimension (see the
-// section below). A few queries read rows directly and transpose 16 at a time; larger
-// batches read a panel that the driver packs once per block and run a 12-query x 32-row
-// micro-kernel on it, GEMM style, with the threshold compare fused at the end of a tile.
+// section below). Batches read a panel that the driver packs once per block and run a
+// 12-query x 32-row micro-kernel on it, GEMM style; 2-8 queries transpose 16 rows at a
+// time as they read them; a lone query screens rows as stored and gives the chain only
+// to rows near its threshold. Every tile ends with the threshold compare.
 #include <immintrin.h>
 
 #include <cmath>
