@@ -590,15 +590,25 @@ def measure(fn, *, repeat=5, warmup=1, min_sample_s=0.02, setup=None, name="call
     return timings[name]
 
 
-def compare(fns, *, repeat=5, warmup=1, min_sample_s=0.02, setup=None):
+# OpenBLAS's worker threads spin for a while after each call (about 0.1 s by default,
+# OPENBLAS_THREAD_TIMEOUT), taking the second core from whatever runs next: measured
+# here, a 2-thread cofisearch batch right after a 2-thread NumPy matmul took 65 ms
+# instead of 34 (a 50 ms pause was not enough, 0.5 s was).
+BLAS_SETTLE_S = 0.3
+
+
+def compare(fns, *, repeat=5, warmup=1, min_sample_s=0.02, setup=None, settle=None):
     """Times several zero-argument callables in the same rounds.
 
     Each round takes one sample of every callable, in an order that rotates from round to
     round, so a burst of load from another process lands on all of them rather than on
-    whichever happened to run then. Returns ``{name: Timing}``.
+    whichever happened to run then. ``settle`` maps names to seconds of idle time (not
+    timed) after each of their samples, for contenders whose threads linger (see
+    ``BLAS_SETTLE_S``). Returns ``{name: Timing}``.
     """
     if repeat < 1:
         raise ValueError(f"repeat must be >= 1, got {repeat}")
+    settle = settle or {}
     names = list(fns)
     number = {n: _calls_per_sample(fns[n], warmup, min_sample_s, setup) for n in names}
     out = {n: Timing(n, [], number[n]) for n in names}
@@ -608,6 +618,8 @@ def compare(fns, *, repeat=5, warmup=1, min_sample_s=0.02, setup=None):
             wall, cpu = _sample(fns[n], number[n], setup)
             out[n].times.append(wall)
             out[n].cpu_times.append(cpu)
+            if settle.get(n):
+                time.sleep(settle[n])
     return out
 
 

@@ -522,7 +522,7 @@ class _Runner:
         self._in_step = True
         self._bar.set_postfix_str(label)
 
-    def time(self, section, fns, params, *, repeat=None):
+    def time(self, section, fns, params, *, repeat=None, settle=None):
         """Times ``fns`` (label -> zero-argument callable) in interleaved rounds; appends
         one measurement per label (``params[label]`` merged in) and returns them."""
         timings = ms.compare(
@@ -530,6 +530,7 @@ class _Runner:
             repeat=repeat or self.plan.repeat,
             warmup=1,
             min_sample_s=self.plan.min_sample_s,
+            settle=settle,
         )
         rows = {}
         for label, t in timings.items():
@@ -566,7 +567,10 @@ class _Runner:
                 labels[name] = {**params, "engine": name, "simd_level": _simd(name)}
             if not fns:
                 return {}
-            rows = self.time(section, fns, labels, repeat=repeat)
+            # Multi-threaded BLAS peers leave spinning threads behind (see ms.compare).
+            settle = {name: ms.BLAS_SETTLE_S for name in fns
+                      if threads > 1 and name in ("numpy", "faiss")}
+            rows = self.time(section, fns, labels, repeat=repeat, settle=settle)
         for name, row in rows.items():
             self._rates[(name, kind, nq)] = work / row["median_s"]
         self._check(section, kind, database, queries, k, results, params)
