@@ -73,12 +73,23 @@ using DotPackedScanFn = std::size_t (*)(const float* queries, std::size_t nq,
                                         const float* panel, std::size_t n, std::size_t dim,
                                         const float* thresh, ScoreHit* hits);
 
+// The same layout for queries: kPanelRows queries per group, dimension j of query
+// 32g + l at [g * 32 * dim + j * 32 + l], missing queries as zeros (the driver packs it,
+// once per search).
+// DotScanFn over such a query panel of nq queries, rows read as stored: for batches too
+// small to repay packing the rows. Same scores bit for bit.
+using DotQueryPanelScanFn = std::size_t (*)(const float* qpanel, std::size_t nq,
+                                            const float* rows, std::size_t n, std::size_t dim,
+                                            const float* thresh, ScoreHit* hits);
+
 struct KernelSet {
   HammingScanFn hamming_scan;
   DotScanFn dot_scan;
   DotGatherFn dot_gather;
-  DotPackFn dot_pack;  // nullptr (with dot_scan_packed) where rows are always read as stored
+  // nullptr where the instruction set has no kernel for these layouts
+  DotPackFn dot_pack;
   DotPackedScanFn dot_scan_packed;
+  DotQueryPanelScanFn dot_scan_qpanel;
 };
 
 namespace scalar { extern const KernelSet kernels; }

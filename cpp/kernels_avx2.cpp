@@ -215,7 +215,7 @@ void dot_gather(const float* query, const float* base, sz dim, const std::int64_
 
 }  // namespace
 
-const KernelSet kernels = {hamming_scan, dot_scan, dot_gather, nullptr, nullptr};
+const KernelSet kernels = {hamming_scan, dot_scan, dot_gather, nullptr, nullptr, nullptr};
 
 }  // namespace avx2
 }  // namespace cofisearch

@@ -75,7 +75,7 @@ void dot_gather(const float* query, const float* base, std::size_t dim,
 
 }  // namespace
 
-const KernelSet kernels = {hamming_scan, dot_scan, dot_gather, nullptr, nullptr};
+const KernelSet kernels = {hamming_scan, dot_scan, dot_gather, nullptr, nullptr, nullptr};
 
 }  // namespace scalar
 }  // namespace cofisearch

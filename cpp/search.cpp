@@ -31,9 +31,11 @@ constexpr std::size_t kMaxCountingBits = 1024;
 // Largest copy of sampled rows that sample_ceilings holds at once.
 constexpr std::size_t kSampleBufferBytes = std::size_t(1) << 20;
 
-// Up to this many queries an inner-product scan reads the rows as stored; more pack each
-// block into a panel first (where the kernels offer one).
-constexpr std::size_t kPackMinQueries = 8;
+// An inner-product scan of up to kStreamMaxQueries reads the rows as stored; larger
+// batches pack the queries (up to kQueryPanelMax) or each block of rows (where the
+// kernels offer these layouts; see DotScan::mode).
+constexpr std::size_t kStreamMaxQueries = 8;
+constexpr std::size_t kQueryPanelMax = 256;
 
 template <class Fn>
 void run_parallel(int nthreads, Fn&& fn) {
@@ -87,10 +89,11 @@ struct HammingScan {
     const Elem* rows;
   };
   struct Workspace {};
+  void prepare(const Elem*, std::size_t, Workspace&) const {}
   Block open(const Elem* rows, std::size_t, std::size_t, Workspace&) const { return {rows}; }
-  std::size_t run(const Elem* q, std::size_t nq, const Block& b, std::size_t n,
-                  const Order::Value* thresh, Hit* hits) const {
-    return fn(q, nq, b.rows, n, stride, thresh, hits);
+  std::size_t run(const Elem* queries, std::size_t t, std::size_t nt, const Block& b,
+                  std::size_t n, const Order::Value* thresh, Hit* hits) const {
+    return fn(queries + t * stride, nt, b.rows, n, stride, thresh, hits);
   }
   static Order::Value value(const Hit& h) { return h.distance; }
   // Distances are integers: "at most d" is "below d + 1".
@@ -109,44 +112,82 @@ struct DotScan {
   using Selector = HeapSelector<ScoreOrder>;
   using Elem = float;
   using Hit = ScoreHit;
-  // Four passes of the packed kernel's 12-query micro-tile per call.
-  static constexpr std::size_t kTile = 48;
+  // A multiple of the query panel's 32-query groups and of the row panel's 12-query
+  // micro-tile.
+  static constexpr std::size_t kTile = 96;
   // A batch cycles its queries over a block, which must then stay in L2; a few queries
-  // read a block once, and longer blocks keep the software prefetch running ahead.
+  // (or a query panel) read a block once or twice, and longer blocks keep the software
+  // prefetch running ahead.
   static std::size_t block_bytes(std::size_t nq) {
-    return nq <= kPackMinQueries ? 8 * kBlockBytes : kBlockBytes;
+    return nq <= kQueryPanelMax ? 8 * kBlockBytes : kBlockBytes;
   }
   DotScanFn fn;
   DotPackFn pack;
   DotPackedScanFn scan_packed;
+  DotQueryPanelScanFn scan_qpanel;
   std::size_t stride;  // floats per vector
   float row_norm;      // bound on every row's norm, NaN if unknown
   std::size_t row_bytes() const { return stride * sizeof(float); }
+
+  enum class Mode { rows, query_panel, row_panel };
   struct Block {
     const Elem* rows;
-    bool packed;
+    Mode mode;
+    const float* qpanel;
   };
   struct Workspace {
     std::unique_ptr<float[]> panel;
     std::size_t capacity = 0;
+    std::vector<float> qpanel;
   };
-  // A batch reads each block many times, so it pays to pack the block once; for a few
-  // queries the packing would cost more than the scan (measured: 8 queries over 1M x 512
-  // ran at 129 GFLOP/s straight from the rows, 62 through a panel).
+  // Up to kStreamMaxQueries the kernel reads the rows as stored. Beyond, either the
+  // queries are packed once into a query panel, whose cost is the lanes left empty in
+  // its last 32-query group, or each block of rows is packed, which costs about as much
+  // as scanning 25 more queries. Measured, one thread, d = 512 (query panel vs row
+  // panel): 1M rows, 10 queries 137 vs 153 ms, 24 queries 140 vs 214; 200k rows, 64
+  // queries 53 vs 72, 100 queries 106 vs 102, 256 queries 217 vs 226, 1000 queries 856
+  // vs 826.
+  Mode mode(std::size_t nq) const {
+    if (nq <= kStreamMaxQueries) return Mode::rows;
+    const std::size_t empty_lanes = (kPanelRows - nq % kPanelRows) % kPanelRows;
+    if (scan_qpanel && (!pack || (nq <= kQueryPanelMax && empty_lanes <= 24)))
+      return Mode::query_panel;
+    return pack ? Mode::row_panel : Mode::rows;
+  }
+  void prepare(const Elem* queries, std::size_t nq, Workspace& w) const {
+    if (mode(nq) != Mode::query_panel) return;
+    const std::size_t groups = (nq + kPanelRows - 1) / kPanelRows;
+    w.qpanel.assign(groups * kPanelRows * stride, 0.0f);
+    for (std::size_t q = 0; q < nq; ++q) {
+      float* group = w.qpanel.data() + q / kPanelRows * kPanelRows * stride;
+      for (std::size_t j = 0; j < stride; ++j)
+        group[j * kPanelRows + q % kPanelRows] = queries[q * stride + j];
+    }
+  }
   Block open(const Elem* rows, std::size_t n, std::size_t nq, Workspace& w) const {
-    if (!pack || nq <= kPackMinQueries) return {rows, false};
+    const Mode m = mode(nq);
+    if (m == Mode::query_panel) return {rows, m, w.qpanel.data()};
+    if (m == Mode::rows) return {rows, m, nullptr};
     const std::size_t need = (n + kPanelRows - 1) / kPanelRows * kPanelRows * stride;
     if (need > w.capacity) {
       w.panel.reset(new float[need]);
       w.capacity = need;
     }
     pack(rows, n, stride, w.panel.get());
-    return {w.panel.get(), true};
+    return {w.panel.get(), m, nullptr};
   }
-  std::size_t run(const Elem* q, std::size_t nq, const Block& b, std::size_t n,
-                  const Order::Value* thresh, Hit* hits) const {
-    return b.packed ? scan_packed(q, nq, b.rows, n, stride, thresh, hits)
-                    : fn(q, nq, b.rows, n, stride, row_norm, thresh, hits);
+  // Queries [t, t + nt) of the range's nq; t is a multiple of kTile.
+  std::size_t run(const Elem* queries, std::size_t t, std::size_t nt, const Block& b,
+                  std::size_t n, const Order::Value* thresh, Hit* hits) const {
+    switch (b.mode) {
+      case Mode::query_panel:
+        return scan_qpanel(b.qpanel + t * stride, nt, b.rows, n, stride, thresh, hits);
+      case Mode::row_panel:
+        return scan_packed(queries + t * stride, nt, b.rows, n, stride, thresh, hits);
+      case Mode::rows:
+        break;
+    }
+    return fn(queries + t * stride, nt, b.rows, n, stride, row_norm, thresh, hits);
   }
   static Order::Value value(const Hit& h) { return h.score; }
   static constexpr bool kSampleCeiling = false;
@@ -183,6 +224,7 @@ void scan_range(const S& s, const typename S::Elem* rows, std::size_t r0, std::s
       new typename S::Hit[std::min(S::kTile, nq) * hit_rows]);
   typename S::Hit* const hits = hit_buffer.get();
   typename S::Workspace workspace;
+  s.prepare(queries, nq, workspace);
   // A kernel compares against the thresholds it was given for its whole block, and they
   // are open until the heaps fill: one full first block would turn every one of its rows
   // into a heap insertion for every query. Doubling the block from a small start keeps
@@ -193,7 +235,7 @@ void scan_range(const S& s, const typename S::Elem* rows, std::size_t r0, std::s
     const typename S::Block blk = s.open(rows + b * s.stride, nb, nq, workspace);
     for (std::size_t t = 0; t < nq; t += S::kTile) {
       const std::size_t nt = std::min(S::kTile, nq - t);
-      const std::size_t h = s.run(queries + t * s.stride, nt, blk, nb, thresh.data() + t, hits);
+      const std::size_t h = s.run(queries, t, nt, blk, nb, thresh.data() + t, hits);
       for (std::size_t i = 0; i < h; ++i)
         heaps[t + hits[i].query].push(S::value(hits[i]),
                                       static_cast<std::int64_t>(b + hits[i].row));
@@ -371,7 +413,8 @@ void dot_search(const float* rows, std::size_t n, std::size_t dim, float row_nor
                 const float* queries, std::size_t nq, std::size_t k, int nthreads, float* scores,
                 std::int64_t* ids) {
   const KernelSet& ks = kernels_for(current_simd_level());
-  const DotScan s{ks.dot_scan, ks.dot_pack, ks.dot_scan_packed, dim, row_norm};
+  const DotScan s{ks.dot_scan, ks.dot_pack, ks.dot_scan_packed, ks.dot_scan_qpanel, dim,
+                  row_norm};
   search(s, rows, n, queries, nq, k, nthreads, kScoreSentinel, scores, ids);
 }
 

@@ -39,18 +39,19 @@ def test_scores_match_numpy(simd, dim):
 
 @pytest.mark.parametrize("dim", [1, 15, 17, 100, 512])
 def test_a_query_scores_the_same_alone_and_in_any_batch(simd, dim):
-    # Small batches read rows as stored, large ones through a packed panel (12-query
-    # tiles, 32-row strips); every path must give the same bits for the same pair.
+    # A lone query screens rows, 2-8 transpose rows as they read them, larger batches go
+    # through a query panel (32-query groups) or a row panel (12-query tiles, 32-row
+    # strips; 33 and 300 queries take it); every path must give the same bits.
     rng = np.random.default_rng(dim + 1)
     b = block_rows(dim * 4)
-    queries = rng.standard_normal((61, dim)).astype(np.float32)
+    queries = rng.standard_normal((300, dim)).astype(np.float32)
     for n in sorted({1, 31, 33, b + 5}):
         db = rng.standard_normal((n, dim)).astype(np.float32)
         index = cofisearch.FloatIndex(dim)
         index.add(db)
         batch = index.search(queries, n)
         _check_topk(db, queries, batch, n)
-        for nq in (1, 8, 9, 12, 25, 61):
+        for nq in (1, 8, 9, 12, 25, 33, 61):
             part = index.search(queries[:nq], n)
             np.testing.assert_array_equal(part.distances, batch.distances[:nq])
             np.testing.assert_array_equal(part.ids, batch.ids[:nq])
