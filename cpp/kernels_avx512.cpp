@@ -18,6 +18,7 @@
 #include <immintrin.h>
 
 #include <cmath>
+#include <type_traits>
 
 #include "kernels.h"
 
@@ -395,14 +396,15 @@ ScoreHit* stream_group(const float* queries, sz q0, const float* rows, sz n, sz 
   return out;
 }
 
-template <int MR>
-ScoreHit* stream_rest(const float* queries, sz q0, sz rest, const float* rows, sz n, sz dim,
-                      const float* thresh, ScoreHit* out) {
-  if constexpr (MR == 0) {
+// Calls f(std::integral_constant<int, rest>{}) for 0 < rest <= M, so that a remainder known
+// only at run time gets the tile compiled for its size; returns `out` when rest is 0.
+template <int M, class F>
+ScoreHit* for_remainder(sz rest, ScoreHit* out, F&& f) {
+  if constexpr (M == 0) {
     return out;
   } else {
-    if (rest == MR) return stream_group<MR>(queries, q0, rows, n, dim, thresh, out);
-    return stream_rest<MR - 1>(queries, q0, rest, rows, n, dim, thresh, out);
+    if (rest == M) return f(std::integral_constant<int, M>{});
+    return for_remainder<M - 1>(rest, out, f);
   }
 }
 
@@ -566,7 +568,9 @@ sz dot_scan(const float* queries, sz nq, const float* rows, sz n, sz dim, float 
   sz q = 0;
   for (; q + kStreamQueries <= nq; q += kStreamQueries)
     out = stream_group<kStreamQueries>(queries, q, rows, n, dim, thresh, out);
-  out = stream_rest<kStreamQueries - 1>(queries, q, nq - q, rows, n, dim, thresh, out);
+  out = for_remainder<kStreamQueries - 1>(nq - q, out, [&](auto mr) {
+    return stream_group<decltype(mr)::value>(queries, q, rows, n, dim, thresh, out);
+  });
   return static_cast<sz>(out - hits);
 }
 
@@ -623,17 +627,6 @@ ScoreHit* panel_group(const float* queries, sz q0, const float* panel, sz n, sz 
   return out;
 }
 
-template <int MR>
-ScoreHit* panel_rest(const float* queries, sz q0, sz rest, const float* panel, sz n, sz dim,
-                     const float* thresh, ScoreHit* out) {
-  if constexpr (MR == 0) {
-    return out;
-  } else {
-    if (rest == MR) return panel_group<MR>(queries, q0, panel, n, dim, thresh, out);
-    return panel_rest<MR - 1>(queries, q0, rest, panel, n, dim, thresh, out);
-  }
-}
-
 // Twelve queries: 24 accumulators, two strip registers and a broadcast fill 27 of the 32
 // registers, and each strip load feeds 12 FMAs.
 constexpr sz kPanelQueries = 12;
@@ -644,7 +637,9 @@ sz dot_scan_packed(const float* queries, sz nq, const float* panel, sz n, sz dim
   sz q = 0;
   for (; q + kPanelQueries <= nq; q += kPanelQueries)
     out = panel_group<kPanelQueries>(queries, q, panel, n, dim, thresh, out);
-  out = panel_rest<kPanelQueries - 1>(queries, q, nq - q, panel, n, dim, thresh, out);
+  out = for_remainder<kPanelQueries - 1>(nq - q, out, [&](auto mr) {
+    return panel_group<decltype(mr)::value>(queries, q, panel, n, dim, thresh, out);
+  });
   return static_cast<sz>(out - hits);
 }
 
