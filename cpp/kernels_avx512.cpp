@@ -375,6 +375,16 @@ inline ScoreHit* emit_scores(u32 query, sz row0, const __m512* scores, int regs,
 
 inline u32 first_lanes(sz count) { return count >= 32 ? ~0u : (1u << count) - 1; }
 
+// Rows i..i+N-1 of a block of n, and the N after them (for prefetching), each clamped to
+// the last row: a tile past the end repeats it, and its lanes are masked out.
+template <sz N>
+inline void tile_rows(const float* rows, sz i, sz n, sz dim, const float** r, const float** next) {
+  for (sz k = 0; k < N; ++k) {
+    r[k] = rows + (i + k < n ? i + k : n - 1) * dim;
+    next[k] = rows + (i + N + k < n ? i + N + k : n - 1) * dim;
+  }
+}
+
 template <int MR>
 ScoreHit* stream_group(const float* queries, sz q0, const float* rows, sz n, sz dim,
                        const float* thresh, ScoreHit* out) {
@@ -383,10 +393,7 @@ ScoreHit* stream_group(const float* queries, sz q0, const float* rows, sz n, sz 
   for (sz i = 0; i < n; i += 16) {
     const float* r[16];
     const float* next[16];
-    for (sz j = 0; j < 16; ++j) {
-      r[j] = rows + (i + j < n ? i + j : n - 1) * dim;
-      next[j] = rows + (i + 16 + j < n ? i + 16 + j : n - 1) * dim;
-    }
+    tile_rows<16>(rows, i, n, dim, r, next);
     __m512 acc[MR];
     stream_tile<MR>(q, r, next, dim, acc);
     for (int a = 0; a < MR; ++a)
@@ -534,10 +541,7 @@ ScoreHit* screen_query(const float* q, const float* rows, sz n, sz dim, float ro
   for (sz i = 0; i < n; i += 8) {
     const float* r[8];
     const float* next[8];
-    for (sz j = 0; j < 8; ++j) {
-      r[j] = rows + (i + j < n ? i + j : n - 1) * dim;
-      next[j] = rows + (i + 8 + j < n ? i + 8 + j : n - 1) * dim;
-    }
+    tile_rows<8>(rows, i, n, dim, r, next);
     const __m512 s = screen_tile<kRowNorms>(q, r, next, dim);
     __m512 reach;
     if constexpr (kRowNorms) {
@@ -580,11 +584,7 @@ void dot_pack(const float* rows, sz n, sz dim, float* panel) {
   for (sz s = 0; s * kPanel < n; ++s) {
     const float* r[kPanel];
     const float* next[kPanel];
-    for (sz i = 0; i < kPanel; ++i) {
-      const sz row = s * kPanel + i, ahead = row + kPanel;
-      r[i] = rows + (row < n ? row : n - 1) * dim;
-      next[i] = rows + (ahead < n ? ahead : n - 1) * dim;
-    }
+    tile_rows<kPanel>(rows, s * kPanel, n, dim, r, next);
     float* strip = panel + s * kPanel * dim;
     __m512 v[16];
     for (sz h = 0; h < 2; ++h)
@@ -681,10 +681,7 @@ ScoreHit* qlane_group(const float* qp, sz q0, sz nq, const float* rows, sz n, sz
   for (sz i = 0; i < n; i += 12) {
     const float* r[12];
     const float* next[12];
-    for (sz k = 0; k < 12; ++k) {
-      r[k] = rows + (i + k < n ? i + k : n - 1) * dim;
-      next[k] = rows + (i + 12 + k < n ? i + 12 + k : n - 1) * dim;
-    }
+    tile_rows<12>(rows, i, n, dim, r, next);
     __m512 acc[24];
     qlane_tile(qp, r, next, dim, acc);
     const sz rows_here = n - i < 12 ? n - i : 12;
