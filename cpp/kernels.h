@@ -73,11 +73,10 @@ using DotPackedScanFn = std::size_t (*)(const float* queries, std::size_t nq,
                                         const float* panel, std::size_t n, std::size_t dim,
                                         const float* thresh, ScoreHit* hits);
 
-// The same layout for queries: kPanelRows queries per group, dimension j of query
-// 32g + l at [g * 32 * dim + j * 32 + l], missing queries as zeros (the driver packs it,
-// once per search).
-// DotScanFn over such a query panel of nq queries, rows read as stored: for batches too
-// small to repay packing the rows. Same scores bit for bit.
+// DotScanFn over a query panel, the same layout for queries (group g holds queries
+// 32g..32g+31, dimension j of query 32g + l at [g * 32 * dim + j * 32 + l], missing
+// queries as zeros; the driver packs it once per search), rows read as stored: for
+// batches too small to repay packing the rows. Same scores bit for bit.
 using DotQueryPanelScanFn = std::size_t (*)(const float* qpanel, std::size_t nq,
                                             const float* rows, std::size_t n, std::size_t dim,
                                             const float* thresh, ScoreHit* hits);
