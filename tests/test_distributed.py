@@ -517,12 +517,15 @@ def test_shard_restarted_empty_by_ray_is_caught_by_its_row_count():
         actor = sharded.actors[1]
         ray.kill(actor, no_restart=False)
         # Wait for Ray's restart: the actor answers again, with the constructor's state.
+        # The kill is asynchronous, so an answer of 450 rows still comes from the old actor.
         for _ in range(200):
             try:
-                ray.get(actor.count.remote(), timeout=30)
-                break
+                rows, _ = ray.get(actor.count.remote(), timeout=30)
+                if rows == 0:
+                    break
             except ray.exceptions.RayActorError:
-                time.sleep(0.05)
+                pass
+            time.sleep(0.05)
         # Ray may still be restarting the actor when the search reaches it: either way the
         # shard is reported lost, never answered for with an empty shard.
         with pytest.raises(ShardLostError, match="shard 1 of 2.*(reported 0 rows where 450|died)"):
