@@ -415,6 +415,15 @@ ScoreHit* for_remainder(sz rest, ScoreHit* out, F&& f) {
   }
 }
 
+// Runs group(q0, std::integral_constant<int, size>{}, out) over queries [0, nq) in groups
+// of M, the last one smaller; returns the end of the hits written.
+template <int M, class Group>
+ScoreHit* in_query_groups(sz nq, ScoreHit* out, Group&& group) {
+  sz q = 0;
+  for (; q + M <= nq; q += M) out = group(q, std::integral_constant<int, M>{}, out);
+  return for_remainder<M - 1>(nq - q, out, [&](auto mr) { return group(q, mr, out); });
+}
+
 // Eight queries per pass keep the accumulators, the 16 transposed registers and the
 // transpose's temporaries within the register file.
 constexpr sz kStreamQueries = 8;
@@ -569,11 +578,8 @@ sz dot_scan(const float* queries, sz nq, const float* rows, sz n, sz dim, float 
                                : screen_query<false>(queries, rows, n, dim, row_norm, thresh, out);
     return static_cast<sz>(out - hits);
   }
-  sz q = 0;
-  for (; q + kStreamQueries <= nq; q += kStreamQueries)
-    out = stream_group<kStreamQueries>(queries, q, rows, n, dim, thresh, out);
-  out = for_remainder<kStreamQueries - 1>(nq - q, out, [&](auto mr) {
-    return stream_group<decltype(mr)::value>(queries, q, rows, n, dim, thresh, out);
+  out = in_query_groups<kStreamQueries>(nq, out, [&](sz q, auto mr, ScoreHit* o) {
+    return stream_group<decltype(mr)::value>(queries, q, rows, n, dim, thresh, o);
   });
   return static_cast<sz>(out - hits);
 }
@@ -633,12 +639,8 @@ constexpr sz kPanelQueries = 12;
 
 sz dot_scan_packed(const float* queries, sz nq, const float* panel, sz n, sz dim,
                    const float* thresh, ScoreHit* hits) {
-  ScoreHit* out = hits;
-  sz q = 0;
-  for (; q + kPanelQueries <= nq; q += kPanelQueries)
-    out = panel_group<kPanelQueries>(queries, q, panel, n, dim, thresh, out);
-  out = for_remainder<kPanelQueries - 1>(nq - q, out, [&](auto mr) {
-    return panel_group<decltype(mr)::value>(queries, q, panel, n, dim, thresh, out);
+  ScoreHit* out = in_query_groups<kPanelQueries>(nq, hits, [&](sz q, auto mr, ScoreHit* o) {
+    return panel_group<decltype(mr)::value>(queries, q, panel, n, dim, thresh, o);
   });
   return static_cast<sz>(out - hits);
 }

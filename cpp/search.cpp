@@ -136,8 +136,7 @@ struct DotScan {
     const float* qpanel;
   };
   struct Workspace {
-    std::unique_ptr<float[]> panel;
-    std::size_t capacity = 0;
+    std::vector<float> panel;
     std::vector<float> qpanel;
   };
   // Up to kStreamMaxQueries the kernel reads the rows as stored. Beyond, either the
@@ -148,11 +147,9 @@ struct DotScan {
   // queries 53 vs 72, 100 queries 106 vs 102, 256 queries 217 vs 226, 1000 queries 856
   // vs 826.
   Mode mode(std::size_t nq) const {
-    if (nq <= kStreamMaxQueries) return Mode::rows;
+    if (nq <= kStreamMaxQueries || !pack || !scan_qpanel) return Mode::rows;
     const std::size_t empty_lanes = (kPanelRows - nq % kPanelRows) % kPanelRows;
-    if (scan_qpanel && (!pack || (nq <= kQueryPanelMax && empty_lanes <= 24)))
-      return Mode::query_panel;
-    return pack ? Mode::row_panel : Mode::rows;
+    return nq <= kQueryPanelMax && empty_lanes <= 24 ? Mode::query_panel : Mode::row_panel;
   }
   void prepare(const Elem* queries, std::size_t nq, Workspace& w) const {
     if (mode(nq) != Mode::query_panel) return;
@@ -169,12 +166,9 @@ struct DotScan {
     if (m == Mode::query_panel) return {rows, m, w.qpanel.data()};
     if (m == Mode::rows) return {rows, m, nullptr};
     const std::size_t need = (n + kPanelRows - 1) / kPanelRows * kPanelRows * stride;
-    if (need > w.capacity) {
-      w.panel.reset(new float[need]);
-      w.capacity = need;
-    }
-    pack(rows, n, stride, w.panel.get());
-    return {w.panel.get(), m, nullptr};
+    if (w.panel.size() < need) w.panel.resize(need);
+    pack(rows, n, stride, w.panel.data());
+    return {w.panel.data(), m, nullptr};
   }
   // Queries [t, t + nt) of the range's nq; t is a multiple of kTile.
   std::size_t run(const Elem* queries, std::size_t t, std::size_t nt, const Block& b,
