@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 import cofisearch
+from cofisearch import _reference
 
 
 @pytest.fixture(params=cofisearch.available_simd_levels())
@@ -14,15 +15,8 @@ def simd(request):
 
 
 def hamming_reference(database, queries, k):
-    """Plain NumPy top-k: popcount of the XOR, stable sort on distance then id."""
-    dist = np.unpackbits(queries[:, None, :] ^ database[None, :, :], axis=2).sum(axis=2)
-    order = np.argsort(dist, axis=1, kind="stable")[:, :k]
-    d = np.take_along_axis(dist, order, axis=1).astype(np.int32)
-    pad = k - order.shape[1]
-    if pad > 0:
-        d = np.pad(d, ((0, 0), (0, pad)), constant_values=cofisearch.HAMMING_SENTINEL)
-        order = np.pad(order, ((0, 0), (0, pad)), constant_values=-1)
-    return d, order.astype(np.int64)
+    """Exact Hamming top-k as the engine must return it, from cofisearch._reference."""
+    return _reference.topk(_reference.hamming_distances(queries, database), k, largest=False)
 
 
 def block_rows(row_bytes):

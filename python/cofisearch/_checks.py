@@ -5,23 +5,40 @@ meets the same rule: a wrong dtype is a ``TypeError``, a wrong shape or value is
 ``ValueError``, and each message names the argument, what was expected and what was
 given. Nothing here casts binary codes; float data of another float dtype is converted
 to float32 once, as documented on the indexes.
+
+One vocabulary for the whole package: every checker takes ``(value, name, ...)`` with
+bounds as keywords and returns the checked value in its canonical type. Modules keep
+checks of their own only for what is specific to them (a label layout, a file format),
+built from these.
 """
 
 from __future__ import annotations
 
+import math
 import numbers
 import os
+import tempfile
+from pathlib import Path
 
 import numpy as np
 
 __all__ = [
     "as_numpy",
+    "check_choice",
     "check_codes",
+    "check_float",
     "check_floats",
+    "check_int",
+    "check_int_sequence",
     "check_k",
+    "check_nbits",
     "check_num_threads",
+    "check_output_dir",
+    "check_path",
     "check_positive_int",
+    "check_readable_file",
     "default_num_threads",
+    "set_default_num_threads",
 ]
 
 
@@ -41,12 +58,114 @@ def as_numpy(x, name):
         raise TypeError(f"{name} must be array-like, got {type(x).__name__}") from exc
 
 
-def check_positive_int(value, name, *, minimum=1):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
+def check_int(value, name, *, minimum=None, maximum=None):
+    """An integer (not a bool) in ``[minimum, maximum]``, returned as ``int``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
+    value = int(value)
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        raise ValueError(f"{name} must be {_interval(minimum, maximum)}, got {value}")
+    return value
+
+
+def check_positive_int(value, name):
+    return check_int(value, name, minimum=1)
+
+
+def check_float(value, name, *, minimum=None, maximum=None, above=None, below=None):
+    """A finite real number (not a bool) with the given inclusive (``minimum``,
+    ``maximum``) or exclusive (``above``, ``below``) bounds, returned as ``float``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if (
+        (minimum is not None and value < minimum)
+        or (maximum is not None and value > maximum)
+        or (above is not None and value <= above)
+        or (below is not None and value >= below)
+    ):
+        low = f">= {minimum}" if minimum is not None else (f"> {above}" if above is not None else "")
+        high = f"<= {maximum}" if maximum is not None else (f"< {below}" if below is not None else "")
+        raise ValueError(f"{name} must be {' and '.join(p for p in (low, high) if p)}, got {value}")
+    return value
+
+
+def _interval(minimum, maximum):
+    if maximum is None:
+        return f">= {minimum}"
+    if minimum is None:
+        return f"<= {maximum}"
+    return f"in [{minimum}, {maximum}]"
+
+
+def check_choice(value, name, choices):
+    """One of ``choices`` (compared with ==), returned unchanged."""
+    if value not in choices:
+        shown = ", ".join(repr(c) for c in choices)
+        raise ValueError(f"{name} must be one of {shown}, got {value!r}")
+    return value
+
+
+def check_int_sequence(values, name, *, minimum=1, allow_none=False, allow_empty=False):
+    """A sequence of integers >= ``minimum`` (and ``None`` where allowed), deduplicated in
+    order, as a tuple."""
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise TypeError(f"{name} must be a sequence of integers, got {type(values).__name__}")
+    out = []
+    for v in values:
+        checked = None if v is None and allow_none else check_int(
+            v, f"every entry of {name}", minimum=minimum
+        )
+        if checked not in out:
+            out.append(checked)
+    if not out and not allow_empty:
+        raise ValueError(f"{name} must hold at least one value, got an empty sequence")
+    return tuple(out)
+
+
+def check_nbits(nbits, name="nbits"):
+    """Bits per binary code: a positive multiple of 8 (codes pack into whole bytes)."""
+    nbits = check_int(nbits, name, minimum=8)
+    if nbits % 8:
+        raise ValueError(f"{name} must be a multiple of 8, got {nbits}")
+    return nbits
+
+
+def check_path(value, name):
+    """A ``str`` or ``os.PathLike``, as a :class:`pathlib.Path`."""
+    if not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"{name} must be a str or os.PathLike, got {type(value).__name__}")
+    return Path(value)
+
+
+def check_readable_file(value, name):
+    """An existing, readable regular file, as a :class:`pathlib.Path`."""
+    path = check_path(value, name)
+    if not path.is_file():
+        problem = "is a directory" if path.is_dir() else "does not exist"
+        raise ValueError(f"{name} must be a readable file, got {str(path)!r}, which {problem}")
+    if not os.access(path, os.R_OK):
+        raise ValueError(f"{name} must be a readable file, got {str(path)!r}: permission denied")
+    return path
+
+
+def check_output_dir(value, name):
+    """A directory that can be written: created if missing, then proven writable by
+    creating and removing a file in it, so that long work fails before it starts rather
+    than after it ends."""
+    path = check_path(value, name)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".cofisearch-probe-", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ValueError(
+            f"{name} must be a writable directory, got {str(path)!r}: {exc.strerror or exc}"
+        ) from None
+    return path
 
 
 def check_k(k):

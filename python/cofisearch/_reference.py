@@ -1,0 +1,156 @@
+"""The plain-NumPy reference of what the engine computes.
+
+One definition of exact Hamming distances, of top-k with ties broken by the smaller id,
+of the padding of short results and of the merge of partial top-k lists. The metrics,
+the benchmark checks, the cascade's reranker stage, the sharded merge and the tests all
+use these, so that "what the engine must return" is written once. Nothing here is fast
+on purpose beyond avoiding needless passes: callers bound the size of what they pass.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = [
+    "HAMMING_SENTINEL",
+    "SCORE_SENTINEL",
+    "ascending_key",
+    "full_order",
+    "hamming_distances",
+    "merge_topk",
+    "pad_topk",
+    "popcount",
+    "smallest_k",
+    "topk",
+    "words",
+]
+
+# The engine's padding values (cpp/search.h), repeated here so that this module needs
+# no compiled code: a test checks that they agree with cofisearch._core.
+HAMMING_SENTINEL = np.iinfo(np.int32).max
+SCORE_SENTINEL = float("-inf")
+
+_BYTE_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+
+
+def _popcount_bytes(a):
+    # NumPy < 2.0 has no bitwise_count: count per byte instead. The per-element counts
+    # then refer to bytes, not words, so only sums over the last axis are comparable.
+    return _BYTE_POPCOUNT[np.ascontiguousarray(a).view(np.uint8)]
+
+
+#: Set bits per element (``numpy.bitwise_count`` where NumPy has it, >= 2.0). Without
+#: it, the result counts per byte: sum over the last axis to compare.
+popcount = getattr(np, "bitwise_count", _popcount_bytes)
+
+
+def words(codes):
+    """Packed ``(n, nbytes)`` uint8 codes viewed as the widest unsigned words dividing a
+    row, so that XOR and popcount touch 8 bytes at a time where they can."""
+    codes = np.ascontiguousarray(codes)
+    for dtype in (np.uint64, np.uint32, np.uint16):
+        if codes.shape[1] % np.dtype(dtype).itemsize == 0:
+            return codes.view(dtype)
+    return codes
+
+
+def hamming_distances(queries, database):
+    """``(nq, n)`` int32 Hamming distances between packed uint8 codes of equal width.
+
+    Materialises ``nq x n x words`` temporaries: callers pass bounded blocks.
+    """
+    q, db = words(queries), words(database)
+    return popcount(q[:, None, :] ^ db[None, :, :]).sum(axis=2, dtype=np.int32)
+
+
+def ascending_key(values, *, largest):
+    """A key whose ascending order is the best-first order of ``values``.
+
+    Integers (and bools) are complemented, which reverses their order without the
+    overflow that negating the smallest integer would cause; floats are negated.
+    """
+    if not largest:
+        return values
+    return -values if values.dtype.kind == "f" else ~values
+
+
+def full_order(key):
+    """Column order of every entry of each row of ``key``, ascending, ties by column."""
+    # The default (SIMD) sort is several times faster than the stable one; only rows with
+    # ties are sorted again stably.
+    order = np.argsort(key, axis=1)
+    ranked = np.take_along_axis(key, order, axis=1)
+    tied = (ranked[:, 1:] == ranked[:, :-1]).any(axis=1)
+    if tied.any():
+        order[tied] = np.argsort(key[tied], axis=1, kind="stable")
+    return order
+
+
+def smallest_k(key, k):
+    """Column order of the ``k`` smallest entries of each row (``k <= columns``), ties by
+    the smaller column, in O(columns) per row plus a sort of ``k``."""
+    n = key.shape[1]
+    if k >= n:
+        return full_order(key)
+    part = np.argpartition(key, k - 1, axis=1)[:, :k]
+    chosen = np.take_along_axis(key, part, axis=1)
+    kth = chosen.max(axis=1, keepdims=True)
+    # argpartition keeps an arbitrary subset of the entries tied with the k-th value;
+    # where it had to split them, keep the ones with the smallest columns instead.
+    equal = key == kth
+    split = equal.sum(axis=1) > (chosen == kth).sum(axis=1)
+    if split.any():
+        sub, eq = key[split], equal[split]
+        below = sub < kth[split]
+        need = k - below.sum(axis=1, keepdims=True)
+        take = below | (eq & (np.cumsum(eq, axis=1) <= need))
+        part[split] = np.nonzero(take)[1].reshape(len(sub), k)
+    part.sort(axis=1)
+    sub = np.take_along_axis(key, part, axis=1)
+    return np.take_along_axis(part, np.argsort(sub, axis=1, kind="stable"), axis=1)
+
+
+def pad_topk(distances, ids, k, sentinel):
+    """Pads ``(nq, m)`` results with ``m <= k`` to ``k`` columns: id -1, ``sentinel``."""
+    pad = k - ids.shape[1]
+    if pad <= 0:
+        return distances, ids
+    return (
+        np.pad(distances, ((0, 0), (0, pad)), constant_values=sentinel),
+        np.pad(ids, ((0, 0), (0, pad)), constant_values=-1),
+    )
+
+
+def topk(values, k, *, largest):
+    """Exact top-``k`` of each row of an ``(nq, n)`` matrix, as the engine returns it.
+
+    Returns ``(distances, ids)``: best first (ascending, or descending with
+    ``largest``), ties by the smaller id (the column), padded to ``k`` with id -1 and the
+    engine's sentinel for the dtype. ``values`` must hold no NaN.
+    """
+    values = np.asarray(values)
+    order = smallest_k(ascending_key(values, largest=largest), min(k, values.shape[1]))
+    distances = np.take_along_axis(values, order, axis=1)
+    sentinel = SCORE_SENTINEL if values.dtype.kind == "f" else HAMMING_SENTINEL
+    return pad_topk(distances, order.astype(np.int64), k, sentinel)
+
+
+def merge_topk(parts, k, *, largest):
+    """Top-``k`` of the union of several ``(distances, ids)`` lists over the same queries.
+
+    Each list may hold padding (id -1), which sorts after every real result; ties break
+    by the smaller id. When each part is the exact top-k of disjoint rows, the result is
+    the exact top-k of all of them. Returns exactly ``k`` columns, padded as needed.
+    """
+    d = np.concatenate([np.asarray(p[0]) for p in parts], axis=1)
+    i = np.concatenate([np.asarray(p[1], dtype=np.int64) for p in parts], axis=1)
+    padding = i < 0
+    key = ascending_key(d, largest=largest)
+    id_key = np.where(padding, np.iinfo(np.int64).max, i)
+    # Padding goes last whatever its distance: the first sort key says "is padding".
+    order = np.lexsort((id_key, key, padding), axis=1)[:, :k]
+    sentinel = SCORE_SENTINEL if d.dtype.kind == "f" else HAMMING_SENTINEL
+    out_d = np.take_along_axis(d, order, axis=1)
+    out_i = np.take_along_axis(i, order, axis=1)
+    out_d[out_i < 0] = sentinel
+    return pad_topk(out_d, out_i, k, sentinel)
