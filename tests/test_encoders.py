@@ -1,29 +1,13 @@
 """Tests for cofisearch.encoders: binarisers (NumPy only) and the torch encoders."""
 
-import importlib.util
-import pathlib
+import importlib
 import sys
 
 import numpy as np
 import pytest
 
-
-def _load_encoders():
-    # Import the module by path when the compiled core (needed by the package
-    # __init__) is not built, so these tests also cover the torch-free import.
-    try:
-        from cofisearch import encoders
-        return encoders
-    except ImportError:
-        path = pathlib.Path(__file__).resolve().parents[1] / "python/cofisearch/encoders.py"
-        spec = importlib.util.spec_from_file_location("_cofisearch_encoders", path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
-        return module
-
-
-enc = _load_encoders()
+import cofisearch
+from cofisearch import encoders as enc
 
 IMAGE_DIM, TEXT_DIM, CAPTIONS = 48, 40, 2
 TINY = dict(hidden=64)
@@ -82,11 +66,14 @@ def _hamming_similarity(a, b):
 
 
 def test_works_without_torch_until_an_encoder_is_built(monkeypatch):
-    # A None entry in sys.modules makes `import torch` raise ImportError.
+    # A None entry in sys.modules makes `import torch` raise ImportError; the encoders
+    # package and its modules are imported afresh under that block, and the originals
+    # put back afterwards.
     monkeypatch.setitem(sys.modules, "torch", None)
-    spec = importlib.util.spec_from_file_location("_encoders_without_torch", enc.__file__)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    for name in [n for n in sys.modules if n.startswith("cofisearch.encoders")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setattr(cofisearch, "encoders", cofisearch.encoders)
+    module = importlib.import_module("cofisearch.encoders")
     x = np.random.default_rng(0).standard_normal((40, 16))
     assert module.ITQBinarizer(8).fit(x).transform(x).shape == (40, 1)
     with pytest.raises(ImportError, match=r'pip install "cofisearch\[torch\]"'):
@@ -374,7 +361,8 @@ TORCH_ERRORS = [
     (lambda: enc.DualEncoder(0, 5), ValueError, "image_dim must be >= 1"),
     (lambda: enc.DualEncoder(6, 5, hidden="wide"), TypeError, "hidden"),
     (lambda: enc.DualEncoder(6, 5, temperature=0), ValueError, "temperature must be > 0"),
-    (lambda: enc.DualEncoder(6, 5, dropout=1.0), ValueError, "dropout must be < 1"),
+    (lambda: enc.DualEncoder(6, 5, dropout=1.0), ValueError,
+     r"dropout must be >= 0 and < 1, got 1\.0"),
     (lambda: enc.DualEncoder(6, 5).encode_image(ZEROS), ValueError, "not trained"),
     (lambda: enc.DualEncoder(6, 5).fit(ZEROS.astype(np.int64), ZEROS_T), TypeError,
      "image_features must be a floating-point array.*int64"),

@@ -1,17 +1,10 @@
-"""Datasets for cofisearch: synthetic paired data, FiCo-ITR outputs, Fashion-MNIST.
+"""Synthetic paired image-text data: :func:`make_paired` and its streaming form
+:func:`iter_paired`.
 
-Three sources, all NumPy only:
-
-* :func:`make_paired` / :func:`iter_paired` -- a seeded synthetic image-text
-  dataset shaped like the FiCo-ITR study's test sets (Flickr30K / MS-COCO: each
-  image has ``captions_per_image`` captions, captions stored image-major; multi-hot
-  category labels as in MIRFlickr / NUS-WIDE / MS-COCO).  It scales to millions
-  of items in bounded memory.
-* :func:`load_fico` -- the precomputed embeddings / similarity matrices / labels
-  in the file layout of the ``fico-itr`` paper tutorial, so real model outputs
-  can be evaluated with :mod:`cofisearch.metrics`.
-* :func:`load_fashion_mnist` -- real images and labels from Debian's
-  ``dataset-fashion-mnist`` package (gzip IDX files), with :func:`read_idx`.
+A seeded dataset shaped like the FiCo-ITR study's test sets (Flickr30K / MS-COCO: each
+image has ``captions_per_image`` captions, captions stored image-major; multi-hot
+category labels as in MIRFlickr / NUS-WIDE / MS-COCO).  It scales to millions of items
+in bounded memory.
 
 How the synthetic data is built
 -------------------------------
@@ -64,40 +57,31 @@ So the data depends only on the seed and the generation parameters, never on the
 chunk size used to stream it, and a smaller ``n_images`` gives a prefix of a
 larger one.  "Same data" means byte for byte with the same NumPy and BLAS on the
 same kind of CPU; elsewhere labels and the caption map are identical but features
-may differ in the last bits, as BLAS kernels round differently.  The test split is the *last* ``n_test`` images (items are i.i.d., so
-a contiguous split is as good as a random one and stays a zero-copy view).
+may differ in the last bits, as BLAS kernels round differently.  The test split is
+the *last* ``n_test`` images (items are i.i.d., so a contiguous split is as good as a
+random one and stays a zero-copy view).
 """
 
 from __future__ import annotations
 
-import gzip
 import math
-import numbers
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, NamedTuple, Optional, Tuple
 
 import numpy as np
 
+from .._checks import check_float, check_int, check_path
+
 __all__ = [
     "BLOCK_IMAGES",
+    "PairedChunk",
     "PairedDataset",
     "PairedSplit",
-    "PairedChunk",
-    "make_paired",
     "iter_paired",
-    "FicoOutput",
-    "FicoDirectory",
-    "load_fico",
-    "FashionMNIST",
-    "FASHION_MNIST_CLASSES",
-    "FASHION_MNIST_DIR",
-    "load_fashion_mnist",
-    "read_idx",
+    "make_paired",
 ]
-
-PathLike = Union[str, "os.PathLike[str]"]
 
 #: Images per internal generation block.  Part of the data definition: changing
 #: it changes the data generated for a given seed.
@@ -107,51 +91,6 @@ BLOCK_IMAGES = 1024
 # maps; fixed so the standardisation is part of the seeded definition.
 _CALIBRATION_ITEMS = 4096
 _MAX_ELEMENTS = 2**62
-
-
-# ---------------------------------------------------------------------------
-# argument checks (house style: TypeError for type, ValueError for value)
-# ---------------------------------------------------------------------------
-
-
-def _check_int(name: str, value: Any, minimum: int, maximum: Optional[int] = None) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
-    value = int(value)
-    if value < minimum or (maximum is not None and value > maximum):
-        expected = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
-        raise ValueError(f"{name} must be {expected}, got {value}")
-    return value
-
-
-def _check_float(
-    name: str,
-    value: Any,
-    low: float,
-    high: float = math.inf,
-    *,
-    low_open: bool = False,
-) -> float:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__} ({value!r})")
-    value = float(value)
-    too_low = value <= low if low_open else value < low
-    if math.isnan(value) or too_low or value > high:
-        left = "(" if low_open else "["
-        right = "]" if math.isfinite(high) else ")"
-        raise ValueError(f"{name} must be in {left}{low}, {high}{right}, got {value}")
-    return value
-
-
-def _check_path(name: str, value: Any) -> Path:
-    if not isinstance(value, (str, os.PathLike)):
-        raise TypeError(f"{name} must be a str or os.PathLike, got {type(value).__name__}")
-    return Path(value)
-
-
-# ---------------------------------------------------------------------------
-# synthetic paired data
-# ---------------------------------------------------------------------------
 
 
 class PairedSplit(NamedTuple):
@@ -282,23 +221,25 @@ def _make_config(
     feature_noise: Any,
     nonlinearity: Any,
 ) -> _PairedConfig:
-    n_categories = _check_int("n_categories", n_categories, 1)
+    n_categories = check_int(n_categories, "n_categories", minimum=1)
     return _PairedConfig(
-        captions_per_image=_check_int("captions_per_image", captions_per_image, 1),
+        captions_per_image=check_int(captions_per_image, "captions_per_image", minimum=1),
         n_categories=n_categories,
-        seed=_check_int("seed", seed, 0),
-        d_image=_check_int("d_image", d_image, 1),
-        d_text=_check_int("d_text", d_text, 1),
-        d_latent=_check_int("d_latent", d_latent, 1),
-        hidden_image=_check_int("hidden_image", hidden_image, 1),
-        hidden_text=_check_int("hidden_text", hidden_text, 1),
-        category_weight=_check_float("category_weight", category_weight, 0.0, 1.0),
-        labels_per_item=_check_float("labels_per_item", labels_per_item, 1.0),
-        label_skew=_check_float("label_skew", label_skew, 0.0),
-        image_noise=_check_float("image_noise", image_noise, 0.0),
-        text_noise=_check_float("text_noise", text_noise, 0.0),
-        feature_noise=_check_float("feature_noise", feature_noise, 0.0),
-        nonlinearity=_check_float("nonlinearity", nonlinearity, 0.0, low_open=True),
+        seed=check_int(seed, "seed", minimum=0),
+        d_image=check_int(d_image, "d_image", minimum=1),
+        d_text=check_int(d_text, "d_text", minimum=1),
+        d_latent=check_int(d_latent, "d_latent", minimum=1),
+        hidden_image=check_int(hidden_image, "hidden_image", minimum=1),
+        hidden_text=check_int(hidden_text, "hidden_text", minimum=1),
+        category_weight=check_float(
+            category_weight, "category_weight", minimum=0.0, maximum=1.0
+        ),
+        labels_per_item=check_float(labels_per_item, "labels_per_item", minimum=1.0),
+        label_skew=check_float(label_skew, "label_skew", minimum=0.0),
+        image_noise=check_float(image_noise, "image_noise", minimum=0.0),
+        text_noise=check_float(text_noise, "text_noise", minimum=0.0),
+        feature_noise=check_float(feature_noise, "feature_noise", minimum=0.0),
+        nonlinearity=check_float(nonlinearity, "nonlinearity", above=0.0),
     )
 
 
@@ -499,7 +440,7 @@ def make_paired(
     text_noise: float = 0.5,
     feature_noise: float = 0.3,
     nonlinearity: float = 4.0,
-    out_dir: Optional[PathLike] = None,
+    out_dir: Optional[str | os.PathLike[str]] = None,
     overwrite: bool = False,
 ) -> PairedDataset:
     """Generate a seeded synthetic image-text retrieval dataset.
@@ -548,7 +489,7 @@ def make_paired(
     cores (single-threaded BLAS; OpenBLAS's own threads can make it slower on a
     busy machine), and 1M images / 5M captions in under a minute.
     """
-    n_images = _check_int("n_images", n_images, 1)
+    n_images = check_int(n_images, "n_images", minimum=1)
     cfg = _make_config(
         captions_per_image, n_categories, seed, d_image, d_text, d_latent, hidden_image,
         hidden_text, category_weight, labels_per_item, label_skew, image_noise, text_noise,
@@ -556,10 +497,10 @@ def make_paired(
     )
     if n_test is None:
         n_test = _n_test_default(n_images)
-    n_test = _check_int("n_test", n_test, 0, n_images - 1)
+    n_test = check_int(n_test, "n_test", minimum=0, maximum=n_images - 1)
     if not isinstance(overwrite, (bool, np.bool_)):
         raise TypeError(f"overwrite must be a bool, got {type(overwrite).__name__}")
-    directory = None if out_dir is None else _check_path("out_dir", out_dir)
+    directory = None if out_dir is None else check_path(out_dir, "out_dir")
     _check_sizes(n_images, cfg)
 
     cpi = cfg.captions_per_image
@@ -632,9 +573,9 @@ def iter_paired(
     ``n_test`` images).  ``start`` skips to image ``start`` without generating the
     images before it.  Peak memory is about one chunk plus one internal block.
     """
-    n_images = _check_int("n_images", n_images, 1)
-    chunk_size = _check_int("chunk_size", chunk_size, 1)
-    start = _check_int("start", start, 0, n_images)
+    n_images = check_int(n_images, "n_images", minimum=1)
+    chunk_size = check_int(chunk_size, "chunk_size", minimum=1)
+    start = check_int(start, "start", minimum=0, maximum=n_images)
     cfg = _make_config(
         captions_per_image, n_categories, seed, d_image, d_text, d_latent, hidden_image,
         hidden_text, category_weight, labels_per_item, label_skew, image_noise, text_noise,
@@ -677,435 +618,3 @@ def _iter_chunks(
         )
 
 
-# ---------------------------------------------------------------------------
-# FiCo-ITR result files
-# ---------------------------------------------------------------------------
-
-# Suffixes of the per-model files in the fico-itr paper tutorial
-# (paper_tutorial/demo.py: f"{model}_{dataset}_{modality}.npy").
-_FICO_SUFFIXES = ("sim_i2t", "sim_t2i", "img", "txt", "sim")
-# Label files are named after the dataset's long name
-# ("flickr30k-karpathy-test-labels.npy", "coco-karpathy-testall-labels.npy");
-# model files use the short one ("f30k", "coco").
-_FICO_DATASET_ALIASES = {"flickr30k": "f30k", "mscoco": "coco"}
-_FICO_LABELS_SUFFIX = "-labels.npy"
-_FICO_INDICES_SUFFIX = "_test_indices.npy"
-_MMAP_MODES = (None, "r", "r+", "c")
-
-
-@dataclass(frozen=True, eq=False)
-class FicoOutput:
-    """One model's outputs on one dataset, as found by :func:`load_fico`.
-
-    Exactly one of three forms is usually present:
-
-    * embeddings: ``image_embeddings`` (n_images, d) and ``text_embeddings``
-      (n_captions, d), from ``{model}_{dataset}_img.npy`` / ``_txt.npy``
-      (the study computes cosine similarity from them; ADV's are binary);
-    * one similarity matrix ``similarity`` from ``{model}_{dataset}_sim.npy``
-      (query-time attention and no-fusion models: IMRAM, SCAN, ``*(nf)``);
-    * per-direction matrices ``similarity_i2t`` / ``similarity_t2i`` from
-      ``_sim_i2t.npy`` / ``_sim_t2i.npy`` (fusion rerankers: BLIP-2, X-VLM).
-
-    Arrays are exactly as stored: some tutorial files are square image-duplicated
-    (VSRN, UCCH: 5000 x 5000 on F30K) or transposed (DADH), which
-    ``fico_itr`` / :mod:`cofisearch.metrics` handle.  ``labels`` are the
-    dataset's multi-hot image labels when a label file was found.
-    ``caption_to_image`` is the dataset's caption map (``mscoco_test_indices.npy``)
-    when its length matches this output's captions (COCO models that keep all
-    25,010 captions), else ``None`` meaning a fixed number of captions per image.
-    """
-
-    model: str
-    dataset: str
-    image_embeddings: Optional[np.ndarray] = None
-    text_embeddings: Optional[np.ndarray] = None
-    similarity: Optional[np.ndarray] = None
-    similarity_i2t: Optional[np.ndarray] = None
-    similarity_t2i: Optional[np.ndarray] = None
-    labels: Optional[np.ndarray] = None
-    caption_to_image: Optional[np.ndarray] = None
-    files: Tuple[str, ...] = ()
-
-    @property
-    def kind(self) -> str:
-        """``"embeddings"``, ``"similarity"`` or ``"directional"``."""
-        if self.image_embeddings is not None:
-            return "embeddings"
-        if self.similarity is not None:
-            return "similarity"
-        return "directional"
-
-
-@dataclass(frozen=True, eq=False)
-class FicoDirectory:
-    """What :func:`load_fico` found in a directory.
-
-    ``outputs`` maps ``(model, dataset)`` to :class:`FicoOutput`; ``labels`` and
-    ``caption_to_image`` map a dataset's short name (``"f30k"``, ``"coco"``) to
-    its arrays.
-    """
-
-    directory: Path
-    outputs: Dict[Tuple[str, str], FicoOutput]
-    labels: Dict[str, np.ndarray]
-    caption_to_image: Dict[str, np.ndarray]
-
-    @property
-    def models(self) -> Tuple[str, ...]:
-        return tuple(sorted({model for model, _ in self.outputs}))
-
-    @property
-    def datasets(self) -> Tuple[str, ...]:
-        return tuple(sorted({dataset for _, dataset in self.outputs}))
-
-    def __getitem__(self, key: Tuple[str, str]) -> FicoOutput:
-        try:
-            return self.outputs[key]
-        except KeyError:
-            raise KeyError(
-                f"no outputs for (model, dataset) = {key!r}; found {sorted(self.outputs)}"
-            ) from None
-
-
-def _dataset_name(prefix: str) -> str:
-    return _FICO_DATASET_ALIASES.get(prefix.lower(), prefix)
-
-
-def _parse_fico_name(name: str) -> Optional[Tuple[str, str, str]]:
-    if not name.endswith(".npy"):
-        return None
-    stem = name[: -len(".npy")]
-    for suffix in _FICO_SUFFIXES:
-        if stem.endswith("_" + suffix):
-            head = stem[: -len(suffix) - 1]
-            model, sep, dataset = head.rpartition("_")
-            if sep and model and dataset:
-                return model, dataset, suffix
-    return None
-
-
-def _as_name_filter(name: str, value: Any) -> Optional[frozenset]:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return frozenset([value])
-    try:
-        items = list(value)
-    except TypeError:
-        raise TypeError(
-            f"{name} must be None, a str or an iterable of str, got {type(value).__name__}"
-        ) from None
-    for item in items:
-        if not isinstance(item, str):
-            raise TypeError(f"{name} must hold str, got {type(item).__name__} ({item!r})")
-    return frozenset(items)
-
-
-def load_fico(
-    directory: PathLike,
-    *,
-    models: Optional[Union[str, Sequence[str]]] = None,
-    datasets: Optional[Union[str, Sequence[str]]] = None,
-    mmap_mode: Optional[str] = "r",
-) -> FicoDirectory:
-    """Load precomputed model outputs stored in the FiCo-ITR file layout.
-
-    The layout is the one of the fico-itr paper tutorial (``results_data/``):
-
-    * ``{model}_{dataset}_img.npy`` and ``{model}_{dataset}_txt.npy`` --
-      image / text embeddings (BEiT-3, VSRN, UCCH, DADH, ADV);
-    * ``{model}_{dataset}_sim.npy`` -- an images x captions similarity matrix
-      (IMRAM, SCAN, BLIP-2 NF, X-VLM NF);
-    * ``{model}_{dataset}_sim_i2t.npy`` and ``{model}_{dataset}_sim_t2i.npy`` --
-      per-direction matrices (BLIP-2, X-VLM);
-    * ``{name}-karpathy-{split}-labels.npy`` or ``{name}-labels.npy`` --
-      multi-hot image labels, e.g. ``flickr30k-karpathy-test-labels.npy``
-      (dataset ``f30k``) and ``coco-karpathy-testall-labels.npy`` (dataset
-      ``coco``); ``flickr30k`` and ``mscoco`` map to the short names;
-    * ``{name}_test_indices.npy`` -- a caption -> image map, e.g.
-      ``mscoco_test_indices.npy`` for COCO's 25,010 captions.
-
-    Model names are the study's (``beit3``, ``adv(64bit)``, ``blip2(nf)``, ...);
-    the dataset is the last ``_``-separated token before the suffix (``f30k``,
-    ``coco``).  Older ``.mat`` label files are not read (convert them with
-    ``scipy.io.loadmat(path)["LAll"]`` and ``numpy.save``).
-
-    Parameters
-    ----------
-    directory : the folder holding the files (not searched recursively).
-    models, datasets : keep only these names (str or iterable of str).
-    mmap_mode : passed to ``numpy.load``; the default ``"r"`` maps the files
-        read-only instead of reading them (similarity matrices reach gigabytes).
-
-    Raises
-    ------
-    FileNotFoundError : the directory does not exist.
-    ValueError : no model files match (after filtering), a pair of files is
-        incomplete (``_img`` without ``_txt``, ``_sim_i2t`` without ``_sim_t2i``),
-        arrays are not 2-D or embedding widths differ, or two label files map to
-        the same dataset.
-    """
-    path = _check_path("directory", directory)
-    model_filter = _as_name_filter("models", models)
-    dataset_filter = _as_name_filter("datasets", datasets)
-    if mmap_mode not in _MMAP_MODES:
-        raise ValueError(f"mmap_mode must be one of {_MMAP_MODES}, got {mmap_mode!r}")
-    if not path.is_dir():
-        raise FileNotFoundError(f"directory {str(path)!r} does not exist or is not a directory")
-
-    def load(file: Path) -> np.ndarray:
-        return np.load(file, mmap_mode=mmap_mode, allow_pickle=False)
-
-    found: Dict[Tuple[str, str], Dict[str, Path]] = {}
-    label_files: Dict[str, Path] = {}
-    index_files: Dict[str, Path] = {}
-    for file in sorted(path.iterdir()):
-        if not file.is_file():
-            continue
-        name = file.name
-        if name.endswith(_FICO_LABELS_SUFFIX):
-            # "flickr30k-karpathy-test-labels.npy" -> "flickr30k" -> "f30k".
-            stem = name[: -len(_FICO_LABELS_SUFFIX)]
-            dataset = _dataset_name(stem.split("-karpathy", 1)[0])
-            if dataset in label_files:
-                raise ValueError(
-                    f"directory {str(path)!r} holds two label files for dataset {dataset!r}: "
-                    f"{label_files[dataset].name} and {name}; expected one"
-                )
-            label_files[dataset] = file
-            continue
-        if name.endswith(_FICO_INDICES_SUFFIX):
-            index_files[_dataset_name(name[: -len(_FICO_INDICES_SUFFIX)])] = file
-            continue
-        parsed = _parse_fico_name(name)
-        if parsed is None:
-            continue
-        model, dataset, suffix = parsed
-        if model_filter is not None and model not in model_filter:
-            continue
-        if dataset_filter is not None and dataset not in dataset_filter:
-            continue
-        found.setdefault((model, dataset), {})[suffix] = file
-
-    if not found:
-        wanted = ""
-        if model_filter is not None or dataset_filter is not None:
-            wanted = (
-                f" for models={'any' if model_filter is None else sorted(model_filter)}, "
-                f"datasets={'any' if dataset_filter is None else sorted(dataset_filter)}"
-            )
-        raise ValueError(
-            f"directory {str(path)!r} holds no FiCo-ITR model outputs{wanted}: expected files "
-            "named {model}_{dataset}_img.npy + {model}_{dataset}_txt.npy, "
-            "{model}_{dataset}_sim.npy, or {model}_{dataset}_sim_i2t.npy + "
-            "{model}_{dataset}_sim_t2i.npy (e.g. beit3_f30k_img.npy), with labels in "
-            "*-labels.npy (e.g. flickr30k-karpathy-test-labels.npy)"
-        )
-
-    def wanted_dataset(dataset: str) -> bool:
-        return dataset_filter is None or dataset in dataset_filter
-
-    labels = {name: load(file) for name, file in label_files.items() if wanted_dataset(name)}
-    caption_maps = {
-        name: load(file) for name, file in index_files.items() if wanted_dataset(name)
-    }
-    for name, caption_map in caption_maps.items():
-        if caption_map.ndim != 1 or caption_map.dtype.kind not in "iu":
-            raise ValueError(
-                f"{index_files[name].name} must hold a 1-D integer caption -> image map, got "
-                f"{caption_map.dtype} with shape {caption_map.shape}"
-            )
-    outputs: Dict[Tuple[str, str], FicoOutput] = {}
-    for (model, dataset), files in sorted(found.items()):
-        for first, second in (("img", "txt"), ("sim_i2t", "sim_t2i")):
-            if (first in files) != (second in files):
-                have, missing = (first, second) if first in files else (second, first)
-                raise ValueError(
-                    f"directory {str(path)!r} holds {files[have].name} but not "
-                    f"{model}_{dataset}_{missing}.npy; expected both"
-                )
-        arrays = {suffix: load(file) for suffix, file in files.items()}
-        for suffix, array in arrays.items():
-            if array.ndim != 2:
-                raise ValueError(
-                    f"{files[suffix].name} must hold a 2-D array, got shape {array.shape}"
-                )
-        if "img" in arrays and arrays["img"].shape[1] != arrays["txt"].shape[1]:
-            raise ValueError(
-                f"{files['img'].name} and {files['txt'].name} must have the same width, got "
-                f"{arrays['img'].shape} and {arrays['txt'].shape}"
-            )
-        n_captions = _fico_caption_count(arrays)
-        caption_map = caption_maps.get(dataset)
-        if caption_map is not None and caption_map.shape[0] != n_captions:
-            caption_map = None
-        outputs[(model, dataset)] = FicoOutput(
-            model=model,
-            dataset=dataset,
-            image_embeddings=arrays.get("img"),
-            text_embeddings=arrays.get("txt"),
-            similarity=arrays.get("sim"),
-            similarity_i2t=arrays.get("sim_i2t"),
-            similarity_t2i=arrays.get("sim_t2i"),
-            labels=labels.get(dataset),
-            caption_to_image=caption_map,
-            files=tuple(sorted(file.name for file in files.values())),
-        )
-    return FicoDirectory(
-        directory=path, outputs=outputs, labels=labels, caption_to_image=caption_maps
-    )
-
-
-def _fico_caption_count(arrays: Dict[str, np.ndarray]) -> int:
-    # Matrices may be stored either way round (DADH is transposed); captions are
-    # the longer side, as fico-itr assumes when it auto-transposes.
-    if "txt" in arrays:
-        return int(arrays["txt"].shape[0])
-    matrix = arrays["sim"] if "sim" in arrays else arrays["sim_i2t"]
-    return int(max(matrix.shape))
-
-
-# ---------------------------------------------------------------------------
-# Fashion-MNIST (Debian package dataset-fashion-mnist)
-# ---------------------------------------------------------------------------
-
-#: Where Debian's ``dataset-fashion-mnist`` package installs the files.
-FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-
-#: Class names in label order (from the Fashion-MNIST README).
-FASHION_MNIST_CLASSES = (
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-)
-
-_FASHION_FILES = {
-    "train_images": "train-images-idx3-ubyte",
-    "train_labels": "train-labels-idx1-ubyte",
-    "test_images": "t10k-images-idx3-ubyte",
-    "test_labels": "t10k-labels-idx1-ubyte",
-}
-
-# IDX type codes (http://yann.lecun.com/exdb/mnist/): data is big-endian.
-_IDX_DTYPES = {
-    0x08: np.dtype(">u1"),
-    0x09: np.dtype(">i1"),
-    0x0B: np.dtype(">i2"),
-    0x0C: np.dtype(">i4"),
-    0x0D: np.dtype(">f4"),
-    0x0E: np.dtype(">f8"),
-}
-
-
-class FashionMNIST(NamedTuple):
-    """Fashion-MNIST: uint8 images (n, 28, 28), or (n, 784) when flattened, and
-    uint8 class labels 0..9 (names in :data:`FASHION_MNIST_CLASSES`)."""
-
-    train_images: np.ndarray
-    train_labels: np.ndarray
-    test_images: np.ndarray
-    test_labels: np.ndarray
-
-
-def read_idx(path: PathLike) -> np.ndarray:
-    """Read an IDX file (as used by MNIST / Fashion-MNIST), gzip-compressed or not.
-
-    Returns a writable array in native byte order with the file's shape and type.
-    Raises ValueError when the header is not IDX or the payload size does not
-    match the header.
-    """
-    path = _check_path("path", path)
-    with open(path, "rb") as handle:
-        magic = handle.read(2)
-    opener = gzip.open if magic == b"\x1f\x8b" else open
-    with opener(path, "rb") as handle:
-        data = handle.read()
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
-        raise ValueError(
-            f"{str(path)!r} is not an IDX file: expected the header 0x00 0x00 <type code in "
-            f"{sorted(hex(c) for c in _IDX_DTYPES)}> <ndim>, got {data[:4].hex(' ') or 'nothing'}"
-        )
-    dtype, ndim = _IDX_DTYPES[data[2]], data[3]
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise ValueError(
-            f"{str(path)!r} is truncated: expected {ndim} dimension sizes, got {len(data)} bytes"
-        )
-    shape = tuple(int(s) for s in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
-    expected = math.prod(shape) * dtype.itemsize
-    if len(data) - header != expected:
-        raise ValueError(
-            f"{str(path)!r} has {len(data) - header} bytes of data, expected {expected} "
-            f"for shape {shape} of {dtype.str}"
-        )
-    array = np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
-    return array.astype(dtype.newbyteorder("="))
-
-
-def _find_fashion_file(directory: Path, stem: str) -> Optional[Path]:
-    for candidate in (directory / f"{stem}.gz", directory / stem):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def load_fashion_mnist(
-    directory: Optional[PathLike] = None, *, flatten: bool = False
-) -> FashionMNIST:
-    """Load Fashion-MNIST (60,000 train / 10,000 test images, 10 classes).
-
-    Parameters
-    ----------
-    directory : folder with ``train-images-idx3-ubyte.gz``,
-        ``train-labels-idx1-ubyte.gz``, ``t10k-images-idx3-ubyte.gz`` and
-        ``t10k-labels-idx1-ubyte.gz`` (uncompressed files without ``.gz`` also
-        work).  Default: :data:`FASHION_MNIST_DIR`, where Debian's
-        ``dataset-fashion-mnist`` package puts them.
-    flatten : return images as (n, 784) rows instead of (n, 28, 28).
-
-    Returns
-    -------
-    FashionMNIST with uint8 images (pixel values 0..255) and uint8 labels.
-
-    Raises
-    ------
-    FileNotFoundError : a file is missing; the message names the package and
-        how to install it.
-    ValueError : a file is not valid IDX, or images and labels disagree.
-    """
-    path = FASHION_MNIST_DIR if directory is None else _check_path("directory", directory)
-    if not isinstance(flatten, (bool, np.bool_)):
-        raise TypeError(f"flatten must be a bool, got {type(flatten).__name__}")
-    files = {key: _find_fashion_file(path, stem) for key, stem in _FASHION_FILES.items()}
-    missing = [f"{_FASHION_FILES[key]}.gz" for key, file in files.items() if file is None]
-    if missing:
-        raise FileNotFoundError(
-            f"Fashion-MNIST files not found in {str(path)!r}: missing {', '.join(missing)}. "
-            "They come from the Debian package dataset-fashion-mnist; install it with "
-            "`sudo apt-get install dataset-fashion-mnist` (files land in "
-            f"{FASHION_MNIST_DIR}) or pass directory= pointing at the IDX files"
-        )
-    arrays = {key: read_idx(file) for key, file in files.items()}
-    for split in ("train", "test"):
-        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
-        if images.ndim != 3 or images.dtype != np.uint8:
-            raise ValueError(
-                f"{files[split + '_images'].name} must hold uint8 images (n, rows, cols), "
-                f"got {images.dtype} {images.shape}"
-            )
-        if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
-            raise ValueError(
-                f"{files[split + '_labels'].name} must hold {images.shape[0]} labels (one per "
-                f"image), got shape {labels.shape}"
-            )
-        if flatten:
-            arrays[f"{split}_images"] = images.reshape(images.shape[0], -1)
-    return FashionMNIST(**arrays)
