@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._checks import as_numpy
+from ._checks import as_numpy, check_codes, check_nbits
 
 __all__ = ["pack_bits", "unpack_bits"]
 
@@ -42,11 +42,7 @@ def pack_bits(bits):
 def unpack_bits(codes, nbits):
     """Inverse of :func:`pack_bits`: ``(n, nbits // 8)`` uint8 codes to ``(n, nbits)`` {0, 1}
     uint8 bits."""
-    from ._checks import check_codes, check_positive_int
-
-    nbits = check_positive_int(nbits, "nbits")
-    if nbits % 8:
-        raise ValueError(f"nbits must be a multiple of 8, got {nbits}")
+    nbits = check_nbits(nbits)
     one_code = as_numpy(codes, "codes").ndim == 1
     a = check_codes(codes, "codes", nbits // 8, one_d_ok=True)
     out = np.unpackbits(a, axis=1)
