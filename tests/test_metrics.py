@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from cofisearch import metrics
+from cofisearch.metrics import _scan, embeddings
 
 # ---- helpers -------------------------------------------------------------------------
 
@@ -167,8 +168,8 @@ def test_category_metrics_agrees_with_category_retrieval_at_every_depth():
 @pytest.fixture
 def tiny_blocks(monkeypatch):
     """Blocks of a few rows, so that every pass crosses many block boundaries."""
-    monkeypatch.setattr(metrics, "_BLOCK_ELEMENTS", 150)
-    monkeypatch.setattr(metrics, "_ENGINE_QUERY_CHUNK", 7)
+    monkeypatch.setattr(_scan, "BLOCK_ELEMENTS", 150)
+    monkeypatch.setattr(embeddings, "_ENGINE_QUERY_CHUNK", 7)
 
 
 def reference(sim, cap2img, labels, ks, map_at, precision_at):
@@ -309,13 +310,6 @@ def test_rsum_adds_both_directions():
     t2i = {"R@1": 1.0, "R@5": 2.0, "R@10": 3.0}
     assert metrics.rsum(i2t, t2i) == 66.0
     assert metrics.rsum(i2t, t2i, ks=(10,)) == 33.0
-
-
-def test_byte_table_popcount_matches_unpackbits():
-    # The fallback used with NumPy < 2.0, which has no bitwise_count.
-    x = np.random.default_rng(9).integers(0, 2**63, (5, 7, 3), dtype=np.uint64)
-    ref = np.unpackbits(x.view(np.uint8), axis=2).sum(axis=2)
-    assert np.array_equal(metrics._popcount_lut(x).sum(axis=2), ref)
 
 
 # ---- evaluate: embeddings in, against the matrix metrics -----------------------------
