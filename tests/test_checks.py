@@ -21,6 +21,7 @@ REJECTED = [
     (lambda: c.check_int_sequence([1, 0], "ks"), ValueError, "every entry of ks must be >= 1"),
     (lambda: c.check_int_sequence([], "ks"), ValueError, "ks must hold at least one value"),
     (lambda: c.check_nbits(12), ValueError, "nbits must be a multiple of 8, got 12"),
+    (lambda: c.check_bool(1, "overwrite"), TypeError, "overwrite must be a bool, got int"),
     (lambda: c.check_path(3, "out"), TypeError, "out must be a str or os.PathLike, got int"),
 ]
 

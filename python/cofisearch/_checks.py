@@ -24,6 +24,7 @@ import numpy as np
 
 __all__ = [
     "as_numpy",
+    "check_bool",
     "check_choice",
     "check_codes",
     "check_float",
@@ -98,6 +99,14 @@ def _interval(minimum, maximum):
     if minimum is None:
         return f"<= {maximum}"
     return f"in [{minimum}, {maximum}]"
+
+
+def check_bool(value, name):
+    """``True`` or ``False`` (NumPy bools too), returned as ``bool``; 0, 1 and None are
+    rejected rather than read as flags."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return bool(value)
 
 
 def check_choice(value, name, choices):

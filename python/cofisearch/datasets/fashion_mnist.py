@@ -11,7 +11,7 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-from .._checks import check_path
+from .._checks import check_bool, check_path
 
 __all__ = [
     "FASHION_MNIST_CLASSES",
@@ -134,8 +134,7 @@ def load_fashion_mnist(
     ValueError : a file is not valid IDX, or images and labels disagree.
     """
     path = FASHION_MNIST_DIR if directory is None else check_path(directory, "directory")
-    if not isinstance(flatten, (bool, np.bool_)):
-        raise TypeError(f"flatten must be a bool, got {type(flatten).__name__}")
+    flatten = check_bool(flatten, "flatten")
     files = {key: _find_file(path, stem) for key, stem in _FILES.items()}
     missing = [f"{_FILES[key]}.gz" for key, file in files.items() if file is None]
     if missing:

@@ -72,7 +72,7 @@ from typing import Any, Dict, Iterator, NamedTuple, Optional, Tuple
 
 import numpy as np
 
-from .._checks import check_float, check_int, check_path
+from .._checks import check_bool, check_float, check_int, check_path
 
 __all__ = [
     "BLOCK_IMAGES",
@@ -498,8 +498,7 @@ def make_paired(
     if n_test is None:
         n_test = _n_test_default(n_images)
     n_test = check_int(n_test, "n_test", minimum=0, maximum=n_images - 1)
-    if not isinstance(overwrite, (bool, np.bool_)):
-        raise TypeError(f"overwrite must be a bool, got {type(overwrite).__name__}")
+    overwrite = check_bool(overwrite, "overwrite")
     directory = None if out_dir is None else check_path(out_dir, "out_dir")
     _check_sizes(n_images, cfg)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._checks import as_numpy, check_choice, check_int_sequence
+from .._checks import as_numpy, check_bool, check_choice, check_int_sequence
 from .._index import dot_knn, hamming_knn
 from .._reference import hamming_distances, words
 from ._labels import Labels, caption_map, check_every_image_captioned
@@ -184,9 +184,8 @@ def evaluate(image_emb, text_emb, *, captions_per_image="auto", labels=None, ks=
     ks = check_int_sequence(ks, "ks")
     map_at = check_int_sequence(map_at, "map_at", allow_none=True, allow_empty=True)
     precision_at = check_int_sequence(precision_at, "precision_at", allow_empty=True)
-    for name, flag in (("pr_curve", pr_curve), ("ranks", ranks)):
-        if not isinstance(flag, (bool, np.bool_)):
-            raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
+    pr_curve = check_bool(pr_curve, "pr_curve")
+    ranks = check_bool(ranks, "ranks")
     if labels is None and (precision_at or pr_curve):
         raise ValueError("precision_at and pr_curve are category metrics and need labels")
     n_img, n_txt = images.shape[0], texts.shape[0]

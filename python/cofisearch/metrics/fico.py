@@ -15,7 +15,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .._checks import check_int_sequence, check_positive_int
+from .._checks import check_bool, check_int_sequence, check_positive_int
 from .._reference import ascending_key
 from ._labels import Labels, caption_map, check_every_image_captioned
 from ._scan import Truth, rows_per_block, scan
@@ -222,8 +222,7 @@ def category_metrics(sim1, labels, *, sim2=None, captions_per_image="auto",
     """
     map_at = check_int_sequence(map_at, "map_at", allow_none=True, allow_empty=True)
     precision_at = check_int_sequence(precision_at, "precision_at", allow_empty=True)
-    if not isinstance(pr_curve, (bool, np.bool_)):
-        raise TypeError(f"pr_curve must be a bool, got {type(pr_curve).__name__}")
+    pr_curve = check_bool(pr_curve, "pr_curve")
     if not (map_at or precision_at or pr_curve):
         raise ValueError(
             "nothing to compute: map_at and precision_at are empty and pr_curve is False"
