@@ -41,9 +41,9 @@ __all__ = [
 CLOCKS = ("wall", "cpu")
 
 # OpenBLAS's worker threads spin for a while after each call (about 0.1 s by default,
-# OPENBLAS_THREAD_TIMEOUT), taking a core from whatever runs next: on a 2-core machine a
-# 2-thread cofisearch batch right after a 2-thread NumPy matmul took twice its time
-# (a 50 ms pause was not enough, 0.5 s was).
+# OPENBLAS_THREAD_TIMEOUT), taking a core from whatever runs next: on a machine with as
+# many cores as threads, a 2-thread batch right after a 2-thread NumPy matmul can take
+# twice its time. A pause of a few tenths of a second lets them sleep.
 BLAS_SETTLE_S = 0.3
 
 

@@ -97,8 +97,8 @@ def run(*, scale="default", max_size=10_000_000, show_progress_bar=True, out=Non
     ]
     t0 = time.perf_counter()
     # One BLAS thread outside the timed calls (each contender sets its own count there):
-    # on a shared 2-core machine, multi-threaded BLAS in the untimed data preparation (QR,
-    # eigh, projections) ran 5-40x slower than one thread whenever other jobs held a core.
+    # on a shared machine, multi-threaded BLAS in the untimed data preparation (QR, eigh,
+    # projections) runs several times slower than one thread whenever others hold a core.
     with blas_threads(1), Runner(plan, report, sum(s.steps() for s in sections),
                                  show_progress_bar) as runner:
         for section in sections:
