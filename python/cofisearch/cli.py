@@ -24,9 +24,10 @@ import cofisearch
 
 from . import study
 from ._bench.plans import SCALES as BENCH_SCALES
-from ._checks import check_output_dir
+from ._checks import check_output_dir, check_positive_int
 
 DEFAULT_OUT = "cofisearch-report"
+
 
 class UsageError(Exception):
     """A bad argument found after parsing: reported like argparse's own errors."""
@@ -34,12 +35,9 @@ class UsageError(Exception):
 
 def _positive_int(text):
     try:
-        value = int(text)
+        return check_positive_int(int(text), "value")
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 def _int_list(text):
