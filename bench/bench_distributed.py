@@ -2,11 +2,14 @@
 
 Run from the repository root (Ray installed, ``pip install "cofisearch[ray]"``)::
 
-    PYTHONPATH=python python bench/bench_distributed.py            # full run, ~2-3 min
-    PYTHONPATH=python python bench/bench_distributed.py --smoke    # tiny, checks only
+    PYTHONPATH=python python bench/bench_distributed.py                # ~2-3 min
+    PYTHONPATH=python python bench/bench_distributed.py --scale quick  # under a minute
+    PYTHONPATH=python python bench/bench_distributed.py --scale tiny   # seconds, checks
 
-``--smoke`` (or ``COFISEARCH_BENCH_SMOKE=1``) builds tiny indexes, checks that every
-sharded answer equals the single index's, and times nothing: the CI mode.
+``--scale tiny`` runs every part at tiny sizes with one round: it checks that every
+sharded answer equals the single index's and times nothing meaningful (the CI mode).
+Timings use the harness timer (``cofisearch._bench.measure.compare``: a warm-up call,
+then rounds in which every contender answers the same batch, in rotating order).
 
 What is measured
 ----------------
@@ -44,13 +47,15 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import sys
 import time
 
 import numpy as np
 
 import cofisearch
+from cofisearch._bench.data import make_codes, make_vectors
+from cofisearch._bench.measure import compare
+from cofisearch._bench.plans import SCALES
 
 try:
     import ray
@@ -61,6 +66,19 @@ except ImportError as exc:  # the bench is useless without Ray: say how to get i
 
 K = 10
 
+# Per named scale: every size option's default (an option given on the command line wins).
+_DEFAULT = dict(codes=1_000_000, nbits=256, vectors=200_000, dim=256, shards=[1, 2, 4],
+                batches=[1, 100, 1000], rounds=10, calls=300)
+SIZES = {
+    # Two shards exercise the split and the merge; each actor costs seconds to start.
+    "tiny": dict(codes=2_000, nbits=64, vectors=1_000, dim=16, shards=[2], batches=[1, 10],
+                 rounds=1, calls=2),
+    "quick": {**_DEFAULT, "codes": 200_000, "vectors": 50_000, "rounds": 5, "calls": 100},
+    "default": _DEFAULT,
+    # Nothing larger means anything on one machine (see "What a 2-core machine allows").
+    "full": _DEFAULT,
+}
+
 
 def _cores():
     try:
@@ -69,11 +87,10 @@ def _cores():
         return max(os.cpu_count() or 1, 1)
 
 
-def _make_data(kind, n, width, seed):
-    rng = np.random.default_rng(seed)
+def _make_data(kind, n, width, stream):
     if kind == "binary":
-        return rng.integers(0, 256, (n, width // 8), dtype=np.uint8)
-    return rng.standard_normal((n, width)).astype(np.float32)
+        return make_codes(n, width, stream=stream)
+    return make_vectors(n, width, stream=stream)
 
 
 def _template(kind, width):
@@ -85,7 +102,7 @@ class _Contender:
         self.name = name
         self.index = index
         self.threads = threads
-        self.samples = {}
+        self.timings = {}  # batch size -> Timing
 
     def search(self, queries):
         return self.index.search(queries, K, num_threads=self.threads)
@@ -117,15 +134,12 @@ def _check_identical(contenders, queries):
 
 
 def _time_rounds(contenders, queries, rounds):
-    for c in contenders:  # warm-up: first calls page data in and start worker threads
-        c.search(queries)
+    # One call per sample: a sharded call's cost is the point, not averaged away. The
+    # warm-up pages data in and starts worker threads.
+    fns = {c.name: (lambda c=c: c.search(queries)) for c in contenders}
+    timings = compare(fns, repeat=rounds, warmup=1, min_sample_s=0.0)
     for c in contenders:
-        c.samples[queries.shape[0]] = []
-    for _ in range(rounds):
-        for c in contenders:
-            t0 = time.perf_counter()
-            c.search(queries)
-            c.samples[queries.shape[0]].append(time.perf_counter() - t0)
+        c.timings[queries.shape[0]] = timings[c.name]
 
 
 def _rounds_for(batch, rounds):
@@ -135,9 +149,9 @@ def _rounds_for(batch, rounds):
     return rounds if batch <= 100 else max(3, rounds // 2)
 
 
-def _throughput(kind, n, width, batches, shard_counts, cores, rounds, seed):
-    data = _make_data(kind, n, width, seed)
-    queries = _make_data(kind, max(batches), width, seed + 1)
+def _throughput(kind, n, width, batches, shard_counts, cores, rounds):
+    data = _make_data(kind, n, width, 0)
+    queries = _make_data(kind, max(batches), width, 1)
     contenders, build_s = _build(kind, data, width, shard_counts, cores)
     _check_identical(contenders, queries[: min(100, max(batches))])
     what = f"{n:,} x {width}-bit codes" if kind == "binary" else f"{n:,} x {width} float32"
@@ -147,9 +161,9 @@ def _throughput(kind, n, width, batches, shard_counts, cores, rounds, seed):
           f"{'vs single':>10}")
     for batch in batches:
         _time_rounds(contenders, queries[:batch], _rounds_for(batch, rounds))
-        base = statistics.median(contenders[0].samples[batch])
+        base = contenders[0].timings[batch].median
         for c in contenders:
-            med = statistics.median(c.samples[batch])
+            med = c.timings[batch].median
             print(f"{batch:>6} {c.name:>10} {c.threads:>8} {med:>10.5f} {batch / med:>11,.0f} "
                   f"{base / med:>10.2f}")
     for c in contenders[1:]:
@@ -169,7 +183,7 @@ class _RayFloor:
     def __init__(self, n_actors):
         self.name = f"ray x{n_actors}"
         self.threads = "-"
-        self.samples = {}
+        self.timings = {}
         self.actors = [_Echo.remote() for _ in range(n_actors)]
         ray.get([a.reply.remote(np.zeros((1, 1), np.uint8), 1) for a in self.actors])
 
@@ -177,10 +191,10 @@ class _RayFloor:
         return ray.get([a.reply.remote(queries, K) for a in self.actors])
 
 
-def _overhead(shard_counts, cores, calls, seed):
+def _overhead(shard_counts, cores, calls):
     kind, n, width = "binary", 1000, 256
-    data = _make_data(kind, n, width, seed)
-    queries = _make_data(kind, 100, width, seed + 1)
+    data = _make_data(kind, n, width, 2)
+    queries = _make_data(kind, 100, width, 3)
     contenders, _ = _build(kind, data, width, shard_counts, cores)
     _check_identical(contenders, queries)
     floors = [_RayFloor(s) for s in shard_counts]
@@ -191,9 +205,9 @@ def _overhead(shard_counts, cores, calls, seed):
           f"{'added us/query':>15}")
     for batch in (1, 100):
         _time_rounds(contenders + floors, queries[:batch], calls)
-        base = statistics.median(contenders[0].samples[batch])
+        base = contenders[0].timings[batch].median
         for c in contenders + floors:
-            med = statistics.median(c.samples[batch])
+            med = c.timings[batch].median
             added = med - base
             print(f"{batch:>6} {c.name:>10} {med * 1e3:>9.3f} {added * 1e3:>14.3f} "
                   f"{added * 1e6 / batch:>15.1f}")
@@ -203,42 +217,37 @@ def _overhead(shard_counts, cores, calls, seed):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--smoke", action="store_true",
-                        help="tiny sizes, check results, time nothing (CI)")
-    parser.add_argument("--codes", type=int, default=1_000_000, help="binary database rows")
-    parser.add_argument("--nbits", type=int, default=256)
-    parser.add_argument("--vectors", type=int, default=200_000, help="float database rows")
-    parser.add_argument("--dim", type=int, default=256)
-    parser.add_argument("--shards", type=int, nargs="+", default=[1, 2, 4])
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 100, 1000])
-    parser.add_argument("--rounds", type=int, default=10,
+    parser.add_argument("--scale", choices=SCALES, default="default",
+                        help="sizes: tiny (seconds, checks only), quick, default and full "
+                        "(default: %(default)s)")
+    parser.add_argument("--codes", type=int, help="binary database rows")
+    parser.add_argument("--nbits", type=int)
+    parser.add_argument("--vectors", type=int, help="float database rows")
+    parser.add_argument("--dim", type=int)
+    parser.add_argument("--shards", type=int, nargs="+")
+    parser.add_argument("--batches", type=int, nargs="+")
+    parser.add_argument("--rounds", type=int,
                         help="timed rounds at batch 100 (x5 for single queries, /2 for 1000)")
-    parser.add_argument("--calls", type=int, default=300, help="calls per contender, overhead part")
+    parser.add_argument("--calls", type=int, help="calls per contender, overhead part")
     args = parser.parse_args(argv)
-    smoke = args.smoke or os.environ.get("COFISEARCH_BENCH_SMOKE") == "1"
+    for key, value in SIZES[args.scale].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     cores = _cores()
 
     ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False)
     try:
-        if smoke:
-            for kind, width in (("binary", 64), ("float", 16)):
-                data = _make_data(kind, 500, width, 0)
-                contenders, _ = _build(kind, data, width, args.shards, cores)
-                _check_identical(contenders, _make_data(kind, 20, width, 1))
-                for c in contenders[1:]:
-                    c.index.close()
-            print("bench_distributed smoke: sharded results identical to the single index")
-            return
         print(f"cofisearch {cofisearch.__version__}, SIMD {cofisearch.simd_level()}, "
               f"ray {ray.__version__}, python {platform.python_version()}, "
-              f"{platform.machine()}, {cores} cores usable")
+              f"{platform.machine()}, {cores} cores usable, {args.scale} scale")
         print(f"single index: {cores} threads in this process; sharded: one Ray actor per "
               "shard on this machine, cores // shards threads each")
         common = dict(batches=args.batches, shard_counts=args.shards, cores=cores,
                       rounds=args.rounds)
-        _throughput("binary", args.codes, args.nbits, seed=0, **common)
-        _throughput("float", args.vectors, args.dim, seed=2, **common)
-        _overhead(args.shards, cores, args.calls, 4)
+        _throughput("binary", args.codes, args.nbits, **common)
+        _throughput("float", args.vectors, args.dim, **common)
+        _overhead(args.shards, cores, args.calls)
+        print("\nsharded results identical to the single index")
     finally:
         ray.shutdown()
 

@@ -16,8 +16,15 @@ says which ``n_candidates`` keeps R@10 within 1 point of exhaustive float at >= 
 latency. Memory: about 6 GB of float embeddings at the default 256 dimensions.
 
     python bench/cascade_scale.py                       # 1M images / 5M captions
-    python bench/cascade_scale.py --images 100000       # a tenth of it
+    python bench/cascade_scale.py --scale quick         # 100k images, a tenth of it
+    python bench/cascade_scale.py --scale tiny          # seconds: every path, checked
+    python bench/cascade_scale.py --images 200000       # any size (overrides the scale)
     python bench/cascade_scale.py --json cascade.json   # raw numbers too
+
+Latencies are medians of ``--repeats`` samples after a warm-up (the harness timer,
+``cofisearch._bench.measure``); the returned scores of the exhaustive search and of every
+cascade are checked against scores recomputed from their ids, and a failed check ends
+the run with status 1.
 """
 
 from __future__ import annotations
@@ -26,22 +33,44 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 
 import numpy as np
 
 import cofisearch
 from cofisearch import datasets
+from cofisearch._bench.checks import CHECKED_QUERIES, float_problems
+from cofisearch._bench.data import SEED
+from cofisearch._bench.measure import measure
+from cofisearch._bench.plans import SCALES
 from cofisearch.encoders import DualEncoder, HashEncoder, ITQBinarizer
 
+# Per named scale: every size option's default (an option given on the command line wins).
+# The default is the study's largest setting; nothing larger fits this script's memory.
+_ISSUE = dict(images=1_000_000, train=12_000, queries=1_000, nbits=128, embed_dim=256,
+              hidden=512, epochs=4, candidates="100,300,1000,3000,10000", itq_bits=256,
+              repeats=3)
+SIZES = {
+    "tiny": dict(images=2_000, train=500, queries=50, nbits=64, embed_dim=64, hidden=64,
+                 epochs=1, candidates="10,100", itq_bits=64, repeats=1),
+    "quick": {**_ISSUE, "images": 100_000},
+    "default": _ISSUE,
+    "full": _ISSUE,
+}
 
-def _median(fn, repeats):
-    times, out = [], None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times)), out
+
+def _timed(fn, repeats):
+    """(median seconds per call, one result): the result comes from an untimed call."""
+    out = fn()
+    return measure(fn, repeat=repeats, min_sample_s=0.0).median, out
+
+
+def _check(label, db_emb, q_emb, result):
+    m = min(q_emb.shape[0], CHECKED_QUERIES)
+    return [f"{label}: {p}" for p in float_problems(
+        label, db_emb, q_emb[:m], np.asarray(result.distances)[:m], np.asarray(result.ids)[:m],
+        result.ids.shape[1])]
 
 
 def _recall(ids, truth_fn, ks=(1, 10)):
@@ -52,26 +81,33 @@ def _recall(ids, truth_fn, ks=(1, 10)):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--images", type=int, default=1_000_000, help="database images (captions = 5x)")
-    p.add_argument("--train", type=int, default=12_000, help="training images")
-    p.add_argument("--queries", type=int, default=1_000, help="sampled queries per direction")
-    p.add_argument("--nbits", type=int, default=128)
-    p.add_argument("--embed-dim", type=int, default=256)
-    p.add_argument("--hidden", type=int, default=512)
-    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--scale", choices=SCALES, default="default",
+                   help="sizes: tiny (seconds, checks only), quick (100k images), default and "
+                   "full (1M images) (default: %(default)s)")
+    p.add_argument("--images", type=int, help="database images (captions = 5x)")
+    p.add_argument("--train", type=int, help="training images")
+    p.add_argument("--queries", type=int, help="sampled queries per direction")
+    p.add_argument("--nbits", type=int)
+    p.add_argument("--embed-dim", type=int)
+    p.add_argument("--hidden", type=int)
+    p.add_argument("--epochs", type=int)
     p.add_argument("--torch-threads", type=int, default=1,
                    help="threads for training and encoding (one is fastest on a shared 2-core box)")
-    p.add_argument("--candidates", default="100,300,1000,3000,10000")
+    p.add_argument("--candidates")
     p.add_argument("--codes", default="hash,itq", help="code kinds to screen with: hash, itq")
-    p.add_argument("--itq-bits", type=int, default=256)
+    p.add_argument("--itq-bits", type=int)
     p.add_argument("--threads", type=int, default=cofisearch.get_num_threads())
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeats", type=int)
+    p.add_argument("--seed", type=int, default=SEED)
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
+    for key, value in SIZES[args.scale].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     cpi = 5
     depths = [int(c) for c in args.candidates.split(",")]
     report = {"args": vars(args), "cpu": platform.processor(), "simd": cofisearch.simd_level()}
+    problems = []
 
     t0 = time.perf_counter()
     train = datasets.make_paired(args.train, cpi, seed=args.seed, n_test=1).train
@@ -131,7 +167,9 @@ def main(argv=None):
     for name, d in directions.items():
         fine = cofisearch.FloatIndex(args.embed_dim)  # embeddings are unit rows already
         fine.add(d["db_emb"])
-        t_float, exact = _median(lambda: fine.search(d["q_emb"], 10, num_threads=args.threads), args.repeats)
+        t_float, exact = _timed(lambda: fine.search(d["q_emb"], 10, num_threads=args.threads),
+                                args.repeats)
+        problems += _check(f"{name} exhaustive", d["db_emb"], d["q_emb"], exact)
         base = _recall(exact.ids, d["truth"])
         print(f"\n{name}: database {fine.ntotal:,} items, {args.queries} queries, {args.threads} threads")
         print(f"  exhaustive float: R@1 {base['R@1']:.1f}  R@10 {base['R@10']:.1f}  "
@@ -143,8 +181,9 @@ def main(argv=None):
             rows = []
             for depth in depths:
                 cascade = cofisearch.Cascade(coarse, fine, n_candidates=depth)
-                t_casc, res = _median(lambda: cascade.search(d["q_codes"][kind], d["q_emb"], 10,
-                                                             num_threads=args.threads), args.repeats)
+                t_casc, res = _timed(lambda: cascade.search(d["q_codes"][kind], d["q_emb"], 10,
+                                                            num_threads=args.threads), args.repeats)
+                problems += _check(f"{name} cascade {kind} {depth}", d["db_emb"], d["q_emb"], res)
                 rec = _recall(res.ids, d["truth"])
                 row = {"n_candidates": depth, **rec, "ms_per_query": 1e3 * t_casc / args.queries,
                        "speedup": t_float / t_casc,
@@ -162,11 +201,15 @@ def main(argv=None):
             entry[kind] = {"nbits": bits[kind], "cascade": rows, "verdict": verdict}
         report["directions"][name] = entry
         fine = None  # frees this direction's index before the next one is built
+    report["problems"] = problems
+    for problem in problems:
+        print(f"result check FAILED: {problem}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)
         print(f"wrote {os.path.abspath(args.json)}")
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,12 +1,14 @@
 """Shared machinery of the benchmark suites: scales, cases, data and engine caches.
 
-Scale (collection time):
+The data, contenders, checks and calibration come from the harness
+(:mod:`cofisearch._bench`); pytest-benchmark records the rounds. Scale (collection
+time), one of the harness's named scales:
 
 - ``COFISEARCH_BENCH_SCALE=default`` (the default): sizes that run in a few minutes on
-  a 2-core machine;
+  a 2-core machine; ``quick``: one database size per kind, a minute or two;
 - ``COFISEARCH_BENCH_SCALE=full``: the sizes of issue 3 (1M codes, 10M for the
   bandwidth check, d = 512 with 200k and 1M vectors); about an hour;
-- ``COFISEARCH_BENCH_SCALE=smoke`` or ``COFISEARCH_BENCH_SMOKE=1``: tiny sizes, every
+- ``COFISEARCH_BENCH_SCALE=tiny`` or ``COFISEARCH_BENCH_SMOKE=1``: tiny sizes, every
   parameter combination, for CI. ``--benchmark-disable`` without an explicit scale also
   selects it, since nothing is timed then.
 
@@ -18,21 +20,23 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from dataclasses import dataclass
 
 import pytest
 
-from . import cofibench
 import cofisearch
-
-SCALES = ("smoke", "default", "full")
+from cofisearch._bench.checks import agreement_problems
+from cofisearch._bench.contenders import BINARY, FLOAT, contenders, open_engine
+from cofisearch._bench.data import make_codes, make_vectors
+from cofisearch._bench.machine import blas_warnings, faiss_available, machine_info
+from cofisearch._bench.measure import MEMORY_READERS, calls_per_sample
+from cofisearch._bench.plans import SCALES
 
 # Per scale: the axes of the grid. Slow variants (SIMD levels below the chosen one,
 # NumPy) run only where queries x database bytes stay under `slow_work_bytes`, and only
 # at k = 10 and one thread: they are there to show the gap, not to be swept.
 _AXES = {
-    "smoke": {
+    "tiny": {
         "hamming_n": [1_000],
         "bits": [64, 128, 256, 512, 1024],
         "float_n": [1_000],
@@ -43,6 +47,18 @@ _AXES = {
         "cold_n": 20_000,
         "slow_work_bytes": math.inf,
         "prune": False,
+    },
+    "quick": {
+        "hamming_n": [100_000],
+        "bits": [64, 256, 1024],
+        "float_n": [10_000],
+        "dims": [128, 512, 2048],
+        "nq": [1, 100],
+        "k": [10, 100],
+        "threads": [1, 2],
+        "cold_n": 10_000_000,
+        "slow_work_bytes": 1 << 30,
+        "prune": True,
     },
     "default": {
         "hamming_n": [10_000, 100_000],
@@ -72,9 +88,6 @@ _AXES = {
     },
 }
 
-SEED = 20240728
-
-
 def bench_scale(config):
     env = os.environ.get("COFISEARCH_BENCH_SCALE", "").strip().lower()
     if env:
@@ -82,15 +95,15 @@ def bench_scale(config):
             raise pytest.UsageError(f"COFISEARCH_BENCH_SCALE must be one of {SCALES}, got {env!r}")
         return env
     if os.environ.get("COFISEARCH_BENCH_SMOKE", "").strip() not in ("", "0"):
-        return "smoke"
+        return "tiny"
     if config.getoption("benchmark_disable") and not config.getoption("benchmark_enable"):
-        return "smoke"
+        return "tiny"
     return "default"
 
 
 @dataclass(frozen=True)
 class Case:
-    kind: str  # cofibench.BINARY or cofibench.FLOAT
+    kind: str  # BINARY or FLOAT
     n: int
     width: int  # bits (binary) or dimension (float)
     nq: int
@@ -100,11 +113,11 @@ class Case:
 
     @property
     def width_name(self):
-        return "bits" if self.kind == cofibench.BINARY else "dim"
+        return "bits" if self.kind == BINARY else "dim"
 
     @property
     def row_bytes(self):
-        return self.width // 8 if self.kind == cofibench.BINARY else self.width * 4
+        return self.width // 8 if self.kind == BINARY else self.width * 4
 
     @property
     def group(self):
@@ -150,8 +163,8 @@ def _keep(case, axes):
 
 def _cases(kind, scale):
     axes = _AXES[scale]
-    widths = axes["bits"] if kind == cofibench.BINARY else axes["dims"]
-    sizes = axes["hamming_n"] if kind == cofibench.BINARY else axes["float_n"]
+    widths = axes["bits"] if kind == BINARY else axes["dims"]
+    sizes = axes["hamming_n"] if kind == BINARY else axes["float_n"]
     out = []
     # Data outermost, then contender: consecutive cases share one database and one built
     # index, and each group's contenders all run within the same session.
@@ -159,7 +172,7 @@ def _cases(kind, scale):
         ns = sizes[width] if isinstance(sizes, dict) else sizes
         for n in ns:
             # faiss stays listed when missing so that its cases show up as skipped.
-            for contender in cofibench.contenders(keep_missing_faiss=True):
+            for contender in contenders(keep_missing_faiss=True):
                 for nq in axes["nq"]:
                     for k in axes["k"]:
                         for threads in axes["threads"]:
@@ -171,19 +184,19 @@ def _cases(kind, scale):
 
 def _cold_cases(scale):
     n = _AXES[scale]["cold_n"]
-    return [Case(cofibench.BINARY, n, 64, 1, 10, 1, c) for c in ("cofisearch", "faiss", "numpy")]
+    return [Case(BINARY, n, 64, 1, 10, 1, c) for c in ("cofisearch", "faiss", "numpy")]
 
 
 def _reader_cases(scale):
     n = _AXES[scale]["cold_n"]
-    return [Case(cofibench.BINARY, n, 64, 1, 10, 1, r) for r in cofibench.MEMORY_READERS]
+    return [Case(BINARY, n, 64, 1, 10, 1, r) for r in MEMORY_READERS]
 
 
 def pytest_generate_tests(metafunc):
     scale = bench_scale(metafunc.config)
     for fixture, make in (
-        ("hamming_case", lambda: _cases(cofibench.BINARY, scale)),
-        ("float_case", lambda: _cases(cofibench.FLOAT, scale)),
+        ("hamming_case", lambda: _cases(BINARY, scale)),
+        ("float_case", lambda: _cases(FLOAT, scale)),
         ("cold_case", lambda: _cold_cases(scale)),
         ("reader_case", lambda: _reader_cases(scale)),
     ):
@@ -199,14 +212,14 @@ def pytest_configure(config):
 def pytest_report_header(config):
     scale = bench_scale(config)
     return [
-        f"cofisearch bench scale: {scale} (COFISEARCH_BENCH_SCALE=smoke|default|full)",
+        f"cofisearch bench scale: {scale} (COFISEARCH_BENCH_SCALE={'|'.join(SCALES)})",
         f"cofisearch SIMD level: {cofisearch.simd_level()} of {cofisearch.available_simd_levels()}",
-        *[f"warning: {w}" for w in cofibench.blas_warnings()],
+        *[f"warning: {w}" for w in blas_warnings()],
     ]
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):
-    machine_info["cofisearch_machine"] = cofibench.machine_info()
+    machine_info["cofisearch_machine"] = machine_info()
 
 
 # ---- data and engines -----------------------------------------------------------------------
@@ -232,10 +245,10 @@ class _Workspace:
         if key != self._key:
             self._engines.clear()
             self._db = None  # free the old one before building the new one
-            if kind == cofibench.BINARY:
-                self._db = cofibench.make_codes(n, width, seed=SEED)
+            if kind == BINARY:
+                self._db = make_codes(n, width)
             else:
-                self._db = cofibench.make_vectors(n, width, seed=SEED)
+                self._db = make_vectors(n, width)
             self._key = key
         return self._db
 
@@ -244,19 +257,19 @@ class _Workspace:
         key = (kind, width)
         if key not in self._queries or self._queries[key].shape[0] < nq:
             m = max(self.max_nq, nq)
-            if kind == cofibench.BINARY:
-                q = cofibench.make_codes(m, width, seed=SEED, stream=1)
+            if kind == BINARY:
+                q = make_codes(m, width, stream=1)
             else:
-                q = cofibench.make_vectors(m, width, seed=SEED, stream=1)
+                q = make_vectors(m, width, stream=1)
             self._queries[key] = q
         return self._queries[key][:nq]
 
     def engine(self, contender, kind, n, width):
-        if contender == "faiss" and not cofibench.faiss_available():
+        if contender == "faiss" and not faiss_available():
             pytest.skip("faiss-cpu is not installed (pip install faiss-cpu)")
         db = self.database(kind, n, width)
         if contender not in self._engines:
-            self._engines[contender] = cofibench.open_engine(contender, kind, db)
+            self._engines[contender] = open_engine(contender, kind, db)
         return self._engines[contender]
 
 
@@ -267,7 +280,7 @@ def workspace():
 
 @pytest.fixture(scope="session")
 def machine():
-    return cofibench.machine_info()
+    return machine_info()
 
 
 class _Agreement:
@@ -280,7 +293,7 @@ class _Agreement:
         first = self._first.setdefault(group or case.group, (case.contender, distances))
         if first[0] == case.contender:
             return []
-        return cofibench.agreement_problems(
+        return agreement_problems(
             case.contender, first[0], case.kind, distances, first[1],
             database=database, queries=queries,
         )
@@ -313,10 +326,7 @@ def run_timed(benchmark, request):
                 return args, {}
 
             return benchmark.pedantic(fn, setup=prepared, rounds=rounds, warmup_rounds=1)
-        t0 = time.perf_counter()
-        fn(*args)  # warm-up and calibration
-        elapsed = time.perf_counter() - t0
-        iterations = max(1, min(10_000, math.ceil(_MIN_ROUND_S / max(elapsed, 1e-9))))
+        iterations = calls_per_sample(lambda: fn(*args), warmup=1, min_sample_s=_MIN_ROUND_S)
         return benchmark.pedantic(fn, args=args, rounds=rounds, iterations=iterations)
 
     return run

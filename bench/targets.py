@@ -2,6 +2,7 @@
 
     python bench/targets.py                # the issue's sizes (a few minutes, ~5 GB RAM)
     python bench/targets.py --quick        # smaller float sizes and batches (about a minute)
+    python bench/targets.py --scale tiny   # seconds: every path and check, no real timing
     python bench/targets.py --json out.json --sections hamming,float
 
 Every figure is the median of ``--repeat`` (default 5) samples after a warm-up, taken in
@@ -11,10 +12,14 @@ falls on all of them. The table gives each target, the measured value and pass/f
 followed by the machine's description. On a shared machine treat single runs as
 indicative: rerun on a quiet one before quoting them.
 
-Why the bandwidth figure is measured the way it is: see ``cofibench.memory_reader``
-(NumPy reductions are compute-bound here and would flatter the scan). The one-query
-scan and the readers both run with caches flushed before every sample: the 80 MB of
-10M codes is only 2.5 times the L3, and a warm repeated scan would partly hit it.
+Why the bandwidth figure is measured the way it is: see
+``cofisearch._bench.measure.memory_reader`` (NumPy reductions are compute-bound and would
+flatter the scan). The one-query
+scan and the readers both run with caches flushed before every sample: 80 MB of 10M
+codes is only a few times a server's L3, and a warm repeated scan would partly hit it.
+Every contender's results are checked (as in ``cofisearch bench``); a failed check ends
+the run with status 1. The study row is the Table 7 experiment of ``cofisearch bench``
+(``cofisearch._bench.sections.table7``).
 """
 
 from __future__ import annotations
@@ -27,10 +32,14 @@ import sys
 from dataclasses import asdict, dataclass, field
 from typing import List, Optional
 
-if __package__:
-    from . import cofibench as cb
-else:  # run as a script: bench/ is on sys.path
-    import cofibench as cb
+from cofisearch._bench.checks import group_problems
+from cofisearch._bench.contenders import BINARY, FLOAT, capturing, open_engines
+from cofisearch._bench.data import make_codes, make_vectors
+from cofisearch._bench.machine import blas_warnings, faiss_available, format_machine, machine_info
+from cofisearch._bench.measure import CLOCKS, compare, flush_caches, read_bandwidth
+from cofisearch._bench.plans import SCALES
+from cofisearch._bench.report import markdown_table
+from cofisearch._bench.sections import STUDY_RATIO_TEXT, table7
 
 SECTIONS = ("bandwidth", "hamming", "float", "study")
 
@@ -48,7 +57,8 @@ class Sizes:
     study_nq: int
 
 
-FULL = Sizes(
+# The issue's sizes.
+ISSUE = Sizes(
     hamming_n=1_000_000,
     hamming_batch=1000,
     bandwidth_n=10_000_000,
@@ -61,7 +71,7 @@ FULL = Sizes(
 )
 # Hamming stays at 1M codes (the one-query case must not fit in the caches); the float
 # databases and the batches shrink, which keeps every regime but costs a tenth.
-QUICK = Sizes(
+_QUICK = Sizes(
     hamming_n=1_000_000,
     hamming_batch=200,
     bandwidth_n=10_000_000,
@@ -73,7 +83,26 @@ QUICK = Sizes(
     study_nq=200,
 )
 
-SEED = 20240728
+# Per named scale; the issue's sizes are already the largest this table asks for.
+SIZES = {
+    "tiny": Sizes(
+        hamming_n=2_000,
+        hamming_batch=20,
+        bandwidth_n=20_000,
+        float_dim=64,
+        float_ns=(2_000,),
+        float_nqs=(1, 10),
+        study_dim=2048,
+        study_n=1_000,
+        study_nq=20,
+    ),
+    "quick": _QUICK,
+    "default": ISSUE,
+    "full": ISSUE,
+}
+# Samples per median when --repeat is not given: one at the tiny scale, whose timings
+# mean nothing anyway.
+DEFAULT_REPEAT = {"tiny": 1, "quick": 5, "default": 5, "full": 5}
 K = 10
 
 
@@ -98,14 +127,25 @@ class Report:
     clock: str = "wall"
     rows: List[Row] = field(default_factory=list)
     raw: List[dict] = field(default_factory=list)
+    problems: List[str] = field(default_factory=list)
 
     def timings(self, label, params, fns, *, setup=None):
         """Interleaved medians of ``fns`` (name -> zero-argument callable)."""
         progress(f"  {label}")
-        out = cb.compare(fns, repeat=self.repeat, warmup=1, setup=setup)
+        out = compare(fns, repeat=self.repeat, warmup=1, setup=setup)
         self.raw.append(
             {"label": label, "params": params, "timings": {n: t.as_dict() for n, t in out.items()}}
         )
+        return out
+
+    def searches(self, label, params, searches, kind, database, queries, k, *, setup=None):
+        """Times ``search(queries, k)`` of every entry of ``searches`` (name -> search) and
+        checks their answers (recorded in ``problems``)."""
+        results = {}
+        fns = {name: capturing(s, queries, k, results, name) for name, s in searches.items()}
+        out = self.timings(label, params, fns, setup=setup)
+        self.problems += [f"{label}: {p}" for p in
+                          group_problems(kind, database, queries, k, results)]
         return out
 
     def add(self, target, setting, cofi, reference, measured, required, passed):
@@ -133,9 +173,9 @@ def _n(n):
 def bandwidth_section(report, sizes):
     """One query over `bandwidth_n` 64-bit codes against the read bandwidth of those bytes."""
     progress(f"bandwidth: {_n(sizes.bandwidth_n)} x 64-bit codes")
-    codes = cb.make_codes(sizes.bandwidth_n, 64, seed=SEED)
-    query = cb.make_codes(1, 64, seed=SEED, stream=1)
-    bw, detail = cb.read_bandwidth(codes, repeat=report.repeat, cold=True, clock=report.clock)
+    codes = make_codes(sizes.bandwidth_n, 64)
+    query = make_codes(1, 64, stream=1)
+    bw, detail = read_bandwidth(codes, repeat=report.repeat, cold=True, clock=report.clock)
     report.raw.append({"label": "read bandwidth, cold, 1 thread", **detail})
     readers = ", ".join(f"{k} {v / 1e9:.1f}" for k, v in detail["bytes_per_s"].items())
     report.add(
@@ -147,14 +187,13 @@ def bandwidth_section(report, sizes):
         "",
         None,
     )
-    engines = _open(cb.BINARY, codes)
+    engines = _open(BINARY, codes)
     with _running(engines, 1) as search:
-        t = report.timings(
+        t = report.searches(
             "1 query, cold",
             {"n": sizes.bandwidth_n, "bits": 64, "nq": 1, "k": K, "threads": 1,
              "caches": "flushed"},
-            {name: (lambda s=s: s(query, K)) for name, s in search.items()},
-            setup=cb.flush_caches,
+            search, BINARY, codes, query, K, setup=flush_caches,
         )
     rate = codes.nbytes / t["cofisearch"].value(report.clock)
     reference = f"faiss {_ms(t['faiss'].value(report.clock))}" if "faiss" in t else ""
@@ -175,17 +214,17 @@ def hamming_section(report, sizes):
     required = {(64, 1): 3.0, (64, batch): 10.0, (256, 1): 1.0, (256, batch): 2.5}
     for bits in (64, 256):
         progress(f"hamming: {_n(n)} x {bits}-bit codes")
-        db = cb.make_codes(n, bits, seed=SEED)
-        queries = cb.make_codes(batch, bits, seed=SEED, stream=1)
-        engines = _open(cb.BINARY, db)
+        db = make_codes(n, bits)
+        queries = make_codes(batch, bits, stream=1)
+        engines = _open(BINARY, db)
         for nq in (1, batch):
             q = queries[:nq]
             setting = f"n={_n(n)} {bits} bits nq={nq} k={K} 1 thread"
             with _running(engines, 1) as search:
-                t = report.timings(
+                t = report.searches(
                     f"{bits} bits, {nq} queries",
                     {"n": n, "bits": bits, "nq": nq, "k": K, "threads": 1},
-                    {name: (lambda s=s: s(q, K)) for name, s in search.items()},
+                    search, BINARY, db, q, K,
                 )
             cofi = t["cofisearch"].value(report.clock)
             codes_per_s = f"{n * nq / cofi / 1e9:.2f} G codes/s"
@@ -208,14 +247,13 @@ def hamming_section(report, sizes):
 
         if bits == 256:
             # 1M x 256 bits is 32 MB: the issue asks for >= 90 % of read bandwidth here.
-            bw, detail = cb.read_bandwidth(db, repeat=report.repeat, cold=True, clock=report.clock)
+            bw, detail = read_bandwidth(db, repeat=report.repeat, cold=True, clock=report.clock)
             report.raw.append({"label": "read bandwidth 256-bit db, cold", **detail})
             with engines["cofisearch"].running(1) as search:
-                t = report.timings(
+                t = report.searches(
                     f"{bits} bits, 1 query, cold",
                     {"n": n, "bits": bits, "nq": 1, "k": K, "threads": 1, "caches": "flushed"},
-                    {"cofisearch": lambda: search(queries[:1], K)},
-                    setup=cb.flush_caches,
+                    {"cofisearch": search}, BINARY, db, queries[:1], K, setup=flush_caches,
                 )
             rate = db.nbytes / t["cofisearch"].value(report.clock)
             report.add(
@@ -249,11 +287,10 @@ def hamming_section(report, sizes):
             )
 
         with cofi.running(1) as one, cofi.running(2) as two:
-            q = queries
-            t = report.timings(
+            t = report.searches(
                 f"{bits} bits, {batch} queries, 2 threads vs 1",
                 {"n": n, "bits": bits, "nq": batch, "k": K, "threads": [1, 2]},
-                {"1 thread": lambda: one(q, K), "2 threads": lambda: two(q, K)},
+                {"1 thread": one, "2 threads": two}, BINARY, db, queries, K,
             )
         # Wall time whatever --clock says: CPU time cannot show a speed-up from threads.
         ratio = t["1 thread"].median / t["2 threads"].median
@@ -273,18 +310,18 @@ def float_section(report, sizes):
     """Inner product, d = 512, k = 10, one thread, against faiss IndexFlatIP."""
     d = sizes.float_dim
     required = {1: 1.0, 10: 3.0, 100: 3.0, 1000: 1.0}
-    queries = cb.make_vectors(max(sizes.float_nqs), d, seed=SEED, stream=1)
+    queries = make_vectors(max(sizes.float_nqs), d, stream=1)
     for n in sizes.float_ns:
         progress(f"float: {_n(n)} x {d}-d vectors")
-        db = cb.make_vectors(n, d, seed=SEED)
-        engines = _open(cb.FLOAT, db)
+        db = make_vectors(n, d)
+        engines = _open(FLOAT, db)
         for nq in sizes.float_nqs:
             q = queries[:nq]
             with _running(engines, 1) as search:
-                t = report.timings(
+                t = report.searches(
                     f"float d={d} n={n}, {nq} queries",
                     {"n": n, "dim": d, "nq": nq, "k": K, "threads": 1},
-                    {name: (lambda s=s: s(q, K)) for name, s in search.items()},
+                    search, FLOAT, db, q, K,
                 )
             need = required.get(nq, 1.0)
             cofi = t["cofisearch"].value(report.clock)
@@ -319,52 +356,33 @@ def study_section(report, sizes):
     n, nq, d = sizes.study_n, sizes.study_nq, sizes.study_dim
     progress(f"study: {nq} queries over {_n(n)} candidates, {d}-d float vs 64-bit codes")
     setting = f"n={_n(n)} nq={nq} k={K} 1 thread"
-    medians = {}
-    codes = cb.make_codes(n, 64, seed=SEED)
-    code_q = cb.make_codes(nq, 64, seed=SEED, stream=1)
-    engines = _open(cb.BINARY, codes)
-    with _running(engines, 1) as search:
-        t = report.timings(
-            "study: 64-bit Hamming",
-            {"n": n, "bits": 64, "nq": nq, "k": K, "threads": 1},
-            {name: (lambda s=s: s(code_q, K)) for name, s in search.items()},
-        )
-    medians["binary"] = {name: x.value(report.clock) for name, x in t.items()}
-    del engines, codes
 
-    vectors = cb.make_vectors(n, d, seed=SEED)
-    vec_q = cb.make_vectors(nq, d, seed=SEED, stream=1)
-    engines = _open(cb.FLOAT, vectors)
-    with _running(engines, 1) as search:
-        t = report.timings(
-            f"study: {d}-d float",
-            {"n": n, "dim": d, "nq": nq, "k": K, "threads": 1},
-            {name: (lambda s=s: s(vec_q, K)) for name, s in search.items()},
-        )
-    medians["float"] = {name: x.value(report.clock) for name, x in t.items()}
-    del engines, vectors
+    def time_group(kind, engines, database, queries):
+        what = {"bits": 64} if kind == BINARY else {"dim": d}
+        label = "study: 64-bit Hamming" if kind == BINARY else f"study: {d}-d float"
+        with _running(engines, 1) as search:
+            t = report.searches(label, {"n": n, **what, "nq": nq, "k": K, "threads": 1},
+                                search, kind, database, queries, K)
+        return {name: x.value(report.clock) for name, x in t.items()}
 
-    for name in medians["float"]:
-        f, b = medians["float"][name], medians["binary"][name]
+    table = table7(time_group, n=n, nq=nq, dim=d)
+    for name, e in table["engines"].items():
+        f, b = e["float_s"], e["binary_s"]
         is_target = name == "cofisearch"
         report.add(
             f"study: {d}-d float / 64-bit Hamming time ({name})",
             setting,
             f"float {_ms(f)}" if is_target else "",
             f"binary {_ms(b)}" if is_target else f"float {_ms(f)}, binary {_ms(b)}",
-            f / b,
-            ">= 200x" if is_target else "(study: 6.5-6.8x)",
-            f / b >= 200 if is_target else None,
+            e["ratio"],
+            ">= 200x" if is_target else f"(study: {STUDY_RATIO_TEXT})",
+            e["ratio"] >= 200 if is_target else None,
         )
-
-
-def _peers(*names):
-    return [n for n in names if n != "faiss" or cb.faiss_available()]
 
 
 def _open(kind, database):
     """cofisearch and (when installed) faiss, bound to ``database``."""
-    return {name: cb.open_engine(name, kind, database) for name in _peers("cofisearch", "faiss")}
+    return open_engines(kind, database, ["cofisearch", "faiss"])
 
 
 @contextlib.contextmanager
@@ -391,20 +409,19 @@ def format_table(rows):
         )
         for r in rows
     ]
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *body)]
-
-    def line(cells):
-        return "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"
-
-    out = [line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
-    out += [line(cells) for cells in body]
-    return "\n".join(out)
+    return "\n".join(markdown_table(header, body))
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smaller float sizes and batches")
-    parser.add_argument("--repeat", type=int, default=5, help="samples per median (default 5)")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--scale", choices=SCALES, default="default",
+                      help="sizes: tiny (seconds, checks only), quick, default (the issue's), "
+                      "full (the same) (default: %(default)s)")
+    size.add_argument("--quick", action="store_const", const="quick", dest="scale",
+                      help="the same as --scale quick")
+    parser.add_argument("--repeat", type=int, default=None,
+                        help="samples per median (default 5; 1 at the tiny scale)")
     parser.add_argument("--json", metavar="PATH", help="also write every raw timing here")
     parser.add_argument(
         "--sections",
@@ -413,7 +430,7 @@ def main(argv=None):
     )
     parser.add_argument(
         "--clock",
-        choices=cb.CLOCKS,
+        choices=CLOCKS,
         default="wall",
         help="wall (default) or cpu: process CPU time, steadier on a shared machine "
         "(the thread speed-up rows always use wall time)",
@@ -426,48 +443,53 @@ def main(argv=None):
     unknown = sorted(set(sections) - set(SECTIONS))
     if unknown:
         parser.error(f"unknown section(s) {unknown}; choose from {list(SECTIONS)}")
-    if args.repeat < 1:
-        parser.error(f"--repeat must be >= 1, got {args.repeat}")
-    if not cb.faiss_available():
+    repeat = DEFAULT_REPEAT[args.scale] if args.repeat is None else args.repeat
+    if repeat < 1:
+        parser.error(f"--repeat must be >= 1, got {repeat}")
+    if not faiss_available():
         progress("faiss-cpu is not installed: faiss comparisons left out (pip install faiss-cpu)")
 
-    sizes = QUICK if args.quick else FULL
-    before = cb.machine_info()
-    report = Report(repeat=args.repeat, clock=args.clock)
-    progress(f"measuring ({'quick' if args.quick else 'full'} sizes, median of {args.repeat})")
+    sizes = SIZES[args.scale]
+    before = machine_info()
+    report = Report(repeat=repeat, clock=args.clock)
+    progress(f"measuring ({args.scale} sizes, median of {repeat})")
     runners = {"bandwidth": bandwidth_section, "hamming": hamming_section,
                "float": float_section, "study": study_section}
     for name in SECTIONS:
         if name in sections:
             runners[name](report, sizes)
-    after = cb.machine_info()
+    after = machine_info()
 
-    print(f"cofisearch targets (issue 3), {'quick' if args.quick else 'full'} sizes, "
-          f"{args.clock}-clock medians of {args.repeat} after a warm-up\n")
+    print(f"cofisearch targets (issue 3), {args.scale} sizes, "
+          f"{args.clock}-clock medians of {repeat} after a warm-up\n")
     print(format_table(report.rows))
     print()
-    print(cb.format_machine(before))
+    print(format_machine(before))
     print(f"load after: {after['loadavg']}")
-    for warning in cb.blas_warnings(before):
+    for warning in blas_warnings(before):
         print(f"warning:    {warning}")
     failed = [r for r in report.rows if r.passed is False]
     print(f"\n{sum(r.passed is True for r in report.rows)} passed, {len(failed)} failed, "
           f"{sum(r.passed is None for r in report.rows)} for information")
+    for problem in report.problems:
+        print(f"result check FAILED: {problem}")
 
     if args.json:
         payload = {
             "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
+            "scale": args.scale,
             "sizes": asdict(sizes),
-            "repeat": args.repeat,
+            "repeat": repeat,
             "clock": args.clock,
             "machine": before,
             "loadavg_after": after["loadavg"],
             "rows": [{**asdict(r), "result": r.verdict} for r in report.rows],
+            "problems": report.problems,
             "measurements": report.raw,
         }
         with open(args.json, "w") as f:
             json.dump(payload, f, indent=1)
-    return 1 if (args.strict and failed) else 0
+    return 1 if report.problems or (args.strict and failed) else 0
 
 
 if __name__ == "__main__":

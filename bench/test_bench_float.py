@@ -6,7 +6,8 @@ checked by recomputing them from the returned ids, and across contenders to floa
 rounding, not by comparing ids (near-ties may order differently between kernels).
 """
 
-from . import cofibench
+from cofisearch._bench.checks import float_problems
+from cofisearch._bench.contenders import result_arrays
 
 
 def test_float_search(benchmark, run_timed, float_case, workspace, agreement, machine):
@@ -18,7 +19,7 @@ def test_float_search(benchmark, run_timed, float_case, workspace, agreement, ma
     benchmark.extra_info.update(case.params(), machine=machine)
 
     with engine.running(case.threads) as search:
-        scores, ids = cofibench.result_arrays(run_timed(search, queries, case.k))
+        scores, ids = result_arrays(run_timed(search, queries, case.k))
 
-    assert not cofibench.float_problems(case.contender, db, queries, scores, ids, case.k)
+    assert not float_problems(case.contender, db, queries, scores, ids, case.k)
     assert not agreement.problems(case, scores, db, queries)

@@ -5,7 +5,10 @@ group times one query over a database far larger than the caches, flushed before
 round, beside plain memory readers of the same bytes: the single-thread bandwidth check.
 """
 
-from . import cofibench
+from cofisearch._bench.checks import hamming_problems
+from cofisearch._bench.contenders import result_arrays
+from cofisearch._bench.machine import blas_threads
+from cofisearch._bench.measure import flush_caches, memory_reader
 
 
 def test_hamming_search(benchmark, run_timed, hamming_case, workspace, agreement, machine):
@@ -17,9 +20,9 @@ def test_hamming_search(benchmark, run_timed, hamming_case, workspace, agreement
     benchmark.extra_info.update(case.params(), machine=machine)
 
     with engine.running(case.threads) as search:
-        distances, ids = cofibench.result_arrays(run_timed(search, queries, case.k))
+        distances, ids = result_arrays(run_timed(search, queries, case.k))
 
-    assert not cofibench.hamming_problems(case.contender, db, queries, distances, ids, case.k)
+    assert not hamming_problems(case.contender, db, queries, distances, ids, case.k)
     assert not agreement.problems(case, distances, db, queries)
 
 
@@ -36,10 +39,10 @@ def test_hamming_one_query_cold(benchmark, run_timed, cold_case, workspace, agre
     benchmark.extra_info.update(case.params(), machine=machine, caches="flushed before each round")
 
     with engine.running(case.threads) as search:
-        result = run_timed(search, queries, case.k, setup=cofibench.flush_caches)
-    distances, ids = cofibench.result_arrays(result)
+        result = run_timed(search, queries, case.k, setup=flush_caches)
+    distances, ids = result_arrays(result)
 
-    assert not cofibench.hamming_problems(case.contender, db, queries, distances, ids, case.k)
+    assert not hamming_problems(case.contender, db, queries, distances, ids, case.k)
     assert not agreement.problems(case, distances, db, queries, group=_cold_group(case))
 
 
@@ -48,10 +51,10 @@ def test_read_bandwidth(benchmark, run_timed, reader_case, workspace, machine):
     one-query scan can reach with one thread."""
     case = reader_case
     db = workspace.database(case.kind, case.n, case.width)
-    read = cofibench.memory_reader(case.contender, db)
+    read = memory_reader(case.contender, db)
     benchmark.group = _cold_group(case)
     benchmark.extra_info.update(
         case.params(), bytes=db.nbytes, machine=machine, caches="flushed before each round"
     )
-    with cofibench.blas_threads(1):
-        run_timed(read, setup=cofibench.flush_caches)
+    with blas_threads(1):
+        run_timed(read, setup=flush_caches)

@@ -5,19 +5,20 @@ errors to stderr), plus real subprocesses for ``python -m cofisearch`` so that t
 point itself, and what a user's terminal shows on an error, are covered too.
 """
 
-import functools
 import importlib.util
 import io
 import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 
 import cofisearch
-from cofisearch import _measure, benchmark, cli
+from cofisearch import cli
+from cofisearch._bench import machine, runner, sections
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
@@ -79,14 +80,12 @@ def test_module_entry_point_runs_info():
 
 @pytest.fixture(scope="module")
 def bench_run(tmp_path_factory):
-    """One tiny ``cofisearch bench --quick`` shared by the bench tests: the "tiny" scale
-    keeps every section and plot but takes seconds instead of a minute."""
+    """One ``cofisearch bench --scale tiny`` shared by the bench tests: every section and
+    plot, in seconds."""
     out_dir = tmp_path_factory.mktemp("bench")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(benchmark, "run", functools.partial(benchmark.run, scale="tiny"))
-        status, text = run_cli(
-            ["bench", "--quick", "--max-size", "2000", "--quiet", "--out", str(out_dir)]
-        )
+    status, text = run_cli(
+        ["bench", "--scale", "tiny", "--max-size", "2000", "--quiet", "--out", str(out_dir)]
+    )
     return status, text, out_dir
 
 
@@ -128,7 +127,7 @@ def test_bench_markdown_has_the_table7_ratio_line(bench_run):
     text = (out_dir / "bench.md").read_text()
     ratio_lines = [line for line in text.splitlines() if "float/binary time ratio" in line]
     assert len(ratio_lines) == 1
-    assert "cofisearch" in ratio_lines[0] and benchmark.STUDY_RATIO_TEXT in ratio_lines[0]
+    assert "cofisearch" in ratio_lines[0] and sections.STUDY_RATIO_TEXT in ratio_lines[0]
 
 
 @pytest.mark.skipif(not HAS_MATPLOTLIB, reason="matplotlib is not installed")
@@ -138,14 +137,15 @@ def test_bench_writes_every_plot(bench_run):
 
 
 @pytest.mark.skipif(
-    _measure.mem_available_bytes() is None, reason="no /proc/meminfo to check memory against"
+    machine.mem_available_bytes() is None, reason="no /proc/meminfo to check memory against"
 )
 def test_bench_refuses_max_size_beyond_memory(capsys, tmp_path):
-    status, _ = run_cli(["bench", "--max-size", str(10**15), "--out", str(tmp_path)])
+    out_dir = tmp_path / "report"
+    status, _ = run_cli(["bench", "--max-size", str(10**15), "--out", str(out_dir)])
     err = capsys.readouterr().err
     assert status == 1
     assert err.count("\n") == 1 and "max_size" in err and "memory" in err
-    assert not (tmp_path / "bench.json").exists()
+    assert not out_dir.exists()  # refused before the output directory was made
 
 
 # The Python API behind the command: (keyword arguments, exception, words of the message).
@@ -160,7 +160,7 @@ BAD_RUN_ARGUMENTS = [
 @pytest.mark.parametrize("kwargs, error, words", BAD_RUN_ARGUMENTS)
 def test_benchmark_run_rejects_bad_arguments(kwargs, error, words):
     with pytest.raises(error, match=words):
-        benchmark.run(show_progress_bar=False, **kwargs)
+        runner.run(show_progress_bar=False, **kwargs)
 
 
 # ---- eval -----------------------------------------------------------------------------------
@@ -247,6 +247,8 @@ BAD_ARGUMENTS = [
     (["bench", "--max-size", "0"], 2, "--max-size"),
     (["bench", "--max-size", "many"], 2, "--max-size"),
     (["bench", "--max-size", "999", "--out", "{tmp}"], 1, "max_size"),
+    (["bench", "--scale", "huge"], 2, "--scale"),
+    (["bench", "--scale", "tiny", "--quick"], 2, "not allowed with"),
     (["demo", "--threads", "-1"], 2, "--threads"),
     (["demo", "--scale", "huge"], 2, "--scale"),
     (["eval", "{tmp}", "--ks", "0"], 2, "--ks"),
@@ -267,6 +269,45 @@ def test_bad_argument_ends_with_a_one_line_error(argv, status, words, tmp_path, 
     assert last.startswith("cofisearch") and "error:" in last and words in last
     assert "Traceback" not in err
     assert out == ""
+
+
+# ---- checks before work ----------------------------------------------------------------------
+
+# Commands whose --out lies under a regular file: each must fail before it works.
+UNWRITABLE_OUT = [
+    ["demo", "--scale", "tiny", "--quiet", "--no-fashion-mnist"],
+    ["bench", "--scale", "tiny", "--quiet"],
+]
+
+
+@pytest.mark.parametrize("argv", UNWRITABLE_OUT, ids=lambda a: a[0])
+def test_unwritable_out_fails_at_once(argv, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    t0 = time.perf_counter()
+    status, out = run_cli(argv + ["--out", str(blocker / "report")])
+    elapsed = time.perf_counter() - t0
+    err = capsys.readouterr().err
+    assert status == 1
+    assert err.count("\n") == 1 and "--out must be a writable directory" in err
+    assert out == ""  # nothing announced, trained or measured
+    assert elapsed < 1.0
+
+
+def test_eval_with_unwritable_out_fails_before_evaluating(fico_dir, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    status, out = run_cli(["eval", str(fico_dir), "--out", str(blocker / "report")])
+    err = capsys.readouterr().err
+    assert status == 1
+    assert err.count("\n") == 1 and "--out must be a writable directory" in err
+    assert out == ""
+
+
+def test_eval_without_model_outputs_leaves_no_output_directory(tmp_path):
+    status, _ = run_cli(["eval", str(tmp_path), "--out", str(tmp_path / "report")])
+    assert status == 1
+    assert not (tmp_path / "report").exists()
 
 
 def test_bad_argument_from_the_entry_point_shows_no_traceback(tmp_path):

@@ -8,7 +8,9 @@ Commands:
 
 Tables go to stdout, files to ``--out`` (default ``./cofisearch-report/``). A bad argument
 ends with a one-line error and exit status 2; a failure while running, with a one-line
-error and exit status 1 — never a traceback.
+error and exit status 1 — never a traceback. Every command checks what it can before it
+works (the output directory is writable, inputs are readable, sizes fit in memory), so
+that a long run does not fail at its end.
 """
 
 from __future__ import annotations
@@ -20,15 +22,11 @@ import sys
 
 import cofisearch
 
-DEFAULT_OUT = "cofisearch-report"
+from . import study
+from ._bench.plans import SCALES as BENCH_SCALES
+from ._checks import check_output_dir, check_positive_int
 
-# Presets for `demo --scale`: images (train + test), test images, epochs, hidden width.
-SCALES = {
-    "tiny": dict(n_images=1_200, n_test=400, epochs=2, hidden=128, embed_dim=64),
-    "small": dict(n_images=6_000, n_test=2_000, epochs=4, hidden=256, embed_dim=128),
-    "medium": dict(n_images=24_000, n_test=5_000, epochs=6, hidden=512, embed_dim=256),
-    "large": dict(n_images=60_000, n_test=10_000, epochs=8, hidden=1024, embed_dim=256),
-}
+DEFAULT_OUT = "cofisearch-report"
 
 
 class UsageError(Exception):
@@ -37,12 +35,9 @@ class UsageError(Exception):
 
 def _positive_int(text):
     try:
-        value = int(text)
+        return check_positive_int(int(text), "value")
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 def _int_list(text):
@@ -60,7 +55,7 @@ def _parser():
 
     demo = sub.add_parser("demo", help="synthetic ITR study: FG vs CG vs cascade (the main job)")
     demo.add_argument("--out", default=DEFAULT_OUT, help="output directory (default: %(default)s)")
-    demo.add_argument("--scale", choices=sorted(SCALES), default="small",
+    demo.add_argument("--scale", choices=sorted(study.DEMO_SCALES), default="small",
                       help="dataset and model size (default: %(default)s, a few minutes on 2 cores)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--threads", type=_positive_int, default=1,
@@ -73,7 +68,12 @@ def _parser():
     bench.add_argument("--out", default=DEFAULT_OUT, help="output directory (default: %(default)s)")
     bench.add_argument("--max-size", type=_positive_int, default=10_000_000,
                        help="largest database, in codes (default: %(default)s)")
-    bench.add_argument("--quick", action="store_true", help="small sizes, a minute or so")
+    size = bench.add_mutually_exclusive_group()
+    size.add_argument("--scale", choices=BENCH_SCALES, default="default",
+                      help="sizes: tiny (seconds, a smoke test), quick (a minute or so), "
+                      "default, full (more samples, nothing skipped) (default: %(default)s)")
+    size.add_argument("--quick", action="store_const", const="quick", dest="scale",
+                      help="the same as --scale quick")
     bench.add_argument("--quiet", action="store_true", help="no progress bars")
 
     ev = sub.add_parser("eval", help="evaluate a FiCo-ITR layout directory")
@@ -113,13 +113,12 @@ def cmd_info(args, out):
 
 
 def cmd_demo(args, out):
-    from . import study
-
+    check_output_dir(args.out, "--out")
     try:
         import torch  # noqa: F401  (checked up front: the demo trains models)
     except ImportError:
         raise RuntimeError('the demo trains torch models: pip install "cofisearch[torch]"') from None
-    preset = SCALES[args.scale]
+    preset = study.DEMO_SCALES[args.scale]
     print(f"cofisearch demo, scale {args.scale}: {preset}", file=out)
     result = study.run_study(seed=args.seed, num_threads=args.threads,
                              show_progress_bar=not args.quiet, **preset)
@@ -138,10 +137,13 @@ def cmd_demo(args, out):
 
 
 def cmd_bench(args, out):
-    from . import benchmark
+    from ._bench import runner
 
-    report = benchmark.run(max_size=args.max_size, quick=args.quick, show_progress_bar=not args.quiet)
-    written = report.save(args.out)
+    runner.check_run(args.scale, args.max_size)  # sizes and memory, before the output
+    check_output_dir(args.out, "--out")
+    report = runner.run(scale=args.scale, max_size=args.max_size,
+                        show_progress_bar=not args.quiet)
+    written = runner.save(report, args.out)
     print(report.to_markdown(), file=out)
     print("wrote " + ", ".join(written), file=out)
     return 0
@@ -152,7 +154,8 @@ def cmd_eval(args, out):
 
     if not os.path.isdir(args.directory):
         raise UsageError(f"directory {args.directory!r} does not exist")
-    found = datasets.load_fico(args.directory)
+    found = datasets.load_fico(args.directory)  # maps the files: cheap, and checks them
+    check_output_dir(args.out, "--out")
     lines = [f"## FiCo-ITR evaluation of {os.path.abspath(args.directory)}", ""]
     header = ["model", "dataset", "direction"] + [f"R@{k}" for k in args.ks] + ["MedianR", "MeanR", "mAP@N"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -163,7 +166,6 @@ def cmd_eval(args, out):
             cells += [_cell(values.get(key)) for key in ("MedianR", "MeanR", "mAP@N")]
             lines.append("| " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
-    os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "eval.md")
     with open(path, "w") as f:
         f.write(text)

@@ -27,12 +27,22 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import datasets, metrics
-from ._checks import check_positive_int
+from ._bench.measure import measure
+from ._checks import check_int, check_positive_int
 from ._files import json_default
 from ._index import BinaryIndex, FloatIndex
 from .cascade import Cascade
 
-__all__ = ["StudyResult", "run_fashion_mnist", "run_study"]
+__all__ = ["DEMO_SCALES", "StudyResult", "run_fashion_mnist", "run_study"]
+
+# Presets of ``cofisearch demo --scale``: images (train + test), test images, epochs,
+# hidden and embedding widths (keyword arguments of run_study).
+DEMO_SCALES = {
+    "tiny": dict(n_images=1_200, n_test=400, epochs=2, hidden=128, embed_dim=64),
+    "small": dict(n_images=6_000, n_test=2_000, epochs=4, hidden=256, embed_dim=128),
+    "medium": dict(n_images=24_000, n_test=5_000, epochs=6, hidden=512, embed_dim=256),
+    "large": dict(n_images=60_000, n_test=10_000, epochs=8, hidden=1024, embed_dim=256),
+}
 
 RECALL_KS = (1, 5, 10, 50, 100, 200)
 MAP_AT = (10, 100, None)
@@ -113,15 +123,6 @@ def _table(rows, columns):
     return lines
 
 
-def _median_time(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times)), out
-
-
 def _progress(total, desc, enabled):
     if not enabled:
         return None
@@ -153,11 +154,12 @@ def run_study(
 
     ``n_images`` counts train and test images; ``n_test`` of them (with their captions)
     form the evaluation pool. Latencies are medians of ``repeats`` runs over all test
-    queries with ``num_threads`` search threads, divided by the number of queries.
+    queries with ``num_threads`` search threads, divided by the number of queries
+    (the benchmark timer: a warm-up call, then interleaved samples).
     """
     from .encoders import DualEncoder, HashEncoder
 
-    n_images = check_positive_int(n_images, "n_images", minimum=2)
+    n_images = check_int(n_images, "n_images", minimum=2)
     n_test = check_positive_int(n_test, "n_test")
     if n_test >= n_images:
         raise ValueError(f"n_test must be smaller than n_images ({n_images}), got {n_test}")
@@ -214,7 +216,8 @@ def run_study(
         index = FloatIndex(embed_dim, metric="cosine")
         index.add(side["db_emb"])
         fine[direction] = index
-        seconds, _ = _median_time(lambda: index.search(side["q_emb"], 10, num_threads=num_threads), repeats)
+        seconds = measure(lambda: index.search(side["q_emb"], 10, num_threads=num_threads),
+                          repeat=repeats).median
         result.latency.append({
             "method": "FG float (exhaustive)", "direction": direction,
             "ms/query": 1e3 * seconds / len(side["q_emb"]), "bytes/item": embed_dim * 4,
@@ -225,7 +228,8 @@ def run_study(
             coarse = BinaryIndex(bits)
             coarse.add(pair[side["db_codes"]])
             queries = pair[side["q_codes"]]
-            seconds, _ = _median_time(lambda: coarse.search(queries, 10, num_threads=num_threads), repeats)
+            seconds = measure(lambda: coarse.search(queries, 10, num_threads=num_threads),
+                              repeat=repeats).median
             result.latency.append({
                 "method": f"{name} (exhaustive)", "direction": direction,
                 "ms/query": 1e3 * seconds / len(queries), "bytes/item": bits // 8,
