@@ -89,3 +89,21 @@ def test_merge_puts_padding_last_and_pads_to_k():
     got_d, got_i = _reference.merge_topk([(d, i), other], 4, largest=True)
     np.testing.assert_array_equal(got_i, [[2, 4, -1, -1]])
     np.testing.assert_array_equal(got_d, [[5.0, 5.0, -np.inf, -np.inf]])
+
+
+@pytest.mark.parametrize(
+    "dtype, low, high",
+    [
+        (np.int32, -5, 3),  # negative keys: the shift happens before any unsigned cast
+        (np.int64, -(2**40), 2**40),  # folded key needs 64 bits
+        (np.int64, -(2**62), 2**62),  # too wide to fold: the tie-settling path
+        (np.uint8, 0, 3),
+    ],
+)
+def test_smallest_k_equals_a_stable_sort_for_any_integer_range(dtype, low, high):
+    rng = np.random.default_rng(3)
+    key = rng.integers(low, high, (20, 300), dtype=np.int64).astype(dtype)
+    key[:, ::7] = key[:, :1]  # ties at every depth
+    for k in (1, 13, 299):
+        want = np.argsort(key, axis=1, kind="stable")[:, :k]
+        np.testing.assert_array_equal(_reference.smallest_k(key, k), want)
