@@ -110,7 +110,7 @@ from ._index import (
     BinaryIndex,
     FloatIndex,
     SearchResult,
-    _check_candidates,
+    check_candidates,
     load_index,
 )
 from .cascade import _check_stages, _last_stage, _rows
@@ -820,7 +820,7 @@ class ShardedIndex(_Sharded):
         if candidates is not None:
             if self.kind == "binary":
                 raise TypeError("candidates applies to a float index only; this one is binary")
-            candidates = _check_candidates(candidates, q.shape[0], self.ntotal)
+            candidates = check_candidates(candidates, q.shape[0], self.ntotal)
         shards = self._live_shards()
         q_arg = self._put(q, len(shards))
         c_arg = None if candidates is None else self._put(candidates, len(shards))
