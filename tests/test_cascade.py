@@ -1,3 +1,6 @@
+import copy
+import pickle
+
 import numpy as np
 import pytest
 
@@ -38,6 +41,66 @@ def test_result_unpacks_like_search_result_and_carries_timings():
     assert result.candidates.shape == (25, 50)
 
 
+def _result():
+    coarse, fine, qc, qv = _data(n=300, nq=4)
+    return Cascade(coarse, fine, n_candidates=20).search(qc, qv, 5)
+
+
+def test_result_is_a_two_item_search_result():
+    result = _result()
+    assert len(result) == 2
+    assert result[0] is result.distances and result[1] is result.ids
+    assert result[-1] is result.ids
+    assert [a is b for a, b in zip(result, (result.distances, result.ids))] == [True, True]
+    assert result._fields == ("distances", "ids")
+
+
+def test_result_repr_shows_every_field():
+    text = repr(_result())
+    assert text.startswith("CascadeResult(distances=")
+    for field in ("ids=", "timings={'coarse'", "candidates=array("):
+        assert field in text
+
+
+def test_result_survives_pickling_and_copying_with_every_field():
+    result = _result()
+    for again in (pickle.loads(pickle.dumps(result)), copy.copy(result), copy.deepcopy(result)):
+        assert type(again) is CascadeResult
+        assert again == result and not again != result
+        assert again.timings == result.timings
+        np.testing.assert_array_equal(again.candidates, result.candidates)
+
+
+def test_result_replace_keeps_the_other_fields():
+    result = _result()
+    ids = result.ids.copy()
+    ids[0, 0] = 299
+    changed = result._replace(ids=ids)
+    assert type(changed) is CascadeResult
+    assert changed.ids is ids and changed.distances is result.distances
+    assert changed.timings is result.timings and changed.candidates is result.candidates
+    assert changed != result
+    assert result._replace(timings={}).timings == {}
+    with pytest.raises(ValueError, match="no fields \\['scores'\\]"):
+        result._replace(scores=None)
+
+
+def test_result_asdict_and_make_use_all_four_fields():
+    result = _result()
+    fields = result._asdict()
+    assert list(fields) == ["distances", "ids", "timings", "candidates"]
+    assert CascadeResult._make(fields.values()) == result
+    assert CascadeResult(**fields) == result
+
+
+def test_result_fields_are_read_only():
+    result = _result()
+    with pytest.raises(AttributeError):
+        result.timings = {}
+    with pytest.raises(AttributeError):
+        result.candidates = None
+
+
 def test_stage_two_reranks_exactly_the_stage_one_candidates():
     coarse, fine, qc, qv = _data()
     result = Cascade(coarse, fine, n_candidates=40).search(qc, qv, 10)
@@ -70,6 +133,17 @@ def test_reranker_reorders_the_top_n_rerank():
     assert calls == [(25, 20)]
     np.testing.assert_array_equal(result.ids, -np.sort(-stage2.ids, axis=1)[:, :5])
     assert result.timings["rerank"] > 0
+
+
+def test_reranker_ties_go_to_the_smaller_id_and_padding_last():
+    coarse, fine, qc, qv = _data(n=30, nq=3)
+    cascade = Cascade(coarse, fine, n_candidates=50, reranker=lambda q, ids: np.zeros(ids.shape))
+    result = cascade.search(qc, qv, 40)
+    expected_ids = np.concatenate([np.arange(30), np.full(10, -1)])
+    np.testing.assert_array_equal(result.ids, np.tile(expected_ids, (3, 1)))
+    assert (result.distances[:, :30] == 0).all()
+    assert (result.distances[:, 30:] == cofisearch.SCORE_SENTINEL).all()
+    assert result.distances.dtype == np.float32
 
 
 def test_feature_reranker_gathers_candidate_features():

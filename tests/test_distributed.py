@@ -15,8 +15,7 @@ import cofisearch
 
 ray = pytest.importorskip("ray")
 
-from cofisearch import distributed  # noqa: E402  (needs Ray, checked just above)
-from cofisearch.distributed import (  # noqa: E402
+from cofisearch.distributed import (  # noqa: E402  (needs Ray, checked just above)
     ShardedCascade,
     ShardedIndex,
     ShardLostError,
@@ -145,19 +144,33 @@ def test_without_ray_the_module_names_the_extra_to_install():
     assert 'pip install "cofisearch[ray]"' in done.stdout
 
 
-def test_starts_a_local_ray_without_dashboard_when_none_is_running(monkeypatch):
+class _InitCalled(Exception):
+    """Stops a constructor right after it asked Ray to start, before any actor exists."""
+
+
+def _ray_init_calls(monkeypatch):
     calls = []
+
+    def fake_init(**kwargs):
+        calls.append(kwargs)
+        raise _InitCalled
+
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
-    monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(kwargs))
-    distributed._ensure_ray(None)
+    monkeypatch.setattr(ray, "init", fake_init)
+    return calls
+
+
+def test_starts_a_local_ray_without_dashboard_when_none_is_running(monkeypatch):
+    calls = _ray_init_calls(monkeypatch)
+    with pytest.raises(_InitCalled):
+        ShardedIndex(cofisearch.BinaryIndex(8), 2)
     assert calls == [{"include_dashboard": False}]
 
 
 def test_joins_the_cluster_at_the_given_address(monkeypatch):
-    calls = []
-    monkeypatch.setattr(ray, "is_initialized", lambda: False)
-    monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(kwargs))
-    distributed._ensure_ray("auto")
+    calls = _ray_init_calls(monkeypatch)
+    with pytest.raises(_InitCalled):
+        ShardedIndex(cofisearch.BinaryIndex(8), 2, address="auto")
     assert calls == [{"address": "auto"}]
 
 
@@ -643,6 +656,25 @@ def test_reranker_runs_on_global_ids_like_the_single_cascade(cascade_pair):
         sharded.screen, sharded.reranker, sharded.n_rerank = "per_shard", None, 40
     single = cofisearch.Cascade(coarse, fine, 40, reranker=prefer_large_ids, n_rerank=15)
     _assert_same(got, single.search(qc, qv, 5))
+
+
+def test_per_shard_reranker_at_full_depth_equals_the_single_cascade(cascade_pair):
+    sharded, coarse, fine, qc, qv = cascade_pair
+
+    def prefer_large_ids(queries, ids):
+        return ids.astype(np.float64)
+
+    sharded.n_candidates = max(sharded.shard_sizes)
+    sharded.reranker, sharded.n_rerank = prefer_large_ids, 15
+    try:
+        got = sharded.search(qc, qv, 5)
+    finally:
+        sharded.reranker, sharded.n_candidates, sharded.n_rerank = None, 40, 40
+    single = cofisearch.Cascade(
+        coarse, fine, coarse.ntotal, reranker=prefer_large_ids, n_rerank=15
+    ).search(qc, qv, 5)
+    _assert_same(got, single)
+    assert isinstance(got, cofisearch.CascadeResult) and got.timings["rerank"] > 0
 
 
 def test_cascade_add_needs_as_many_codes_as_vectors(cascade_pair):

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 
 import numpy as np
 
-__all__ = ["atomic_write", "json_default"]
+__all__ = ["atomic_write", "atomic_write_json", "json_default"]
 
 
 def atomic_write(path, write, *, mode="wb", prefix=".cofisearch-"):
@@ -36,3 +37,14 @@ def json_default(value):
     if isinstance(value, np.ndarray):
         return value.tolist()
     raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def atomic_write_json(path, payload, *, indent=2, sort_keys=False, prefix=".cofisearch-"):
+    """Writes ``payload`` as indented JSON ending in a newline, through
+    :func:`atomic_write`; NumPy values are converted by :func:`json_default`."""
+
+    def write(f):
+        json.dump(payload, f, indent=indent, sort_keys=sort_keys, default=json_default)
+        f.write("\n")
+
+    atomic_write(path, write, mode="w", prefix=prefix)

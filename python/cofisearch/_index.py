@@ -265,7 +265,7 @@ class FloatIndex:
                 self._store.buffer, self.ntotal, q, k, threads, self._row_norm()
             )
             return SearchResult(s, i)
-        cand = _check_candidates(candidates, q.shape[0], self.ntotal)
+        cand = check_candidates(candidates, q.shape[0], self.ntotal)
         s, i = _core.dot_rerank(self._store.buffer, self.ntotal, q, cand, k, threads)
         return SearchResult(s, i)
 
@@ -280,7 +280,11 @@ class FloatIndex:
         return f"FloatIndex(dim={self._dim}, metric={self._metric!r}, ntotal={self.ntotal})"
 
 
-def _check_candidates(candidates, nq, ntotal):
+def check_candidates(candidates, nq, ntotal):
+    """Candidate ids for ``nq`` queries over ``ntotal`` rows, as a contiguous int64
+    ``(nq, c)`` array: any integer dtype (widened, never narrowed), ids in
+    ``[0, ntotal)`` or ``-1`` as padding, and a 1-D row for a single query. Shared with
+    the sharded index, whose candidates are global ids checked the same way."""
     c = as_numpy(candidates, "candidates")
     if c.dtype != np.int64:
         if not np.issubdtype(c.dtype, np.integer):

@@ -5,28 +5,111 @@ Stage 1 screens the whole database with cheap Hamming distances on binary codes 
 embeddings (O(nq * n_candidates * dim), whatever the database size); an optional stage 3
 hands the best ``n_rerank`` of them to a heavier reranker, such as a cross-attention model,
 whose cost is then bounded by ``n_rerank`` instead of the database size.
+
+The stages are written once here and shared with the sharded cascade
+(:mod:`cofisearch.distributed`), which runs stages 1 and 2 on its shards. The names below
+without a leading underscore and outside ``__all__`` are that package-internal API:
+:func:`check_stages`, :func:`count_queries`, :func:`fine_depth`, :class:`FirstStages`,
+:func:`run_first_stages` and :func:`run_last_stage`.
 """
 
 from __future__ import annotations
 
 import time
+from typing import NamedTuple
 
 import numpy as np
 
 from ._checks import as_numpy, check_k, check_num_threads, check_positive_int
-from ._index import SCORE_SENTINEL, BinaryIndex, FloatIndex, SearchResult
+from ._index import BinaryIndex, FloatIndex, SearchResult
+from ._reference import merge_topk
 
 __all__ = ["Cascade", "CascadeResult", "feature_reranker"]
 
 
 class CascadeResult(SearchResult):
-    """A :class:`SearchResult` (unpacks as ``(distances, ids)``) with two extras:
+    """A cascade's top-k results and what the stages measured on the way.
+
+    It is a :class:`SearchResult`, the two-item tuple ``(distances, ids)``, so it unpacks,
+    indexes and iterates like any search result (``scores, ids = cascade.search(...)``,
+    ``len(result) == 2``). Two more fields ride along outside the tuple, read-only like
+    the others:
 
     timings: seconds spent per stage, keys ``"coarse"``, ``"fine"``, ``"rerank"`` (0 when
         there is no reranker) and ``"total"``.
     candidates: the stage-1 ids, ``(nq, n_candidates)``, ``-1`` where the database was
         smaller, for measuring how often the screen kept the right answer.
+
+    The constructor, ``repr``, ``==`` (arrays compared by value), ``_asdict``,
+    ``_replace``, ``_make`` (four values), pickling and :mod:`copy` all carry the four
+    fields; ``_fields`` stays ``("distances", "ids")``, the tuple's items.
     """
+
+    def __new__(cls, distances, ids, timings, candidates):
+        return _new_result(cls, distances, ids, timings, candidates)
+
+    @property
+    def timings(self):
+        return self._timings
+
+    @property
+    def candidates(self):
+        return self._candidates
+
+    @classmethod
+    def _make(cls, iterable):
+        return cls(*iterable)
+
+    def _asdict(self):
+        return {
+            "distances": self.distances,
+            "ids": self.ids,
+            "timings": self._timings,
+            "candidates": self._candidates,
+        }
+
+    def _replace(self, **changes):
+        fields = self._asdict()
+        unknown = sorted(set(changes) - set(fields))
+        if unknown:
+            raise ValueError(f"CascadeResult has no fields {unknown}; it has {list(fields)}")
+        fields.update(changes)
+        return type(self)(**fields)
+
+    def __reduce__(self):
+        return (type(self), tuple(self._asdict().values()))
+
+    def __repr__(self):
+        shown = ", ".join(f"{name}={value!r}" for name, value in self._asdict().items())
+        return f"{type(self).__name__}({shown})"
+
+    def __eq__(self, other):
+        if not isinstance(other, CascadeResult):
+            return NotImplemented
+        return (
+            np.array_equal(self.distances, other.distances)
+            and np.array_equal(self.ids, other.ids)
+            and np.array_equal(self._candidates, other._candidates)
+            and self._timings == other._timings
+        )
+
+    # tuple defines its own !=, which would compare the arrays element by element.
+    def __ne__(self, other):
+        equal = self.__eq__(other)
+        return equal if equal is NotImplemented else not equal
+
+    __hash__ = None
+
+
+def _new_result(cls, distances, ids, timings, candidates):
+    # A tuple subclass cannot add slots, so the extras live in the instance dict behind
+    # read-only properties, and the tuple itself stays the two result arrays. The cascade
+    # calls this directly rather than the class: calling a class whose __new__ is written
+    # in Python costs a third of a microsecond more, per search.
+    self = tuple.__new__(cls, (distances, ids))
+    self._timings = timings
+    self._candidates = candidates
+    return self
 
 
 class Cascade:
@@ -59,7 +142,7 @@ class Cascade:
             raise TypeError(f"fine must be a FloatIndex, got {type(fine).__name__}")
         self.coarse = coarse
         self.fine = fine
-        self.n_candidates, self.n_rerank = _check_stages(n_candidates, reranker, n_rerank)
+        self.n_candidates, self.n_rerank = check_stages(n_candidates, reranker, n_rerank)
         self.reranker = reranker
 
     def __repr__(self):
@@ -79,43 +162,26 @@ class Cascade:
                 "coarse and fine must index the same items: coarse holds "
                 f"{self.coarse.ntotal}, fine holds {self.fine.ntotal}"
             )
-        n_codes = _rows(query_codes, "query_codes")
-        n_vectors = _rows(query_vectors, "query_vectors")
-        if n_codes != n_vectors:
-            raise ValueError(
-                f"query_codes and query_vectors must hold the same queries: got {n_codes} "
-                f"and {n_vectors} rows"
-            )
-        t0 = time.perf_counter()
-        _, candidates = self.coarse.search(query_codes, self.n_candidates, num_threads=threads)
-        t1 = time.perf_counter()
-        depth = max(k, self.n_rerank) if self.reranker is not None else k
-        scores, ids = self.fine.search(
-            query_vectors, depth, candidates=candidates, num_threads=threads
+        count_queries(query_codes, query_vectors)
+        started = time.perf_counter()
+        first = run_first_stages(
+            self.coarse, self.fine, query_codes, query_vectors,
+            n_candidates=self.n_candidates,
+            depth=fine_depth(k, reranker=self.reranker, n_rerank=self.n_rerank),
+            num_threads=threads,
         )
-        t2 = time.perf_counter()
-        return _last_stage(self.reranker, self.n_rerank, query_vectors, rerank_queries,
-                           scores, ids, k, candidates, t1 - t0, t2 - t1, t0)
+        return run_last_stage(
+            first, k=k, reranker=self.reranker, n_rerank=self.n_rerank,
+            query_vectors=query_vectors, rerank_queries=rerank_queries, started=started,
+        )
 
 
-def _last_stage(reranker, n_rerank, query_vectors, rerank_queries, scores, ids, k,
-                candidates, coarse_seconds, fine_seconds, started):
-    """Applies the optional reranker and assembles the :class:`CascadeResult` (shared by
-    the sharded cascade)."""
-    t2 = time.perf_counter()
-    if reranker is not None:
-        queries = query_vectors if rerank_queries is None else rerank_queries
-        scores, ids = _apply_reranker(reranker, queries, ids[:, :n_rerank], k)
-    t3 = time.perf_counter()
-    result = CascadeResult(scores[:, :k], ids[:, :k])
-    result.timings = {"coarse": coarse_seconds, "fine": fine_seconds, "rerank": t3 - t2,
-                      "total": t3 - started}
-    result.candidates = candidates
-    return result
+# ---- the stages, shared with cofisearch.distributed -----------------------------------
 
 
-def _check_stages(n_candidates, reranker, n_rerank):
-    """Validated (n_candidates, n_rerank) for a cascade; shared by the sharded cascade."""
+def check_stages(n_candidates, reranker, n_rerank):
+    """Validated ``(n_candidates, n_rerank)`` of a cascade; ``n_rerank`` defaults to
+    ``n_candidates`` and is only accepted with a ``reranker``."""
     if reranker is not None and not callable(reranker):
         raise TypeError(f"reranker must be callable, got {type(reranker).__name__}")
     n_candidates = check_positive_int(n_candidates, "n_candidates")
@@ -127,6 +193,19 @@ def _check_stages(n_candidates, reranker, n_rerank):
     return n_candidates, n_rerank
 
 
+def count_queries(query_codes, query_vectors):
+    """The number of queries, checking that the codes and the vectors hold as many (one
+    query may be given as a 1-D row). Their dtypes and widths are the indexes' to check."""
+    n_codes = _rows(query_codes, "query_codes")
+    n_vectors = _rows(query_vectors, "query_vectors")
+    if n_codes != n_vectors:
+        raise ValueError(
+            f"query_codes and query_vectors must hold the same queries: got {n_codes} "
+            f"and {n_vectors} rows"
+        )
+    return n_codes
+
+
 def _rows(x, name):
     a = as_numpy(x, name)
     if a.ndim == 1:
@@ -136,26 +215,75 @@ def _rows(x, name):
     return a.shape[0]
 
 
-def _apply_reranker(reranker, queries, candidate_ids, k):
+def fine_depth(k, *, reranker, n_rerank):
+    """How many results stage 2 keeps per query: ``k``, or enough to feed the reranker
+    its ``n_rerank``."""
+    return max(k, n_rerank) if reranker is not None else k
+
+
+class FirstStages(NamedTuple):
+    """What stages 1 and 2 produced for a batch of queries, before any reranker."""
+
+    #: ``(nq, n_candidates)`` int32 Hamming distances of the candidates, ascending.
+    screened: np.ndarray
+    #: ``(nq, n_candidates)`` int64 ids kept by the screen, ``-1`` as padding.
+    candidates: np.ndarray
+    #: ``(nq, depth)`` float32 scores of the candidates, descending.
+    scores: np.ndarray
+    #: ``(nq, depth)`` int64 ids of those scores, ``-1`` as padding.
+    ids: np.ndarray
+    coarse_seconds: float
+    fine_seconds: float
+
+
+def run_first_stages(coarse, fine, query_codes, query_vectors, *, n_candidates, depth,
+                     num_threads):
+    """Stage 1 then stage 2, each timed.
+
+    ``coarse`` and ``fine`` are a :class:`BinaryIndex` and a :class:`FloatIndex` of the
+    same items, or stand-ins with the same ``search`` signature and answers (best first,
+    ties by the smaller id, ``-1`` as padding), such as the sharded cascade's screen
+    merged over every shard.
+    """
+    t0 = time.perf_counter()
+    screened, candidates = coarse.search(query_codes, n_candidates, num_threads=num_threads)
+    t1 = time.perf_counter()
+    scores, ids = fine.search(query_vectors, depth, candidates=candidates, num_threads=num_threads)
+    t2 = time.perf_counter()
+    # tuple.__new__ directly: the NamedTuple's own __new__ is a Python call per search.
+    return tuple.__new__(FirstStages, (screened, candidates, scores, ids, t1 - t0, t2 - t1))
+
+
+def run_last_stage(first, *, k, reranker, n_rerank, query_vectors, rerank_queries, started):
+    """Stage 3 when there is a ``reranker`` (scoring the best ``n_rerank`` of stage 2 with
+    ``rerank_queries``, by default ``query_vectors``), then the :class:`CascadeResult`:
+    the top ``k`` of the last stage that ran, the timings of every stage (``"total"``
+    counted from ``started``, a ``time.perf_counter()`` reading) and the candidates."""
+    _, candidates, scores, ids, coarse_seconds, fine_seconds = first
+    t2 = time.perf_counter()
+    if reranker is not None:
+        queries = query_vectors if rerank_queries is None else rerank_queries
+        scores, ids = _rerank(reranker, queries, ids[:, :n_rerank], k)
+    t3 = time.perf_counter()
+    timings = {
+        "coarse": coarse_seconds,
+        "fine": fine_seconds,
+        "rerank": t3 - t2,
+        "total": t3 - started,
+    }
+    return _new_result(CascadeResult, scores[:, :k], ids[:, :k], timings, candidates)
+
+
+def _rerank(reranker, queries, candidate_ids, k):
     raw = reranker(queries, candidate_ids)
     scores = np.asarray(as_numpy(raw, "reranker output"), dtype=np.float64)
     if scores.shape != candidate_ids.shape:
         raise ValueError(
             f"reranker must return scores of shape {candidate_ids.shape}, got {scores.shape}"
         )
-    valid = candidate_ids >= 0
-    # Padding sorts last; ties keep the smaller id first, as in every other stage.
-    keyed = np.where(valid, scores, -np.inf)
-    ids_key = np.where(valid, candidate_ids, np.iinfo(np.int64).max)
-    order = np.lexsort((ids_key, -keyed), axis=1)[:, :k]
-    out_ids = np.take_along_axis(candidate_ids, order, axis=1)
-    out_scores = np.take_along_axis(keyed, order, axis=1).astype(np.float32)
-    pad = k - out_ids.shape[1]
-    if pad > 0:
-        out_ids = np.pad(out_ids, ((0, 0), (0, pad)), constant_values=-1)
-        out_scores = np.pad(out_scores, ((0, 0), (0, pad)), constant_values=SCORE_SENTINEL)
-    out_scores[out_ids < 0] = SCORE_SENTINEL
-    return out_scores, out_ids
+    # Ordered as every other stage orders: ties by the smaller id, padding last.
+    out_scores, out_ids = merge_topk([(scores, candidate_ids)], k, largest=True)
+    return out_scores.astype(np.float32), out_ids
 
 
 def feature_reranker(scorer, candidate_features):

@@ -1,0 +1,142 @@
+"""The on-disk layout of a saved sharded index: ``manifest.json`` and the shard files.
+
+Format ``cofisearch-sharded`` version 1: a JSON object with ``format``, ``version``,
+``kind`` (``"binary"``, ``"float"`` or ``"cascade"``), ``n_shards``, ``ntotal``, a
+human-readable ``routing`` note, the layout (``nbits`` and/or ``dim`` and ``metric``,
+plus ``n_candidates`` and ``screen`` for a cascade) and one ``shards`` entry per shard:
+its ``count``, its id range ``{"start", "step", "stop"}`` and its ``files``, one file name
+per suffix of the kind (:data:`SUFFIXES`), each a file in the engine's format (see
+:func:`cofisearch.load_index`) inside the manifest's directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from .._files import atomic_write_json
+from .._index import BinaryIndex, FloatIndex
+
+MANIFEST = "manifest.json"
+FORMAT = "cofisearch-sharded"
+FORMAT_VERSION = 1
+# Which files a shard writes, per kind, in the order of the shard's indexes.
+SUFFIXES = {"binary": ("codes",), "float": ("vectors",), "cascade": ("codes", "vectors")}
+
+
+def shard_counts(ntotal, n_shards):
+    """Rows per shard under round-robin routing (shard ``s`` holds ids ``s, s + n_shards,
+    ...``)."""
+    return [len(range(s, ntotal, n_shards)) for s in range(n_shards)]
+
+
+def shard_file_names(kind, n_shards, token):
+    """Per shard, ``{suffix: file name}`` for one save; ``token`` keeps the names of two
+    saves apart, so that a new save never overwrites the files the old manifest names."""
+    return [
+        {suffix: f"shard-{s:05d}-{token}.{suffix}.cfs" for suffix in SUFFIXES[kind]}
+        for s in range(n_shards)
+    ]
+
+
+def write_manifest(directory, *, kind, counts, file_names, extra):
+    """Writes ``directory/manifest.json`` atomically, for shards holding ``counts`` rows in
+    ``file_names`` (from :func:`shard_file_names`); ``extra`` adds the layout fields."""
+    n_shards, ntotal = len(counts), sum(counts)
+    manifest = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "kind": kind,
+        "n_shards": n_shards,
+        "ntotal": ntotal,
+        "routing": "round-robin: global id = shard + n_shards * local id",
+        "shards": [
+            {
+                "count": counts[s],
+                "ids": {"start": s, "step": n_shards, "stop": ntotal},
+                "files": file_names[s],
+            }
+            for s in range(n_shards)
+        ],
+        **extra,
+    }
+    atomic_write_json(
+        os.path.join(directory, MANIFEST), manifest, sort_keys=True, prefix=".manifest-"
+    )
+
+
+def read_manifest(directory):
+    """The manifest in ``directory``, checked; ``ValueError`` naming the file and the
+    problem when it is missing, unreadable or inconsistent."""
+    path = os.path.join(directory, MANIFEST)
+    try:
+        with open(path, encoding="utf-8") as f:
+            manifest = json.load(f)
+    except OSError as exc:
+        raise ValueError(
+            f"cannot read sharded index manifest {path!r}: {exc.strerror or exc}"
+        ) from exc
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path!r} is not a valid sharded index manifest: {exc}") from exc
+
+    def bad(problem):
+        return ValueError(f"{path!r} is not a valid sharded index manifest: {problem}")
+
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise bad(f"expected format {FORMAT!r}")
+    if manifest.get("version") != FORMAT_VERSION:
+        raise bad(
+            f"format version {manifest.get('version')!r} is not supported (this build reads "
+            f"{FORMAT_VERSION})"
+        )
+    kind = manifest.get("kind")
+    if kind not in SUFFIXES:
+        raise bad(f"kind must be one of {sorted(SUFFIXES)}, got {kind!r}")
+    n_shards, ntotal = manifest.get("n_shards"), manifest.get("ntotal")
+    if not isinstance(n_shards, int) or n_shards < 1 or not isinstance(ntotal, int) or ntotal < 0:
+        raise bad(f"corrupt shard count {n_shards!r} or row count {ntotal!r}")
+    shards = manifest.get("shards")
+    if not isinstance(shards, list) or len(shards) != n_shards:
+        raise bad(f"expected {n_shards} shard entries")
+    for s, (entry, count) in enumerate(zip(shards, shard_counts(ntotal, n_shards))):
+        if not isinstance(entry, dict):
+            raise bad(f"shard {s} entry must be an object, got {entry!r}")
+        files = entry.get("files")
+        if entry.get("count") != count or not isinstance(files, dict):
+            raise bad(f"shard {s} entry is corrupt (round-robin routing gives it {count} rows)")
+        if sorted(files) != sorted(SUFFIXES[kind]) or not all(
+            isinstance(n, str) and n and os.path.basename(n) == n for n in files.values()
+        ):
+            raise bad(f"shard {s} must name files {list(SUFFIXES[kind])} inside the directory")
+    return manifest
+
+
+def shard_paths(directory, kind, file_names):
+    """Per shard, the paths of its files (``file_names`` as in a manifest's ``files``),
+    in the order of the shard's indexes."""
+    suffixes = SUFFIXES[kind]
+    return [tuple(os.path.join(directory, names[x]) for x in suffixes) for names in file_names]
+
+
+def layout_fields(templates):
+    """The manifest fields describing the layout of empty index ``templates``."""
+    out = {}
+    for t in templates:
+        if isinstance(t, BinaryIndex):
+            out["nbits"] = t.nbits
+        else:
+            out["dim"] = t.dim
+            out["metric"] = t.metric
+    return out
+
+
+def template_from_manifest(manifest, kind=None):
+    """An empty index of the layout the manifest records for ``kind`` (default: the
+    manifest's own kind; ``"binary"`` or ``"float"`` for the halves of a cascade)."""
+    kind = kind or manifest["kind"]
+    try:
+        if kind == "binary":
+            return BinaryIndex(manifest["nbits"])
+        return FloatIndex(manifest["dim"], metric=manifest["metric"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"sharded index manifest has a corrupt layout: {exc!r}") from None

@@ -1,0 +1,413 @@
+"""What every sharded class shares: the shard actors, calling them, faults, persistence.
+
+:class:`Sharded` starts ``n_shards`` :class:`~._shard.Shard` actors, deals rows to them
+round-robin, calls them all at once and checks each answer's row count; a shard that died
+or came back empty is restored from its last save and asked again, once, or the index
+raises :class:`ShardLostError` and refuses every later call. ``save`` and the loading of
+a save follow :mod:`._manifest`.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+
+import numpy as np
+import ray
+import ray.exceptions
+
+from .._checks import check_float, check_num_threads, check_positive_int
+from .._index import BinaryIndex
+from ._manifest import read_manifest, shard_file_names, shard_paths, write_manifest
+from ._shard import ShardActor, empty_like
+
+# Below this size a query batch travels inline with each call; above it, one copy in the
+# object store is cheaper than one serialised copy per shard.
+_PUT_BYTES = 64 << 10
+_DEFAULT_ACTOR_OPTIONS = {"scheduling_strategy": "SPREAD"}
+
+
+class ShardLostError(RuntimeError):
+    """A shard's actor died and could not be restored, so no exact answer is possible.
+
+    ``shards`` holds the lost shard numbers and ``reasons`` maps each to what happened.
+    The index stays unusable: load its last save with :func:`load_sharded`, or rebuild it.
+    """
+
+    def __init__(self, shards, n_shards, reasons):
+        self.shards = tuple(sorted(shards))
+        self.n_shards = n_shards
+        self.reasons = dict(reasons)
+        if len(self.shards) == 1:
+            (s,) = self.shards
+            what = f"shard {s} of {n_shards} is lost: {self.reasons[s]}"
+        else:
+            names = ", ".join(str(s) for s in self.shards)
+            detail = "; ".join(f"shard {s}: {self.reasons[s]}" for s in self.shards)
+            what = f"shards {names} of {n_shards} are lost: {detail}"
+        super().__init__(
+            f"{what}. Without every shard the results would not be exact, so this index "
+            "refuses further calls; load its last save with "
+            "cofisearch.distributed.load_sharded(directory), or rebuild it"
+        )
+
+    def __reduce__(self):
+        return (type(self), (self.shards, self.n_shards, self.reasons))
+
+
+def ensure_ray(address):
+    """Starts or joins Ray unless it is initialised (``address`` as for the sharded
+    classes: ``None`` starts a local Ray)."""
+    if ray.is_initialized():
+        return
+    if address is None:
+        # The dashboard needs extra packages and a port; a library has no use for it.
+        ray.init(include_dashboard=False)
+    else:
+        ray.init(address=address)
+
+
+def _actor_options(actor_options, n_shards):
+    """One options dict per shard, each over the default placement."""
+    if actor_options is None:
+        return [dict(_DEFAULT_ACTOR_OPTIONS) for _ in range(n_shards)]
+    if isinstance(actor_options, dict):
+        return [{**_DEFAULT_ACTOR_OPTIONS, **actor_options} for _ in range(n_shards)]
+    if isinstance(actor_options, (list, tuple)):
+        if len(actor_options) != n_shards:
+            raise ValueError(
+                f"actor_options must be one dict or a list of {n_shards} dicts (one per "
+                f"shard), got a list of {len(actor_options)}"
+            )
+        out = []
+        for s, options in enumerate(actor_options):
+            if not isinstance(options, dict):
+                raise TypeError(f"actor_options[{s}] must be a dict, got {type(options).__name__}")
+            out.append({**_DEFAULT_ACTOR_OPTIONS, **options})
+        return out
+    raise TypeError(
+        f"actor_options must be a dict or a list of dicts, got {type(actor_options).__name__}"
+    )
+
+
+def check_threads(num_threads):
+    # None travels as None: each shard then uses its own node's default, not the driver's.
+    return None if num_threads is None else check_num_threads(num_threads)
+
+
+class Sharded:
+    """Actors, routing, fault handling and persistence shared by the sharded classes."""
+
+    kind = None
+
+    def _start(self, templates, n_shards, address, actor_options, start_timeout_s):
+        self._n_shards = check_positive_int(n_shards, "n_shards")
+        self._start_timeout_s = check_float(start_timeout_s, "start_timeout_s", above=0)
+        self._templates = tuple(empty_like(t) for t in templates)
+        self._options = _actor_options(actor_options, self._n_shards)
+        self._counts = [0] * self._n_shards
+        # Per shard: (paths, mmap) of a save that matches its rows, or None.
+        self._saved = [None] * self._n_shards
+        self._ever_saved = [False] * self._n_shards
+        self._mmap = False
+        self._lost = {}
+        self._closed = False
+        self._recovery = threading.Lock()
+        ensure_ray(address)
+        self._actors = [self._new_actor(s) for s in range(self._n_shards)]
+        self._wait_started(range(self._n_shards))
+
+    def _new_actor(self, s):
+        return ShardActor.options(**self._options[s]).remote(s, self._n_shards, self._templates)
+
+    def _wait_started(self, shards):
+        refs = [self._actors[s].count.remote() for s in shards]
+        try:
+            ray.get(refs, timeout=self._start_timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            self.close()
+            raise TimeoutError(
+                f"the {self._n_shards} shard actors were not all running after "
+                f"{self._start_timeout_s:g} s: the cluster may lack the resources that "
+                f"actor_options asks for ({self._options[0]}); see ray.cluster_resources()"
+            ) from None
+
+    # -- public bits shared by every sharded class
+
+    @property
+    def n_shards(self):
+        return self._n_shards
+
+    @property
+    def ntotal(self):
+        return sum(self._counts)
+
+    def __len__(self):
+        return self.ntotal
+
+    @property
+    def shard_sizes(self):
+        """Rows per shard (shard ``s`` holds the global ids ``s, s + n_shards, ...``)."""
+        return tuple(self._counts)
+
+    @property
+    def actors(self):
+        """The shards' Ray actor handles, for monitoring; call the index, not them."""
+        return tuple(self._actors)
+
+    def close(self):
+        """Stops the shard actors now (dropping the index does it too, eventually)."""
+        if self._closed:
+            return
+        self._closed = True
+        for actor in self._actors:
+            try:
+                ray.kill(actor)
+            except Exception:  # already gone: nothing left to stop
+                pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    def __reduce__(self):
+        raise TypeError(
+            f"a {type(self).__name__} holds live Ray actors and cannot be pickled; save it "
+            "with .save(directory) and load it where needed"
+        )
+
+    # -- calling the shards
+
+    def _check_usable(self):
+        if self._closed:
+            raise RuntimeError(f"this {type(self).__name__} is closed")
+        if self._lost:
+            raise ShardLostError(self._lost, self._n_shards, self._lost)
+
+    def _call(self, method, shards, args_for, expected=None):
+        """Calls ``method`` on ``shards`` at once and returns ``{shard: payload}``.
+
+        ``expected(s)`` is the row count shard ``s`` must report afterwards (by default, its
+        current count). A shard that died or reports another count is restored from its
+        save and asked again, once; if that is impossible, :class:`ShardLostError`.
+        """
+        self._check_usable()
+        if expected is None:
+            expected = self._counts.__getitem__
+        used = {s: self._actors[s] for s in shards}
+        refs = {s: getattr(actor, method).remote(*args_for(s)) for s, actor in used.items()}
+        payloads, failures = self._collect(refs, expected)
+        if failures:
+            with self._recovery:
+                retry = {}
+                for s, reason in failures.items():
+                    # Another thread may have restored this shard (or given up on it)
+                    # while this one waited for the lock.
+                    if s in self._lost:
+                        continue
+                    if self._actors[s] is used[s]:
+                        problem = self._restore(s, reason)
+                        if problem is not None:
+                            self._lost[s] = problem
+                            continue
+                    retry[s] = getattr(self._actors[s], method).remote(*args_for(s))
+                again, failures = self._collect(retry, expected)
+                payloads.update(again)
+                for s, reason in failures.items():
+                    self._lost[s] = f"{reason}, again right after being restored from its save"
+                if self._lost:
+                    raise ShardLostError(self._lost, self._n_shards, self._lost)
+        return payloads
+
+    def _collect(self, refs, expected):
+        payloads, failures = {}, {}
+        try:
+            # One wait for every shard; one per shard only when a failure must be pinned
+            # on the shard that caused it.
+            answers = dict(zip(refs, ray.get(list(refs.values()))))
+        except ray.exceptions.RayActorError:
+            answers = {}
+        for s, ref in refs.items():
+            try:
+                count, payload = answers[s] if s in answers else ray.get(ref)
+            except ray.exceptions.RayActorError as exc:
+                failures[s] = f"its Ray actor died ({type(exc).__name__})"
+                continue
+            if count != expected(s):
+                failures[s] = (
+                    f"its actor reported {count} rows where {expected(s)} were expected "
+                    "(restarted by Ray without its data?)"
+                )
+                continue
+            payloads[s] = payload
+        return payloads, failures
+
+    def _restore(self, s, reason):
+        """Replaces shard ``s``'s actor by one loaded from its save; returns why not, or None."""
+        saved = self._saved[s]
+        if saved is None:
+            if self._ever_saved[s]:
+                why = "rows were added since its last save"
+            else:
+                why = "it was never saved"
+            return f"{reason}, and it cannot be restored: {why}"
+        paths, mmap = saved
+        try:
+            ray.kill(self._actors[s], no_restart=True)
+        except Exception:  # already dead, which is the usual case here
+            pass
+        self._actors[s] = self._new_actor(s)
+        try:
+            count, problem = ray.get(
+                self._actors[s].load.remote(paths, mmap), timeout=self._start_timeout_s
+            )
+        except ray.exceptions.GetTimeoutError:
+            return (
+                f"{reason}, and no replacement actor was running after "
+                f"{self._start_timeout_s:g} s"
+            )
+        except ray.exceptions.RayActorError as exc:
+            return f"{reason}, and its replacement actor died too ({type(exc).__name__})"
+        if problem is not None:
+            return f"{reason}, and restoring it from its save failed: {problem}"
+        if count != self._counts[s]:
+            return (
+                f"{reason}, and its save at {paths[0]!r} holds {count} rows where "
+                f"{self._counts[s]} are expected (the file was overwritten?)"
+            )
+        return None
+
+    def _put(self, array, n_calls):
+        return ray.put(array) if n_calls > 1 and array.nbytes >= _PUT_BYTES else array
+
+    def _add_parts(self, parts):
+        """Deals the rows of ``parts`` (arrays with equal row counts) round-robin."""
+        n = parts[0].shape[0]
+        if n == 0:
+            return
+        start = self.ntotal
+        slices = {}
+        for s in range(self._n_shards):
+            first = (s - start) % self._n_shards
+            if first < n:
+                slices[s] = tuple(np.ascontiguousarray(p[first :: self._n_shards]) for p in parts)
+        sizes = {s: rows[0].shape[0] for s, rows in slices.items()}
+        self._call(
+            "add", slices, lambda s: slices[s], expected=lambda s: self._counts[s] + sizes[s]
+        )
+        for s, size in sizes.items():
+            self._counts[s] += size
+            self._saved[s] = None
+
+    def _live_shards(self):
+        return [s for s in range(self._n_shards) if self._counts[s] > 0]
+
+    # -- persistence
+
+    def _manifest_extra(self):
+        return {}
+
+    def save(self, directory):
+        """Saves every shard and then, atomically, ``directory/manifest.json``.
+
+        ``directory`` must be the same path on every node (shared file system, or a local
+        directory per node for shards pinned to nodes); it is created where missing.
+        """
+        self._check_usable()
+        directory = os.path.abspath(os.fspath(directory))
+        os.makedirs(directory, exist_ok=True)
+        try:
+            old = read_manifest(directory)
+        except ValueError:
+            old = None
+        names = shard_file_names(self.kind, self._n_shards, uuid.uuid4().hex[:12])
+        paths = shard_paths(directory, self.kind, names)
+        try:
+            self._call("save", range(self._n_shards), lambda s: (paths[s],))
+        except BaseException:
+            # The previous save stays whole; only this attempt's files are litter.
+            for path in (p for shard in paths for p in shard):
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+            raise
+        write_manifest(
+            directory, kind=self.kind, counts=self._counts, file_names=names,
+            extra=self._manifest_extra(),
+        )
+        for s in range(self._n_shards):
+            self._saved[s] = (paths[s], self._mmap)
+            self._ever_saved[s] = True
+        if old is not None:
+            self._remove_old_files(directory, old, {n for d in names for n in d.values()})
+
+    def _remove_old_files(self, directory, old, keep):
+        stale = [
+            os.path.join(directory, name)
+            for entry in old["shards"]
+            for name in entry["files"].values()
+            if name not in keep
+        ]
+        if not stale:
+            return
+        # Per-node directories: each node removes its own copies; missing files are fine.
+        refs = [actor.remove.remote(stale) for actor in self._actors]
+        for ref in refs:
+            try:
+                ray.get(ref)
+            except ray.exceptions.RayError:
+                pass  # a stale file left behind wastes space but breaks nothing
+        for path in stale:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+    @classmethod
+    def _from_manifest(cls, directory, manifest, templates, mmap, **kwargs):
+        self = cls.__new__(cls)
+        self._init_from_manifest(manifest)
+        self._start(templates, manifest["n_shards"], **kwargs)
+        self._mmap = bool(mmap)
+        paths = shard_paths(
+            directory, manifest["kind"], [entry["files"] for entry in manifest["shards"]]
+        )
+        refs = [self._actors[s].load.remote(paths[s], mmap) for s in range(self._n_shards)]
+        for s, ref in enumerate(refs):
+            count, problem = ray.get(ref)
+            expected = manifest["shards"][s]["count"]
+            if problem is None and count != expected:
+                problem = f"it holds {count} rows, the manifest says {expected}"
+            if problem is not None:
+                self.close()
+                raise ValueError(f"cannot load shard {s} of the index in {directory!r}: {problem}")
+            self._counts[s] = count
+            self._saved[s] = (paths[s], bool(mmap))
+            self._ever_saved[s] = True
+        return self
+
+    def _init_from_manifest(self, manifest):
+        pass
+
+
+def check_template(template, name, allowed):
+    """An empty index of one of the ``allowed`` classes, giving a shard's layout."""
+    if not isinstance(template, allowed):
+        expected = " or ".join(t.__name__ for t in allowed)
+        raise TypeError(f"{name} must be a {expected}, got {type(template).__name__}")
+    if template.ntotal:
+        raise ValueError(
+            f"{name} must be an empty {type(template).__name__} (it gives the layout only), "
+            f"got one holding {template.ntotal} rows; add them to the sharded index instead"
+        )
+
+
+def layout_repr(template):
+    """How a sharded class's repr shows the layout of an empty index."""
+    if isinstance(template, BinaryIndex):
+        return f"BinaryIndex({template.nbits})"
+    return f"FloatIndex({template.dim}, metric={template.metric!r})"
