@@ -93,7 +93,7 @@ except ImportError as exc:
 
 import os
 
-from ._manifest import MANIFEST, read_manifest
+from ._manifest import MANIFEST, read_manifest  # noqa: F401  (MANIFEST: public, the file name)
 from ._sharded import ShardLostError
 from .cascade import ShardedCascade
 from .index import ShardedIndex
