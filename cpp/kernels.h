@@ -13,8 +13,9 @@
 //
 // Every kernel exists at every level, named <metric>_<type>_<kernel>_<isa> (hamming_b8_*
 // over bytes of packed bits, dot_f32_*), each metric and instruction set in its own
-// translation unit (hamming_scalar.cpp ... dot_avx512.cpp) compiled with its own flags.
-// The scalar units are the reference the others are tested against.
+// translation unit (hamming_scalar.cpp ... dot_avx512.cpp) compiled with its own flags;
+// the one exception is the AVX2 level's pack, which only moves data and is the portable
+// one. The scalar units are the reference the others are tested against.
 //
 // What a unit compiled with ISA flags may include: <immintrin.h> and this header (which
 // itself includes only <cstddef> and <cstdint>, for types), nothing else. Any inline

@@ -85,7 +85,7 @@ def test_batch_sizes_reach_every_path_the_level_uses(simd):
         assert set(paths.values()) == {"stream"}
 
 
-def test_forced_path_is_reported_and_reset(dot_path):
+def test_forced_path_is_reported_and_survives_a_bad_name(dot_path):
     assert cofisearch._core._dot_path(1) == dot_path
     with pytest.raises(ValueError, match="path"):
         cofisearch._core._force_dot_path("fastest")
