@@ -145,10 +145,23 @@ py::tuple dot_rerank(const py::array& db, std::int64_t n, const py::array& queri
   std::int64_t* ip = ids.mutable_data();
   {
     py::gil_scoped_release release;
-    cofisearch::dot_rerank(dbp, rows, dim, qp, nq, cand, c, kk, threads, sp, ip);
+    cofisearch::dot_rerank(dbp, dim, qp, nq, cand, c, kk, threads, sp, ip);
   }
   return out;
 }
+
+cofisearch::ScanKind parse_scan_kind(const std::string& kind) {
+  if (kind == "hamming") return cofisearch::ScanKind::hamming;
+  if (kind == "dot") return cofisearch::ScanKind::dot;
+  throw py::value_error("kind must be 'hamming' or 'dot', got '" + kind + "'");
+}
+
+std::size_t non_negative(std::int64_t v, const char* name) {
+  if (v < 0) throw py::value_error(std::string(name) + " must be >= 0, got " + std::to_string(v));
+  return static_cast<std::size_t>(v);
+}
+
+constexpr const char* kDotPathNames[] = {"auto", "stream", "query_panel", "row_panel"};
 
 SimdLevel parse_level(const std::string& name) {
   try {
@@ -194,4 +207,30 @@ PYBIND11_MODULE(_core, m) {
   m.def("dot_rerank", &dot_rerank, py::arg("database"), py::arg("n"), py::arg("queries"),
         py::arg("candidates"), py::arg("k"), py::arg("num_threads"),
         "Inner-product top-k of each query over its own row of candidate ids.");
+
+  // Private: what the drivers decide, for the tests (cpp/search.h); not part of the API.
+  m.def("_block_rows", [](const std::string& kind, std::int64_t row_bytes, std::int64_t nq) {
+    return cofisearch::scan_block_rows(parse_scan_kind(kind), non_negative(row_bytes, "row_bytes"),
+                                       non_negative(nq, "nq"));
+  }, py::arg("kind"), py::arg("row_bytes"), py::arg("nq"),
+        "Rows per full cache block of a 'hamming' or 'dot' scan of nq queries.");
+  m.def("_scan_blocks", [](const std::string& kind, std::int64_t row_bytes, std::int64_t nq,
+                           std::int64_t n) {
+    return cofisearch::scan_blocks(parse_scan_kind(kind), non_negative(row_bytes, "row_bytes"),
+                                   non_negative(nq, "nq"), non_negative(n, "n"));
+  }, py::arg("kind"), py::arg("row_bytes"), py::arg("nq"), py::arg("n"),
+        "Row count of each block, in order, of one thread's scan of n rows.");
+  m.def("_dot_path", [](std::int64_t nq) {
+    return std::string(kDotPathNames[static_cast<int>(cofisearch::dot_path(non_negative(nq, "nq")))]);
+  }, py::arg("nq"),
+        "Kernel dot_search runs for nq queries at the current SIMD level: 'stream', "
+        "'query_panel' or 'row_panel'.");
+  m.def("_force_dot_path", [](const std::string& path) {
+    for (int p = 0; p < 4; ++p)
+      if (path == kDotPathNames[p]) return cofisearch::force_dot_path(static_cast<cofisearch::DotPath>(p));
+    throw py::value_error("path must be 'auto', 'stream', 'query_panel' or 'row_panel', got '" +
+                          path + "'");
+  }, py::arg("path"),
+        "Test hook: makes every dot_search take this path whatever the batch size; 'auto' "
+        "restores the choice by batch size.");
 }

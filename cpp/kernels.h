@@ -11,10 +11,27 @@
 // row is then rejected by a single vector compare; the rare survivors are written to
 // `hits`, which must have room for nq * n entries (the worst case, before heaps fill).
 //
-// Each instruction set lives in its own translation unit compiled with its own flags, and
-// those units use nothing but intrinsics and plain loops: no inline function or template
-// shared with another unit may be instantiated there, or the linker could keep the
-// AVX-512 copy for everyone.
+// Every kernel exists at every level, named <metric>_<type>_<kernel>_<isa> (hamming_b8_*
+// over bytes of packed bits, dot_f32_*), each metric and instruction set in its own
+// translation unit (hamming_scalar.cpp ... dot_avx512.cpp) compiled with its own flags;
+// the one exception is the AVX2 level's pack, which only moves data and is the portable
+// one. The scalar units are the reference the others are tested against.
+//
+// What a unit compiled with ISA flags may include: <immintrin.h> and this header (which
+// itself includes only <cstddef> and <cstdint>, for types), nothing else. Any inline
+// function or template with external linkage instantiated there (a standard library
+// helper such as std::sqrt, or one from a shared header) is emitted as a weak symbol
+// compiled with those flags, and the linker may keep that copy for every unit, which then
+// runs AVX-512 code on a processor without it. Helpers of such a unit live in its
+// anonymous namespace (internal linkage, never merged) and use intrinsics and compiler
+// builtins only; this header declares types, constants and functions, and defines no
+// function. The scalar units, compiled with the baseline flags, may include what they
+// like: their copies run everywhere.
+//
+// Floating point: at each level every inner product of a (query, row) pair is computed
+// by the same arithmetic in every kernel (scan as stored, packed panels, query panel,
+// gather), so a query gets the same bits alone, in any batch and in the rerank. Each dot
+// unit's header says which arithmetic that is.
 #pragma once
 
 #include <cstddef>
@@ -41,60 +58,80 @@ struct ScoreHit {
 
 // Emits every pair with distance < thresh[q] (Hamming distances are at most 8 * nbytes,
 // so thresh = UINT32_MAX admits everything). Returns the number of hits written.
-using HammingScanFn = std::size_t (*)(const std::uint8_t* queries, std::size_t nq,
-                                      const std::uint8_t* codes, std::size_t n,
-                                      std::size_t nbytes, const std::uint32_t* thresh,
-                                      HammingHit* hits);
+using HammingScanFn = std::size_t(const std::uint8_t* queries, std::size_t nq,
+                                const std::uint8_t* codes, std::size_t n, std::size_t nbytes,
+                                const std::uint32_t* thresh, HammingHit* hits);
 
 // Emits every pair whose inner product is > thresh[q], or unordered with it: a NaN
 // threshold therefore admits everything, which is how an unfilled heap is signalled.
 // row_norm is an upper bound on the Euclidean norm of every row, or NaN where the caller
 // does not know one; kernels may use it to bound rounding, never to change a result.
-using DotScanFn = std::size_t (*)(const float* queries, std::size_t nq, const float* rows,
-                                  std::size_t n, std::size_t dim, float row_norm,
-                                  const float* thresh, ScoreHit* hits);
+using DotScanFn = std::size_t(const float* queries, std::size_t nq, const float* rows,
+                            std::size_t n, std::size_t dim, float row_norm,
+                            const float* thresh, ScoreHit* hits);
 
 // Inner product of one query with the rows base + ids[j] * dim, into scores[j]. Used by
 // the rerank stage, where candidate rows are scattered over the database.
-using DotGatherFn = void (*)(const float* query, const float* base, std::size_t dim,
-                             const std::int64_t* ids, std::size_t m, float* scores);
+using DotGatherFn = void(const float* query, const float* base, std::size_t dim,
+                       const std::int64_t* ids, std::size_t m, float* scores);
 
-// Rows per strip of a packed panel (below).
+// Rows per strip of a packed panel (below), and queries per group of a query panel.
 constexpr std::size_t kPanelRows = 32;
 
 // Rearranges rows [0, n) into the panel that DotPackedScanFn reads: the rows transposed in
-// strips of kPanelRows, ceil(n / kPanelRows) * kPanelRows * dim floats, the last strip
-// padded by repeating the last row. Packing a block once lets a batch of queries run a
-// GEMM-style micro-kernel over it.
-using DotPackFn = void (*)(const float* rows, std::size_t n, std::size_t dim, float* panel);
+// strips of kPanelRows, ceil(n / kPanelRows) * kPanelRows * dim floats, dimension j of
+// row 32s + i at [s * 32 * dim + j * 32 + i], the last strip padded by repeating the last
+// row. Packing a block once lets a batch of queries run a GEMM-style micro-kernel on it.
+using DotPackFn = void(const float* rows, std::size_t n, std::size_t dim, float* panel);
 
 // DotScanFn over a packed block of n rows, with the same scores bit for bit.
-using DotPackedScanFn = std::size_t (*)(const float* queries, std::size_t nq,
-                                        const float* panel, std::size_t n, std::size_t dim,
-                                        const float* thresh, ScoreHit* hits);
+using DotPackedScanFn = std::size_t(const float* queries, std::size_t nq, const float* panel,
+                                  std::size_t n, std::size_t dim, const float* thresh,
+                                  ScoreHit* hits);
 
 // DotScanFn over a query panel, the same layout for queries (group g holds queries
 // 32g..32g+31, dimension j of query 32g + l at [g * 32 * dim + j * 32 + l], missing
 // queries as zeros; the driver packs it once per search), rows read as stored: for
 // batches too small to repay packing the rows. Same scores bit for bit.
-using DotQueryPanelScanFn = std::size_t (*)(const float* qpanel, std::size_t nq,
-                                            const float* rows, std::size_t n, std::size_t dim,
-                                            const float* thresh, ScoreHit* hits);
+using DotQueryPanelScanFn = std::size_t(const float* qpanel, std::size_t nq, const float* rows,
+                                      std::size_t n, std::size_t dim, const float* thresh,
+                                      ScoreHit* hits);
 
-struct KernelSet {
-  HammingScanFn hamming_scan;
-  DotScanFn dot_scan;
-  DotGatherFn dot_gather;
-  // nullptr where the instruction set has no kernel for these layouts
-  DotPackFn dot_pack;
-  DotPackedScanFn dot_scan_packed;
-  DotQueryPanelScanFn dot_scan_qpanel;
-};
+HammingScanFn hamming_b8_scan_scalar;
+DotScanFn dot_f32_scan_scalar;
+DotGatherFn dot_f32_gather_scalar;
+DotPackFn dot_f32_pack_scalar;
+DotPackedScanFn dot_f32_scan_packed_scalar;
+DotQueryPanelScanFn dot_f32_scan_qpanel_scalar;
 
-namespace scalar { extern const KernelSet kernels; }
 #if defined(COFISEARCH_X86)
-namespace avx2 { extern const KernelSet kernels; }
-namespace avx512 { extern const KernelSet kernels; }
+HammingScanFn hamming_b8_scan_avx2;
+DotScanFn dot_f32_scan_avx2;
+DotGatherFn dot_f32_gather_avx2;
+DotPackFn dot_f32_pack_avx2;
+DotPackedScanFn dot_f32_scan_packed_avx2;
+DotQueryPanelScanFn dot_f32_scan_qpanel_avx2;
+
+HammingScanFn hamming_b8_scan_avx512;
+DotScanFn dot_f32_scan_avx512;
+DotGatherFn dot_f32_gather_avx512;
+DotPackFn dot_f32_pack_avx512;
+DotPackedScanFn dot_f32_scan_packed_avx512;
+DotQueryPanelScanFn dot_f32_scan_qpanel_avx512;
 #endif
+
+// One level's kernels, assembled by the dispatch layer (simd.cpp), which checks at
+// compile time that none is missing.
+struct KernelSet {
+  HammingScanFn* hamming_scan;
+  DotScanFn* dot_scan;
+  DotGatherFn* dot_gather;
+  DotPackFn* dot_pack;
+  DotPackedScanFn* dot_scan_packed;
+  DotQueryPanelScanFn* dot_scan_qpanel;
+  // The smallest batch for which the driver uses the panels at this level; smaller
+  // batches read rows as stored (see DotScan::path in search.cpp).
+  std::size_t dot_panel_min_queries;
+};
 
 }  // namespace cofisearch

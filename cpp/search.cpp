@@ -1,6 +1,7 @@
 #include "search.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <exception>
 #include <memory>
@@ -31,11 +32,34 @@ constexpr std::size_t kMaxCountingBits = 1024;
 // Largest copy of sampled rows that sample_ceilings holds at once.
 constexpr std::size_t kSampleBufferBytes = std::size_t(1) << 20;
 
-// An inner-product scan of up to kStreamMaxQueries reads the rows as stored; larger
-// batches pack the queries (up to kQueryPanelMax) or each block of rows (where the
-// kernels offer these layouts; see DotScan::mode).
-constexpr std::size_t kStreamMaxQueries = 8;
+// Batches of up to kQueryPanelMax queries may pack the queries into a query panel rather
+// than pack each block of rows (see DotScan::path).
 constexpr std::size_t kQueryPanelMax = 256;
+
+// Bytes of rows per cache block (a block is scanned by every query tile before the next
+// block is touched). A batch cycles its queries over a block, which must then stay in L2;
+// a few queries (or a query panel) read a block once or twice, and longer blocks keep
+// the software prefetch running ahead.
+std::size_t block_bytes(ScanKind kind, std::size_t nq) {
+  return kind == ScanKind::dot && nq <= kQueryPanelMax ? 8 * kBlockBytes : kBlockBytes;
+}
+
+// Rows per full block: a multiple of a packed strip, so that only the last block of a
+// range has padding.
+std::size_t full_block_rows(ScanKind kind, std::size_t row_bytes, std::size_t nq) {
+  return std::max<std::size_t>(64, block_bytes(kind, nq) / std::max<std::size_t>(row_bytes, 1)) /
+         kPanelRows * kPanelRows;
+}
+
+// A kernel compares against the thresholds it was given for its whole block, and they
+// are open until the heaps fill: one full first block would turn every one of its rows
+// into a heap insertion for every query. Doubling the block from a small start keeps
+// the insertions near k * log(block) per query.
+std::size_t first_block_rows(std::size_t full) { return std::min<std::size_t>(full, 64); }
+std::size_t next_block_rows(std::size_t step, std::size_t full) { return std::min(2 * step, full); }
+
+// The path dot_search takes whatever the batch size, for tests; automatic when unset.
+std::atomic<int> forced_dot_path{static_cast<int>(DotPath::automatic)};
 
 template <class Fn>
 void run_parallel(int nthreads, Fn&& fn) {
@@ -80,8 +104,8 @@ struct HammingScan {
   using Elem = std::uint8_t;
   using Hit = HammingHit;
   static constexpr std::size_t kTile = kMaxQueryTile;
-  static std::size_t block_bytes(std::size_t) { return kBlockBytes; }
-  HammingScanFn fn;
+  static constexpr ScanKind kKind = ScanKind::hamming;
+  HammingScanFn* fn;
   std::size_t stride;  // bytes per code
   std::size_t row_bytes() const { return stride; }
   // Codes are always scanned as stored.
@@ -89,8 +113,10 @@ struct HammingScan {
     const Elem* rows;
   };
   struct Workspace {};
-  void prepare(const Elem*, std::size_t, Workspace&) const {}
-  Block open(const Elem* rows, std::size_t, std::size_t, Workspace&) const { return {rows}; }
+  void prepare_queries(const Elem*, std::size_t, Workspace&) const {}
+  Block prepare_block(const Elem* rows, std::size_t, std::size_t, Workspace&) const {
+    return {rows};
+  }
   std::size_t run(const Elem* queries, std::size_t t, std::size_t nt, const Block& b,
                   std::size_t n, const Order::Value* thresh, Hit* hits) const {
     return fn(queries + t * stride, nt, b.rows, n, stride, thresh, hits);
@@ -115,44 +141,37 @@ struct DotScan {
   // A multiple of the query panel's 32-query groups and of the row panel's 12-query
   // micro-tile.
   static constexpr std::size_t kTile = 96;
-  // A batch cycles its queries over a block, which must then stay in L2; a few queries
-  // (or a query panel) read a block once or twice, and longer blocks keep the software
-  // prefetch running ahead.
-  static std::size_t block_bytes(std::size_t nq) {
-    return nq <= kQueryPanelMax ? 8 * kBlockBytes : kBlockBytes;
-  }
-  DotScanFn fn;
-  DotPackFn pack;
-  DotPackedScanFn scan_packed;
-  DotQueryPanelScanFn scan_qpanel;
+  static constexpr ScanKind kKind = ScanKind::dot;
+  const KernelSet& k;
   std::size_t stride;  // floats per vector
   float row_norm;      // bound on every row's norm, NaN if unknown
+  DotPath forced;      // DotPath::automatic outside tests
   std::size_t row_bytes() const { return stride * sizeof(float); }
 
-  enum class Mode { rows, query_panel, row_panel };
   struct Block {
     const Elem* rows;
-    Mode mode;
+    DotPath path;
     const float* qpanel;
   };
   struct Workspace {
     std::vector<float> panel;
     std::vector<float> qpanel;
   };
-  // Up to kStreamMaxQueries the kernel reads the rows as stored. Beyond, either the
-  // queries are packed once into a query panel, whose cost is the lanes left empty in
-  // its last 32-query group, or each block of rows is packed, which costs about as much
-  // as scanning 25 more queries. Measured, one thread, d = 512 (query panel vs row
-  // panel): 1M rows, 10 queries 137 vs 153 ms, 24 queries 140 vs 214; 200k rows, 64
-  // queries 53 vs 72, 100 queries 106 vs 102, 256 queries 217 vs 226, 1000 queries 856
-  // vs 826.
-  Mode mode(std::size_t nq) const {
-    if (nq <= kStreamMaxQueries || !pack || !scan_qpanel) return Mode::rows;
+  // Below the level's dot_panel_min_queries (9 at AVX-512) the kernel reads the rows as
+  // stored. Beyond, either the queries are packed once into a query panel, whose cost is
+  // the lanes left empty in its last 32-query group, or each block of rows is packed,
+  // which costs about as much as scanning 25 more queries. Measured at AVX-512, one
+  // thread, d = 512 (query panel vs row panel): 1M rows, 10 queries 137 vs 153 ms, 24
+  // queries 140 vs 214; 200k rows, 64 queries 53 vs 72, 100 queries 106 vs 102, 256
+  // queries 217 vs 226, 1000 queries 856 vs 826.
+  DotPath path(std::size_t nq) const {
+    if (forced != DotPath::automatic) return forced;
+    if (nq < k.dot_panel_min_queries) return DotPath::stream;
     const std::size_t empty_lanes = (kPanelRows - nq % kPanelRows) % kPanelRows;
-    return nq <= kQueryPanelMax && empty_lanes <= 24 ? Mode::query_panel : Mode::row_panel;
+    return nq <= kQueryPanelMax && empty_lanes <= 24 ? DotPath::query_panel : DotPath::row_panel;
   }
-  void prepare(const Elem* queries, std::size_t nq, Workspace& w) const {
-    if (mode(nq) != Mode::query_panel) return;
+  void prepare_queries(const Elem* queries, std::size_t nq, Workspace& w) const {
+    if (path(nq) != DotPath::query_panel) return;
     const std::size_t groups = (nq + kPanelRows - 1) / kPanelRows;
     w.qpanel.assign(groups * kPanelRows * stride, 0.0f);
     for (std::size_t q = 0; q < nq; ++q) {
@@ -161,27 +180,26 @@ struct DotScan {
         group[j * kPanelRows + q % kPanelRows] = queries[q * stride + j];
     }
   }
-  Block open(const Elem* rows, std::size_t n, std::size_t nq, Workspace& w) const {
-    const Mode m = mode(nq);
-    if (m == Mode::query_panel) return {rows, m, w.qpanel.data()};
-    if (m == Mode::rows) return {rows, m, nullptr};
+  Block prepare_block(const Elem* rows, std::size_t n, std::size_t nq, Workspace& w) const {
+    const DotPath p = path(nq);
+    if (p == DotPath::query_panel) return {rows, p, w.qpanel.data()};
+    if (p != DotPath::row_panel) return {rows, p, nullptr};
     const std::size_t need = (n + kPanelRows - 1) / kPanelRows * kPanelRows * stride;
     if (w.panel.size() < need) w.panel.resize(need);
-    pack(rows, n, stride, w.panel.data());
-    return {w.panel.data(), m, nullptr};
+    k.dot_pack(rows, n, stride, w.panel.data());
+    return {w.panel.data(), p, nullptr};
   }
   // Queries [t, t + nt) of the range's nq; t is a multiple of kTile.
   std::size_t run(const Elem* queries, std::size_t t, std::size_t nt, const Block& b,
                   std::size_t n, const Order::Value* thresh, Hit* hits) const {
-    switch (b.mode) {
-      case Mode::query_panel:
-        return scan_qpanel(b.qpanel + t * stride, nt, b.rows, n, stride, thresh, hits);
-      case Mode::row_panel:
-        return scan_packed(queries + t * stride, nt, b.rows, n, stride, thresh, hits);
-      case Mode::rows:
-        break;
+    switch (b.path) {
+      case DotPath::query_panel:
+        return k.dot_scan_qpanel(b.qpanel + t * stride, nt, b.rows, n, stride, thresh, hits);
+      case DotPath::row_panel:
+        return k.dot_scan_packed(queries + t * stride, nt, b.rows, n, stride, thresh, hits);
+      default:
+        return k.dot_scan(queries + t * stride, nt, b.rows, n, stride, row_norm, thresh, hits);
     }
-    return fn(queries + t * stride, nt, b.rows, n, stride, row_norm, thresh, hits);
   }
   static Order::Value value(const Hit& h) { return h.score; }
   static constexpr bool kSampleCeiling = false;
@@ -205,10 +223,7 @@ template <class S>
 void scan_range(const S& s, const typename S::Elem* rows, std::size_t r0, std::size_t r1,
                 const typename S::Elem* queries, std::size_t nq, typename S::Selector* heaps,
                 const std::vector<Value<S>>& ceiling) {
-  // A multiple of a packed strip, so that only the last block of a range has padding.
-  const std::size_t block =
-      std::max<std::size_t>(64, S::block_bytes(nq) / std::max<std::size_t>(s.row_bytes(), 1)) /
-      kPanelRows * kPanelRows;
+  const std::size_t block = full_block_rows(S::kKind, s.row_bytes(), nq);
   std::vector<Value<S>> thresh(nq);
   for (std::size_t i = 0; i < nq; ++i) thresh[i] = tighter<S>(heaps[i].threshold(), ceiling, i);
   // Sized for the worst case of one kernel call on this range, and left uninitialised:
@@ -218,15 +233,11 @@ void scan_range(const S& s, const typename S::Elem* rows, std::size_t r0, std::s
       new typename S::Hit[std::min(S::kTile, nq) * hit_rows]);
   typename S::Hit* const hits = hit_buffer.get();
   typename S::Workspace workspace;
-  s.prepare(queries, nq, workspace);
-  // A kernel compares against the thresholds it was given for its whole block, and they
-  // are open until the heaps fill: one full first block would turn every one of its rows
-  // into a heap insertion for every query. Doubling the block from a small start keeps
-  // the insertions near k * log(block) per query.
-  std::size_t step = std::min<std::size_t>(block, 64);
-  for (std::size_t b = r0; b < r1; b += step, step = std::min(2 * step, block)) {
+  s.prepare_queries(queries, nq, workspace);
+  for (std::size_t b = r0, step = first_block_rows(block); b < r1;
+       b += step, step = next_block_rows(step, block)) {
     const std::size_t nb = std::min(step, r1 - b);
-    const typename S::Block blk = s.open(rows + b * s.stride, nb, nq, workspace);
+    const typename S::Block blk = s.prepare_block(rows + b * s.stride, nb, nq, workspace);
     for (std::size_t t = 0; t < nq; t += S::kTile) {
       const std::size_t nt = std::min(S::kTile, nq - t);
       const std::size_t h = s.run(queries, t, nt, blk, nb, thresh.data() + t, hits);
@@ -389,7 +400,7 @@ void search(const S& s, const typename S::Elem* rows, std::size_t n,
 void hamming_search(const std::uint8_t* codes, std::size_t n, std::size_t nbytes,
                     const std::uint8_t* queries, std::size_t nq, std::size_t k, int nthreads,
                     std::int32_t* distances, std::int64_t* ids) {
-  const HammingScanFn fn = kernels_for(current_simd_level()).hamming_scan;
+  HammingScanFn* const fn = kernels_for(current_simd_level()).hamming_scan;
   // Distances fit in int32 (the bindings cap code widths far below 2^31 bits), and the
   // unsigned and signed forms of one type may alias.
   auto* dist = reinterpret_cast<std::uint32_t*>(distances);
@@ -406,18 +417,16 @@ void hamming_search(const std::uint8_t* codes, std::size_t n, std::size_t nbytes
 void dot_search(const float* rows, std::size_t n, std::size_t dim, float row_norm,
                 const float* queries, std::size_t nq, std::size_t k, int nthreads, float* scores,
                 std::int64_t* ids) {
-  const KernelSet& ks = kernels_for(current_simd_level());
-  const DotScan s{ks.dot_scan, ks.dot_pack, ks.dot_scan_packed, ks.dot_scan_qpanel, dim,
-                  row_norm};
+  const DotScan s{kernels_for(current_simd_level()), dim, row_norm,
+                  static_cast<DotPath>(forced_dot_path.load())};
   search(s, rows, n, queries, nq, k, nthreads, kScoreSentinel, scores, ids);
 }
 
-void dot_rerank(const float* rows, std::size_t n, std::size_t dim, const float* queries,
-                std::size_t nq, const std::int64_t* candidates, std::size_t c, std::size_t k,
-                int nthreads, float* scores, std::int64_t* ids) {
-  (void)n;
+void dot_rerank(const float* rows, std::size_t dim, const float* queries, std::size_t nq,
+                const std::int64_t* candidates, std::size_t c, std::size_t k, int nthreads,
+                float* scores, std::int64_t* ids) {
   using E = Entry<ScoreOrder>;
-  const DotGatherFn gather = kernels_for(current_simd_level()).dot_gather;
+  DotGatherFn* const gather = kernels_for(current_simd_level()).dot_gather;
   const int T = threads_for(nthreads, nq * c * dim * sizeof(float), nq);
   run_parallel(T, [&](int t) {
     const std::size_t q0 = nq * static_cast<std::size_t>(t) / static_cast<std::size_t>(T);
@@ -449,5 +458,27 @@ void dot_rerank(const float* rows, std::size_t n, std::size_t dim, const float* 
     }
   });
 }
+
+std::size_t scan_block_rows(ScanKind kind, std::size_t row_bytes, std::size_t nq) {
+  return full_block_rows(kind, row_bytes, nq);
+}
+
+std::vector<std::size_t> scan_blocks(ScanKind kind, std::size_t row_bytes, std::size_t nq,
+                                     std::size_t n) {
+  const std::size_t block = full_block_rows(kind, row_bytes, nq);
+  std::vector<std::size_t> out;
+  for (std::size_t b = 0, step = first_block_rows(block); b < n;
+       b += step, step = next_block_rows(step, block))
+    out.push_back(std::min(step, n - b));
+  return out;
+}
+
+DotPath dot_path(std::size_t nq) {
+  const DotScan s{kernels_for(current_simd_level()), 0, 0.0f,
+                  static_cast<DotPath>(forced_dot_path.load())};
+  return s.path(nq);
+}
+
+void force_dot_path(DotPath path) { forced_dot_path.store(static_cast<int>(path)); }
 
 }  // namespace cofisearch

@@ -19,6 +19,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <limits>
+#include <vector>
 
 #include "kernels.h"
 
@@ -37,10 +38,34 @@ void dot_search(const float* rows, std::size_t n, std::size_t dim, float row_nor
                 std::int64_t* ids);
 
 // Scores, for each query, only the database rows listed in its row of `candidates`
-// (nq x c ids; -1 entries are skipped, duplicates count once). Every id must be -1 or in
-// [0, n): the caller checks. Cost O(nq * c * dim).
-void dot_rerank(const float* rows, std::size_t n, std::size_t dim, const float* queries,
-                std::size_t nq, const std::int64_t* candidates, std::size_t c, std::size_t k,
-                int nthreads, float* scores, std::int64_t* ids);
+// (nq x c ids; -1 entries are skipped, duplicates count once). Every id must be -1 or a
+// row of `rows`: the caller checks. Cost O(nq * c * dim).
+void dot_rerank(const float* rows, std::size_t dim, const float* queries, std::size_t nq,
+                const std::int64_t* candidates, std::size_t c, std::size_t k, int nthreads,
+                float* scores, std::int64_t* ids);
+
+// ---- geometry and paths, for tests --------------------------------------------------
+//
+// What the drivers above decide, computed by the code they use, so that tests can place
+// sizes on the real edges and reach every kernel at every level.
+
+enum class ScanKind { hamming, dot };
+
+// Rows per full cache block of a scan of nq queries over rows of row_bytes.
+std::size_t scan_block_rows(ScanKind kind, std::size_t row_bytes, std::size_t nq);
+
+// The row count of each block, in order, that one thread's scan of rows [0, n) visits:
+// blocks double from 64 rows up to scan_block_rows, the last one cut at n.
+std::vector<std::size_t> scan_blocks(ScanKind kind, std::size_t row_bytes, std::size_t nq,
+                                     std::size_t n);
+
+// Which kernel dot_search runs for a batch of nq queries at the current SIMD level: rows
+// as stored (dot_scan), a query panel (dot_scan_qpanel) or packed rows (dot_scan_packed).
+enum class DotPath { automatic, stream, query_panel, row_panel };
+DotPath dot_path(std::size_t nq);
+
+// Makes dot_search take `path` whatever the batch size (DotPath::automatic restores the
+// choice by size). For tests only: it applies to every search of the process.
+void force_dot_path(DotPath path);
 
 }  // namespace cofisearch

@@ -1,6 +1,7 @@
 #include "simd.h"
 
 #include <atomic>
+#include <limits>
 #include <stdexcept>
 
 #if defined(COFISEARCH_X86)
@@ -34,6 +35,42 @@ SimdLevel detect() {
 }
 #else
 SimdLevel detect() { return SimdLevel::scalar; }
+#endif
+
+// Each level's kernels. Packing only moves data, so AVX2 shares the portable loop.
+//
+// The panels pay only where their micro-kernels beat reading rows as stored: at AVX-512
+// from 9 queries (measured in search.cpp, DotScan::path); at AVX2 and scalar never, so
+// those levels scan rows as stored at every batch size and run their panel kernels only
+// in tests. Measured, one thread, d = 512, 20k rows (stream / query panel / row panel):
+// AVX2 10 queries 18 / 36 / 69 ms, 100 queries 110 / 333 / 228, 1000 queries 1227 /
+// 2274 / 1460; scalar 10 queries 41 / 124 / 129, 1000 queries 4247 / 11643 / 9061.
+constexpr std::size_t kNoPanels = std::numeric_limits<std::size_t>::max();
+
+constexpr KernelSet kScalar = {hamming_b8_scan_scalar,     dot_f32_scan_scalar,
+                               dot_f32_gather_scalar,      dot_f32_pack_scalar,
+                               dot_f32_scan_packed_scalar, dot_f32_scan_qpanel_scalar,
+                               kNoPanels};
+#if defined(COFISEARCH_X86)
+constexpr KernelSet kAvx2 = {hamming_b8_scan_avx2,     dot_f32_scan_avx2,
+                             dot_f32_gather_avx2,      dot_f32_pack_scalar,
+                             dot_f32_scan_packed_avx2, dot_f32_scan_qpanel_avx2,
+                             kNoPanels};
+constexpr KernelSet kAvx512 = {hamming_b8_scan_avx512,     dot_f32_scan_avx512,
+                               dot_f32_gather_avx512,      dot_f32_pack_avx512,
+                               dot_f32_scan_packed_avx512, dot_f32_scan_qpanel_avx512,
+                               9};
+#endif
+
+// Every kernel at every level: the driver never checks for a missing one.
+constexpr bool complete(const KernelSet& k) {
+  return k.hamming_scan && k.dot_scan && k.dot_gather && k.dot_pack && k.dot_scan_packed &&
+         k.dot_scan_qpanel && k.dot_panel_min_queries > 0;
+}
+static_assert(complete(kScalar), "scalar kernel set incomplete");
+#if defined(COFISEARCH_X86)
+static_assert(complete(kAvx2), "AVX2 kernel set incomplete");
+static_assert(complete(kAvx512), "AVX-512 kernel set incomplete");
 #endif
 
 SimdLevel best() {
@@ -86,11 +123,11 @@ void set_simd_level(SimdLevel level) {
 
 const KernelSet& kernels_for(SimdLevel level) {
 #if defined(COFISEARCH_X86)
-  if (level == SimdLevel::avx512) return avx512::kernels;
-  if (level == SimdLevel::avx2) return avx2::kernels;
+  if (level == SimdLevel::avx512) return kAvx512;
+  if (level == SimdLevel::avx2) return kAvx2;
 #endif
   (void)level;
-  return scalar::kernels;
+  return kScalar;
 }
 
 }  // namespace cofisearch

@@ -18,6 +18,7 @@ def hamming_reference(database, queries, k):
     return _reference.topk(_reference.hamming_distances(queries, database), k, largest=False)
 
 
-def block_rows(row_bytes):
-    """Rows per cache block of the native scan driver (cpp/search.cpp)."""
-    return max(64, (64 << 10) // row_bytes) // 8 * 8
+def block_rows(kind, row_bytes, nq):
+    """Rows per full cache block of a native `kind` ("hamming" or "dot") scan of nq queries,
+    computed by the driver's own code (cpp/search.cpp, through a private _core function)."""
+    return cofisearch._core._block_rows(kind, row_bytes, nq)

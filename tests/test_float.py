@@ -6,6 +6,38 @@ from conftest import block_rows
 
 DIMS = [1, 3, 15, 16, 17, 64, 100, 512]
 
+# The float driver runs one of three kernels by batch size: rows as stored ("stream"), a
+# query panel, or packed row panels; the rerank runs a fourth (gather).
+PATHS = ["stream", "query_panel", "row_panel"]
+
+
+@pytest.fixture(params=PATHS)
+def dot_path(request):
+    """Forces every float search onto one kernel whatever the batch size, through a private
+    test hook of _core, so that each kernel runs at each SIMD level (at AVX2 and scalar the
+    driver itself only streams); restores the choice by batch size after."""
+    cofisearch._core._force_dot_path(request.param)
+    yield request.param
+    cofisearch._core._force_dot_path("auto")
+
+
+def _edge_sizes(row_bytes, nq):
+    """Row counts on either side of the block edges the driver reports: the first edge
+    (64 rows), then the start and the end of the first full-size block (blocks double from
+    64 rows up to the full size)."""
+    full = block_rows("dot", row_bytes, nq)
+    blocks = cofisearch._core._scan_blocks("dot", row_bytes, nq, 4 * full)
+    start = sum(blocks[: blocks.index(full)])
+    # The driver's own cut: one row past each edge is a block of one row.
+    assert cofisearch._core._scan_blocks("dot", row_bytes, nq, 65)[-2:] == [64, 1]
+    assert cofisearch._core._scan_blocks("dot", row_bytes, nq, start + 1)[-1] == 1
+    assert cofisearch._core._scan_blocks("dot", row_bytes, nq, start + full + 1)[-2:] == [full, 1]
+    return sorted({e + d for e in (64, start, start + full) for d in (-1, 0, 1)})
+
+
+def _bits(a):
+    return np.ascontiguousarray(a).view(np.uint32)
+
 
 def _check_topk(db, queries, result, k):
     """ScaNN-style check: float ties are not stable across kernels, so compare scores with
@@ -25,33 +57,52 @@ def _check_topk(db, queries, result, k):
 
 
 @pytest.mark.parametrize("dim", DIMS)
-def test_scores_match_numpy(simd, dim):
+def test_scores_match_numpy_at_tails_and_block_edges(simd, dim):
     rng = np.random.default_rng(dim)
-    b = block_rows(dim * 4)
     queries = rng.standard_normal((9, dim)).astype(np.float32)
-    for n in sorted({1, 5, 8, 9, b - 1, b + 1, 2 * b + 3}):
+    for n in [1, 5, 8, 9, *_edge_sizes(dim * 4, len(queries))]:
         db = rng.standard_normal((n, dim)).astype(np.float32)
         index = cofisearch.FloatIndex(dim)
         index.add(db)
-        for k in (1, 10, n + 2):
-            _check_topk(db, queries, index.search(queries, k), k)
+        for k in (1, 10, n + 2) if n < 1000 else (1, 10):
+            # One thread: the edges above are those of a scan of all n rows.
+            _check_topk(db, queries, index.search(queries, k, num_threads=1), k)
+
+
+# At AVX-512 a lone query screens rows, 2-8 transpose rows as they read them, larger
+# batches go through a query panel (32-query groups) or a row panel (12-query tiles,
+# 32-row strips; 33 and 300 queries take it); AVX2 and scalar stream at every size.
+BATCHES = (1, 8, 9, 12, 25, 33, 61)
+
+
+def test_batch_sizes_reach_every_path_the_level_uses(simd):
+    paths = {nq: cofisearch._core._dot_path(nq) for nq in (*BATCHES, 300)}
+    if simd == "avx512":
+        assert {paths[1], paths[8]} == {"stream"}
+        assert {paths[9], paths[25], paths[61]} == {"query_panel"}
+        assert {paths[33], paths[300]} == {"row_panel"}
+    else:
+        assert set(paths.values()) == {"stream"}
+
+
+def test_forced_path_is_reported_and_survives_a_bad_name(dot_path):
+    assert cofisearch._core._dot_path(1) == dot_path
+    with pytest.raises(ValueError, match="path"):
+        cofisearch._core._force_dot_path("fastest")
+    assert cofisearch._core._dot_path(1000) == dot_path
 
 
 @pytest.mark.parametrize("dim", [1, 15, 17, 100, 512])
 def test_a_query_scores_the_same_alone_and_in_any_batch(simd, dim):
-    # A lone query screens rows, 2-8 transpose rows as they read them, larger batches go
-    # through a query panel (32-query groups) or a row panel (12-query tiles, 32-row
-    # strips; 33 and 300 queries take it); every path must give the same bits.
     rng = np.random.default_rng(dim + 1)
-    b = block_rows(dim * 4)
     queries = rng.standard_normal((300, dim)).astype(np.float32)
-    for n in sorted({1, 31, 33, b + 5}):
+    for n in sorted({1, 31, 33, block_rows("dot", dim * 4, len(queries)) + 5}):
         db = rng.standard_normal((n, dim)).astype(np.float32)
         index = cofisearch.FloatIndex(dim)
         index.add(db)
         batch = index.search(queries, n)
         _check_topk(db, queries, batch, n)
-        for nq in (1, 8, 9, 12, 25, 33, 61):
+        for nq in BATCHES:
             part = index.search(queries[:nq], n)
             np.testing.assert_array_equal(part.distances, batch.distances[:nq])
             np.testing.assert_array_equal(part.ids, batch.ids[:nq])
@@ -111,7 +162,45 @@ def test_threads_do_not_change_results(simd, threads, nq):
     _check_topk(db, queries, many, 20)
 
 
-def test_exact_duplicates_tie_break_by_smaller_id(simd):
+@pytest.mark.parametrize("dim", [1, 3, 7, 9, 17, 33, 100])
+def test_every_path_matches_numpy(simd, dot_path, dim):
+    # Dimensions off every register width (8, 16) and row counts off every strip and tile
+    # (12, 16, 32 rows); batches around the tiles (8 queries, 12, 32-query groups, 96).
+    rng = np.random.default_rng(dim + 2)
+    queries = rng.standard_normal((97, dim)).astype(np.float32)
+    for n in (1, 31, 33, 333):
+        db = rng.standard_normal((n, dim)).astype(np.float32)
+        for nq in (1, 2, 5, 13, 33, 97):
+            for k in (1, 10, n):
+                _check_topk(db, queries[:nq], cofisearch.dot_knn(db, queries[:nq], k), k)
+
+
+@pytest.mark.parametrize("dim", [1, 3, 7, 9, 17, 33, 100])
+def test_every_path_and_the_rerank_give_the_same_bits(simd, dim):
+    # Within a level every kernel computes a pair's score by the same arithmetic: all n
+    # scores of every query, sorted, must be equal bit for bit across paths.
+    rng = np.random.default_rng(dim + 3)
+    n = 333
+    db = rng.standard_normal((n, dim)).astype(np.float32)
+    for nq in (1, 3, 12, 40, 97):
+        queries = rng.standard_normal((nq, dim)).astype(np.float32)
+        reference = cofisearch.dot_knn(db, queries, n)
+        for path in PATHS:
+            cofisearch._core._force_dot_path(path)
+            try:
+                got = cofisearch.dot_knn(db, queries, n)
+            finally:
+                cofisearch._core._force_dot_path("auto")
+            np.testing.assert_array_equal(_bits(got.distances), _bits(reference.distances), path)
+            np.testing.assert_array_equal(got.ids, reference.ids, path)
+        index = cofisearch.FloatIndex(dim)
+        index.add(db)
+        reranked = index.search(queries, n, candidates=np.tile(rng.permutation(n), (nq, 1)))
+        np.testing.assert_array_equal(_bits(reranked.distances), _bits(reference.distances))
+        np.testing.assert_array_equal(reranked.ids, reference.ids)
+
+
+def test_exact_duplicates_tie_break_by_smaller_id(simd, dot_path):
     rng = np.random.default_rng(7)
     base = rng.standard_normal((5, 24)).astype(np.float32)
     db = base[rng.integers(0, 5, 300)]

@@ -10,9 +10,19 @@ from conftest import block_rows, hamming_reference
 NBITS = [8, 64, 72, 128, 256, 520, 1024, 1032]
 
 
-def _sizes(nbits):
-    b = block_rows(nbits // 8)
-    return sorted({1, 7, 8, 9, 63, 65, b - 1, b, b + 1, 2 * b + 13})
+def _sizes(nbytes, nq):
+    """Tails, and row counts on either side of the block edges the driver reports: the
+    first edge (64 rows), then the start and the end of the first full-size block (blocks
+    double from 64 rows up to the full size)."""
+    full = block_rows("hamming", nbytes, nq)
+    blocks = cofisearch._core._scan_blocks("hamming", nbytes, nq, 4 * full)
+    start = sum(blocks[: blocks.index(full)])
+    # The driver's own cut: one row past each edge is a block of one row.
+    assert cofisearch._core._scan_blocks("hamming", nbytes, nq, 65)[-2:] == [64, 1]
+    assert cofisearch._core._scan_blocks("hamming", nbytes, nq, start + 1)[-1] == 1
+    assert cofisearch._core._scan_blocks("hamming", nbytes, nq, start + full + 1)[-2:] == [full, 1]
+    edges = (64, start, start + full)
+    return sorted({1, 7, 8, 9} | {e + d for e in edges for d in (-1, 0, 1)})
 
 
 @pytest.mark.parametrize("nbits", NBITS)
@@ -20,12 +30,14 @@ def test_matches_reference_at_tails_and_block_edges(simd, nbits):
     rng = np.random.default_rng(nbits)
     nbytes = nbits // 8
     queries = rng.integers(0, 256, (5, nbytes), dtype=np.uint8)
-    for n in _sizes(nbits):
+    for n in _sizes(nbytes, len(queries)):
         db = rng.integers(0, 256, (n, nbytes), dtype=np.uint8)
+        db[n // 2 :: 61] = db[0]  # ties on both sides of the edges
         index = cofisearch.BinaryIndex(nbits)
         index.add(db)
         for k in (1, 10, n, n + 3):
-            d, i = index.search(queries, k)
+            # One thread: the edges above are those of a scan of all n rows.
+            d, i = index.search(queries, k, num_threads=1)
             rd, ri = hamming_reference(db, queries, k)
             np.testing.assert_array_equal(d, rd, err_msg=f"n={n} k={k}")
             np.testing.assert_array_equal(i, ri, err_msg=f"n={n} k={k}")

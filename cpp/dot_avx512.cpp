@@ -1,289 +1,39 @@
-// AVX-512 kernels (F, BW, DQ, VL and VPOPCNTDQ), compiled only in this translation unit.
+// AVX-512 inner-product kernels (F, BW, DQ, VL; the flags of every AVX-512 unit),
+// compiled only in this translation unit.
 //
-// Hamming: VPOPCNTQ counts bits per 64-bit lane, so a 512-bit register holds 8 codes of
-// 64 bits, 4 of 128, 2 of 256 or a part of one longer code. Summing lanes per code one
-// register at a time (a horizontal reduction per code) is what made long codes slow in
-// earlier engines; here the lane sums of several registers are folded together with
-// unpack/shuffle adds, so 8 codes come out in one register whatever the width, and one
-// unsigned compare against the threshold rejects all 8. The fold permutes codes within
-// the register; the kPerm tables map lanes back. Each loaded code register is reused by
-// a group of queries held in registers. Tails use masked loads; widths without a
-// specialised path (any multiple of 8 bits) fall back to a per-code loop.
+// Arithmetic of every score: one FMA chain along the dimension, in index order, starting
+// from zero, and one lane carries one (query, row) pair. The kernels differ only in how
+// 16 rows' values at one dimension reach a register (transposed on the fly, or read from
+// a panel packed once per block), never in the arithmetic: a batch, a lone query and the
+// rerank give the same bits for the same pair, so the cascade at full depth equals
+// exhaustive search. With rows in lanes a tile also ends with its scores ready to
+// compare, without the horizontal reduction per score that a dimension-in-lanes layout
+// pays.
 //
-// Inner product: rows in lanes, one FMA chain per score along the dimension (see the
-// section below). Batches read a panel that the driver packs once per block and run a
-// 12-query x 32-row micro-kernel on it, GEMM style; 2-8 queries transpose 16 rows at a
-// time as they read them; a lone query screens rows as stored and gives the chain only
-// to rows near its threshold. Every tile ends with the threshold compare.
+// Five strategies, in this order: 2-8 queries transpose 16 rows at a time as they read
+// them (stream); a lone query screens rows as stored and gives the chain only to rows
+// near its threshold (screen); batches read a panel that the driver packs once per block
+// and run a 12-query x 32-row micro-kernel on it, GEMM style (packed panel); a few dozen
+// queries packed once per search meet rows as stored (query panel); the rerank gathers
+// scattered rows (gather). Every tile ends with the threshold compare.
 #include <immintrin.h>
-
-#include <cmath>
-#include <type_traits>
 
 #include "kernels.h"
 
 namespace cofisearch {
-namespace avx512 {
 namespace {
 
-using u8 = std::uint8_t;
 using u32 = std::uint32_t;
-using u64 = std::uint64_t;
 using sz = std::size_t;
 
-constexpr sz kPrefetchBytes = 8192;
 constexpr int kShuffleEven = _MM_SHUFFLE(2, 0, 2, 0);
 constexpr int kShuffleOdd = _MM_SHUFFLE(3, 1, 3, 1);
 
-alignas(8) constexpr u8 kPermIdentity[8] = {0, 1, 2, 3, 4, 5, 6, 7};
-alignas(8) constexpr u8 kPerm128[8] = {0, 4, 1, 5, 2, 6, 3, 7};
-alignas(8) constexpr u8 kPerm256[8] = {0, 2, 1, 3, 4, 6, 5, 7};
-
-// Mask of the 64-bit lanes of register `v` that lie inside the first `total` words.
-inline __mmask8 word_mask(sz total, sz v) {
-  if (total <= 8 * v) return 0;
-  sz left = total - 8 * v;
-  return left >= 8 ? static_cast<__mmask8>(0xFF) : static_cast<__mmask8>((1u << left) - 1);
-}
-
-// Lanes whose code (through perm) is among the first `rem` codes of the group.
-inline __mmask8 valid_lanes(const u8* perm, sz rem) {
-  unsigned m = 0;
-  for (int p = 0; p < 8; ++p)
-    if (perm[p] < rem) m |= 1u << p;
-  return static_cast<__mmask8>(m);
-}
-
-inline void emit(HammingHit*& out, u32 query, sz base, __mmask8 m, __m512i d,
-                 const u8* perm) {
-  alignas(64) u64 lanes[8];
-  _mm512_store_si512(lanes, d);
-  unsigned bits = m;
-  while (bits) {
-    unsigned p = static_cast<unsigned>(__builtin_ctz(bits));
-    *out++ = {query, static_cast<u32>(base + perm[p]), static_cast<u32>(lanes[p])};
-    bits &= bits - 1;
-  }
-}
-
-// Pairwise sums of adjacent lanes of a and b, interleaved: lane 2i holds a's pair i,
-// lane 2i+1 holds b's pair i.
-inline __m512i fold_pairs(__m512i a, __m512i b) {
-  return _mm512_add_epi64(_mm512_unpacklo_epi64(a, b), _mm512_unpackhi_epi64(a, b));
-}
-
-// Sums of 128-bit chunks 0+1 and 2+3 of a, then of b.
-inline __m512i fold_chunks(__m512i a, __m512i b) {
-  return _mm512_add_epi64(_mm512_shuffle_i64x2(a, b, kShuffleEven),
-                          _mm512_shuffle_i64x2(a, b, kShuffleOdd));
-}
-
-// Full sums of 8 registers, one per lane, in order.
-inline __m512i reduce8(const __m512i* p) {
-  __m512i u01 = fold_pairs(p[0], p[1]), u23 = fold_pairs(p[2], p[3]);
-  __m512i u45 = fold_pairs(p[4], p[5]), u67 = fold_pairs(p[6], p[7]);
-  return fold_chunks(fold_chunks(u01, u23), fold_chunks(u45, u67));
-}
-
-inline __m512i popxor(__m512i a, __m512i b) {
-  return _mm512_popcnt_epi64(_mm512_xor_si512(a, b));
-}
-
-
-// Widths of 8, 16 and 32 bytes: a register holds 8 / W codes, R = W / 8 registers cover
-// 8 codes, and the fold turns R registers into one register of 8 distances.
-template <int R>
-inline __m512i distances_narrow(const __m512i* c, __m512i qv) {
-  if constexpr (R == 1) {
-    return popxor(c[0], qv);
-  } else if constexpr (R == 2) {
-    return fold_pairs(popxor(c[0], qv), popxor(c[1], qv));
-  } else {
-    return fold_chunks(fold_pairs(popxor(c[0], qv), popxor(c[1], qv)),
-                       fold_pairs(popxor(c[2], qv), popxor(c[3], qv)));
-  }
-}
-
-template <int R>
-inline __m512i broadcast_query(const u8* q) {
-  if constexpr (R == 1) {
-    long long w;
-    __builtin_memcpy(&w, q, 8);
-    return _mm512_set1_epi64(w);
-  } else if constexpr (R == 2) {
-    return _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q)));
-  } else {
-    return _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(q)));
-  }
-}
-
-template <int R>
-constexpr const u8* narrow_perm() {
-  return R == 1 ? kPermIdentity : R == 2 ? kPerm128 : kPerm256;
-}
-
-// G queries (held in registers) against every code, U groups of 8 codes per iteration.
-// One OR of all compare masks decides whether any lane needs the slow path, so the loop
-// body is branch-free in the common case where every code is rejected.
-template <int R, int G, int U>
-HammingHit* scan_group(const u8* queries, sz q0, const u8* codes, sz n, const u32* thresh,
-                       HammingHit* out) {
-  constexpr sz W = 8 * R;
-  const u8* perm = narrow_perm<R>();
-  __m512i qv[G], tv[G];
-  for (int j = 0; j < G; ++j) {
-    qv[j] = broadcast_query<R>(queries + (q0 + j) * W);
-    tv[j] = _mm512_set1_epi64(static_cast<long long>(thresh[q0 + j]));
-  }
-  sz i = 0;
-  for (; i + 8 * U <= n; i += 8 * U) {
-    __m512i d[U][G];
-    __mmask8 m[U][G];
-    __mmask8 any = 0;
-    if constexpr (G <= 2) {
-      // Few queries stream the codes at memory speed; the hardware prefetcher alone
-      // leaves a few percent of the bandwidth unused.
-      for (int line = 0; line < U * R; ++line)
-        _mm_prefetch(reinterpret_cast<const char*>(codes + i * W + 64 * line + kPrefetchBytes),
-                     _MM_HINT_T0);
-    }
-    for (int u = 0; u < U; ++u) {
-      __m512i c[R];
-      for (int r = 0; r < R; ++r)
-        c[r] = _mm512_loadu_si512(codes + (i + 8 * u + 8 * r / R) * W);
-      for (int j = 0; j < G; ++j) {
-        d[u][j] = distances_narrow<R>(c, qv[j]);
-        m[u][j] = _mm512_cmplt_epu64_mask(d[u][j], tv[j]);
-        any |= m[u][j];
-      }
-    }
-    if (__builtin_expect(any != 0, 0)) {
-      // All masks of one code group in one word (bit 8 * query + lane), so the hits come
-      // out of a single bit loop instead of one hard-to-predict branch per query.
-      for (int u = 0; u < U; ++u) {
-        u64 bits = 0;
-        for (int j = 0; j < G; ++j) bits |= static_cast<u64>(m[u][j]) << (8 * j);
-        if (!bits) continue;
-        alignas(64) u64 lanes[G][8];
-        for (int j = 0; j < G; ++j) _mm512_store_si512(lanes[j], d[u][j]);
-        do {
-          const unsigned p = static_cast<unsigned>(__builtin_ctzll(bits));
-          *out++ = {static_cast<u32>(q0 + (p >> 3)), static_cast<u32>(i + 8 * u + perm[p & 7]),
-                    static_cast<u32>(lanes[p >> 3][p & 7])};
-          bits &= bits - 1;
-        } while (bits);
-      }
-    }
-  }
-  for (; i < n; i += 8) {
-    const sz rem = n - i < 8 ? n - i : 8;
-    __m512i c[R];
-    for (int r = 0; r < R; ++r)
-      c[r] = _mm512_maskz_loadu_epi64(word_mask(rem * R, r), codes + (i + 8 * r / R) * W);
-    const __mmask8 valid = rem == 8 ? static_cast<__mmask8>(0xFF) : valid_lanes(perm, rem);
-    for (int j = 0; j < G; ++j) {
-      const __m512i d = distances_narrow<R>(c, qv[j]);
-      const __mmask8 m = _mm512_cmplt_epu64_mask(d, tv[j]) & valid;
-      if (m) emit(out, static_cast<u32>(q0 + j), i, m, d, perm);
-    }
-  }
-  return out;
-}
-
-template <int R>
-sz scan_narrow(const u8* queries, sz nq, const u8* codes, sz n, const u32* thresh,
-               HammingHit* hits) {
-  // Wider groups reuse each loaded code more; narrow codes have registers to spare.
-  constexpr int kWide = R == 4 ? 4 : 8;
-  HammingHit* out = hits;
-  sz q = 0;
-  for (; q + kWide <= nq; q += kWide)
-    out = scan_group<R, kWide, 1>(queries, q, codes, n, thresh, out);
-  for (; q + 2 <= nq; q += 2) out = scan_group<R, 2, 2>(queries, q, codes, n, thresh, out);
-  for (; q < nq; ++q) out = scan_group<R, 1, 4>(queries, q, codes, n, thresh, out);
-  return static_cast<sz>(out - hits);
-}
-
-// Widths that are a multiple of 64 bytes: each code spans `words` registers, whose
-// popcounts are summed per code before the 8-code fold. M > 0 fixes the count at compile
-// time (so the query registers stay in registers); M == 0 reads it at run time.
-template <int M>
-sz scan_wide(const u8* queries, sz nq, const u8* codes, sz n, sz nbytes, const u32* thresh,
-             HammingHit* hits) {
-  const sz regs = M > 0 ? static_cast<sz>(M) : nbytes / 64;
-  HammingHit* out = hits;
-  for (sz q = 0; q < nq; ++q) {
-    const u8* qp = queries + q * nbytes;
-    const __m512i tv = _mm512_set1_epi64(static_cast<long long>(thresh[q]));
-    for (sz i = 0; i < n; i += 8) {
-      const sz rem = n - i < 8 ? n - i : 8;
-      __m512i p[8];
-      for (sz c = 0; c < 8; ++c) {
-        // Missing codes of a tail group repeat the last one and are masked out below.
-        const u8* cp = codes + (i + (c < rem ? c : rem - 1)) * nbytes;
-        __m512i acc = popxor(_mm512_loadu_si512(cp), _mm512_loadu_si512(qp));
-        for (sz r = 1; r < regs; ++r)
-          acc = _mm512_add_epi64(acc, popxor(_mm512_loadu_si512(cp + 64 * r),
-                                             _mm512_loadu_si512(qp + 64 * r)));
-        p[c] = acc;
-      }
-      const __m512i d = reduce8(p);
-      const __mmask8 m = _mm512_cmplt_epu64_mask(d, tv) &
-                         static_cast<__mmask8>(rem == 8 ? 0xFF : (1u << rem) - 1);
-      if (m) emit(out, static_cast<u32>(q), i, m, d, kPermIdentity);
-    }
-  }
-  return static_cast<sz>(out - hits);
-}
-
-// Any other multiple of 8 bits: 64-byte steps with a masked byte load for the tail.
-sz scan_any(const u8* queries, sz nq, const u8* codes, sz n, sz nbytes, const u32* thresh,
-            HammingHit* hits) {
-  HammingHit* out = hits;
-  const sz full = nbytes / 64;
-  const sz tail = nbytes % 64;
-  const __mmask64 tail_mask = tail ? (~0ull >> (64 - tail)) : 0;
-  for (sz q = 0; q < nq; ++q) {
-    const u8* qp = queries + q * nbytes;
-    for (sz i = 0; i < n; ++i) {
-      const u8* cp = codes + i * nbytes;
-      __m512i acc = _mm512_setzero_si512();
-      for (sz r = 0; r < full; ++r)
-        acc = _mm512_add_epi64(acc, popxor(_mm512_loadu_si512(cp + 64 * r),
-                                           _mm512_loadu_si512(qp + 64 * r)));
-      if (tail)
-        acc = _mm512_add_epi64(acc, popxor(_mm512_maskz_loadu_epi8(tail_mask, cp + 64 * full),
-                                           _mm512_maskz_loadu_epi8(tail_mask, qp + 64 * full)));
-      const u32 d = static_cast<u32>(_mm512_reduce_add_epi64(acc));
-      if (d < thresh[q]) *out++ = {static_cast<u32>(q), static_cast<u32>(i), d};
-    }
-  }
-  return static_cast<sz>(out - hits);
-}
-
-sz hamming_scan(const u8* queries, sz nq, const u8* codes, sz n, sz nbytes,
-                const u32* thresh, HammingHit* hits) {
-  switch (nbytes) {
-    case 8: return scan_narrow<1>(queries, nq, codes, n, thresh, hits);
-    case 16: return scan_narrow<2>(queries, nq, codes, n, thresh, hits);
-    case 32: return scan_narrow<4>(queries, nq, codes, n, thresh, hits);
-    case 64: return scan_wide<1>(queries, nq, codes, n, nbytes, thresh, hits);
-    case 128: return scan_wide<2>(queries, nq, codes, n, nbytes, thresh, hits);
-    default:
-      if (nbytes % 64 == 0) return scan_wide<0>(queries, nq, codes, n, nbytes, thresh, hits);
-      return scan_any(queries, nq, codes, n, nbytes, thresh, hits);
-  }
-}
-
-// ---- inner product -------------------------------------------------------------------
-//
-// Every score is one FMA chain along the dimension, in index order, starting from zero,
-// and one lane carries one (query, row) pair. The kernels differ only in how 16 rows'
-// values at one dimension reach a register (transposed on the fly, or read from a panel
-// packed once per block), never in the arithmetic: a batch, a lone query and the rerank
-// give the same bits for the same pair, so the cascade at full depth equals exhaustive
-// search. With rows in lanes a tile also ends with its scores ready to compare, without
-// the horizontal reduction per score that a dimension-in-lanes layout pays.
+// A size known at compile time, passed as a value so that a lambda can be compiled for it.
+template <int N>
+struct Count {
+  static constexpr int value = N;
+};
 
 constexpr sz kPanel = kPanelRows;  // rows per packed strip: two registers per dimension
 
@@ -403,24 +153,24 @@ ScoreHit* stream_group(const float* queries, sz q0, const float* rows, sz n, sz 
   return out;
 }
 
-// Calls f(std::integral_constant<int, rest>{}) for 0 < rest <= M, so that a remainder known
+// Calls f(Count<rest>{}) for 0 < rest <= M, so that a remainder known
 // only at run time gets the tile compiled for its size; returns `out` when rest is 0.
 template <int M, class F>
 ScoreHit* for_remainder(sz rest, ScoreHit* out, F&& f) {
   if constexpr (M == 0) {
     return out;
   } else {
-    if (rest == M) return f(std::integral_constant<int, M>{});
+    if (rest == M) return f(Count<M>{});
     return for_remainder<M - 1>(rest, out, f);
   }
 }
 
-// Runs group(q0, std::integral_constant<int, size>{}, out) over queries [0, nq) in groups
+// Runs group(q0, Count<size>{}, out) over queries [0, nq) in groups
 // of M, the last one smaller; returns the end of the hits written.
 template <int M, class Group>
 ScoreHit* in_query_groups(sz nq, ScoreHit* out, Group&& group) {
   sz q = 0;
-  for (; q + M <= nq; q += M) out = group(q, std::integral_constant<int, M>{}, out);
+  for (; q + M <= nq; q += M) out = group(q, Count<M>{}, out);
   return for_remainder<M - 1>(nq - q, out, [&](auto mr) { return group(q, mr, out); });
 }
 
@@ -543,7 +293,7 @@ ScoreHit* screen_query(const float* q, const float* rows, sz n, sz dim, float ro
     const __m512 v = _mm512_maskz_loadu_ps(static_cast<__mmask16>(first_lanes(dim - j)), q + j);
     qq = _mm512_fmadd_ps(v, v, qq);
   }
-  const float qnorm = std::sqrt(_mm512_reduce_add_ps(qq));
+  const float qnorm = _mm_cvtss_f32(_mm_sqrt_ss(_mm_set_ss(_mm512_reduce_add_ps(qq))));
   const __m512 rel = _mm512_set1_ps(b.relative * qnorm), abs_floor = _mm512_set1_ps(b.absolute);
   const __m512 margin = _mm512_fmadd_ps(rel, _mm512_set1_ps(row_norm), abs_floor);
   ScoreHit* const first = out;
@@ -570,11 +320,14 @@ ScoreHit* screen_query(const float* q, const float* rows, sz n, sz dim, float ro
   return confirm(q, rows, dim, thresh[0], first, out);
 }
 
-sz dot_scan(const float* queries, sz nq, const float* rows, sz n, sz dim, float row_norm,
-            const float* thresh, ScoreHit* hits) {
+}  // namespace
+
+sz dot_f32_scan_avx512(const float* queries, sz nq, const float* rows, sz n, sz dim,
+                       float row_norm, const float* thresh, ScoreHit* hits) {
   ScoreHit* out = hits;
   if (nq == 1) {
-    out = std::isnan(row_norm) ? screen_query<true>(queries, rows, n, dim, 0.0f, thresh, out)
+    const bool unknown_norm = row_norm != row_norm;  // NaN
+    out = unknown_norm ? screen_query<true>(queries, rows, n, dim, 0.0f, thresh, out)
                                : screen_query<false>(queries, rows, n, dim, row_norm, thresh, out);
     return static_cast<sz>(out - hits);
   }
@@ -586,7 +339,7 @@ sz dot_scan(const float* queries, sz nq, const float* rows, sz n, sz dim, float 
 
 // Strip s of the panel holds rows 32s..32s+31, dimension j of row 32s + i at
 // [s * 32 * dim + j * 32 + i]; the last strip repeats the last row.
-void dot_pack(const float* rows, sz n, sz dim, float* panel) {
+void dot_f32_pack_avx512(const float* rows, sz n, sz dim, float* panel) {
   for (sz s = 0; s * kPanel < n; ++s) {
     const float* r[kPanel];
     const float* next[kPanel];
@@ -601,6 +354,8 @@ void dot_pack(const float* rows, sz n, sz dim, float* panel) {
       }
   }
 }
+
+namespace {
 
 // Scores of MR queries with one 32-row strip: per dimension two loads of the strip, MR
 // broadcasts and 2 * MR FMAs, like a GEMM micro-kernel.
@@ -637,8 +392,10 @@ ScoreHit* panel_group(const float* queries, sz q0, const float* panel, sz n, sz 
 // registers, and each strip load feeds 12 FMAs.
 constexpr sz kPanelQueries = 12;
 
-sz dot_scan_packed(const float* queries, sz nq, const float* panel, sz n, sz dim,
-                   const float* thresh, ScoreHit* hits) {
+}  // namespace
+
+sz dot_f32_scan_packed_avx512(const float* queries, sz nq, const float* panel, sz n, sz dim,
+                              const float* thresh, ScoreHit* hits) {
   ScoreHit* out = in_query_groups<kPanelQueries>(nq, hits, [&](sz q, auto mr, ScoreHit* o) {
     return panel_group<decltype(mr)::value>(queries, q, panel, n, dim, thresh, o);
   });
@@ -651,6 +408,8 @@ sz dot_scan_packed(const float* queries, sz nq, const float* panel, sz n, sz dim
 // serves only those queries). With the queries packed instead (32 per group, once per
 // search), rows are read as stored and each row value is broadcast against two registers
 // of queries: per dimension two loads, 12 broadcasts and 24 FMAs, no transpose.
+
+namespace {
 
 // Scores of one 32-query group with the 12 rows r: acc[2i], acc[2i+1] hold row i against
 // queries 0-15 and 16-31.
@@ -708,16 +467,18 @@ ScoreHit* qlane_group(const float* qp, sz q0, sz nq, const float* rows, sz n, sz
   return out;
 }
 
-sz dot_scan_qpanel(const float* qpanel, sz nq, const float* rows, sz n, sz dim,
-                   const float* thresh, ScoreHit* hits) {
+}  // namespace
+
+sz dot_f32_scan_qpanel_avx512(const float* qpanel, sz nq, const float* rows, sz n, sz dim,
+                              const float* thresh, ScoreHit* hits) {
   ScoreHit* out = hits;
   for (sz q0 = 0; q0 < nq; q0 += kPanel)
     out = qlane_group(qpanel + q0 * dim, q0, nq, rows, n, dim, thresh, out);
   return static_cast<sz>(out - hits);
 }
 
-void dot_gather(const float* query, const float* base, sz dim, const std::int64_t* ids, sz m,
-                float* scores) {
+void dot_f32_gather_avx512(const float* query, const float* base, sz dim,
+                           const std::int64_t* ids, sz m, float* scores) {
   const float* q[1] = {query};
   auto row = [&](sz j) { return base + static_cast<sz>(ids[j < m ? j : m - 1]) * dim; };
   for (sz i = 0; i < m; i += 16) {
@@ -735,10 +496,4 @@ void dot_gather(const float* query, const float* base, sz dim, const std::int64_
   }
 }
 
-}  // namespace
-
-const KernelSet kernels = {hamming_scan, dot_scan,        dot_gather,
-                           dot_pack,     dot_scan_packed, dot_scan_qpanel};
-
-}  // namespace avx512
 }  // namespace cofisearch

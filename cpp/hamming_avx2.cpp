@@ -1,0 +1,114 @@
+// AVX2 + POPCNT Hamming kernel, compiled only in this translation unit.
+//
+// Without VPOPCNTQ, codes of up to 256 bits are counted with the scalar POPCNT
+// instruction on 64-bit words (it issues several per cycle, and a code of at most four
+// words needs no reduction); a group of queries shares every loaded code. Wider codes
+// use the nibble-lookup popcount (VPSHUFB on both halves of each byte, summed with
+// VPSADBW), 256 bits per step. Tails are plain byte loops.
+#include <immintrin.h>
+
+#include "kernels.h"
+
+namespace cofisearch {
+namespace {
+
+using u8 = std::uint8_t;
+using u32 = std::uint32_t;
+using u64 = std::uint64_t;
+using sz = std::size_t;
+
+constexpr int kQueryGroup = 4;
+
+inline u64 load64(const u8* p) {
+  u64 w;
+  __builtin_memcpy(&w, p, 8);
+  return w;
+}
+
+// Codes of exactly W = 8 * R bytes, R <= 4: query words stay in registers.
+template <int R>
+sz scan_words(const u8* queries, sz nq, const u8* codes, sz n, const u32* thresh,
+              HammingHit* hits) {
+  constexpr sz W = 8 * R;
+  HammingHit* out = hits;
+  for (sz q0 = 0; q0 < nq; q0 += kQueryGroup) {
+    const sz g = nq - q0 < kQueryGroup ? nq - q0 : kQueryGroup;
+    u64 qw[kQueryGroup][R];
+    u32 t[kQueryGroup];
+    for (sz j = 0; j < kQueryGroup; ++j) {
+      const sz src = q0 + (j < g ? j : g - 1);
+      for (int r = 0; r < R; ++r) qw[j][r] = load64(queries + src * W + 8 * r);
+      t[j] = j < g ? thresh[q0 + j] : 0;
+    }
+    for (sz i = 0; i < n; ++i) {
+      u64 cw[R];
+      for (int r = 0; r < R; ++r) cw[r] = load64(codes + i * W + 8 * r);
+      for (sz j = 0; j < kQueryGroup; ++j) {
+        u32 d = 0;
+        for (int r = 0; r < R; ++r) d += static_cast<u32>(_mm_popcnt_u64(cw[r] ^ qw[j][r]));
+        if (d < t[j]) *out++ = {static_cast<u32>(q0 + j), static_cast<u32>(i), d};
+      }
+    }
+  }
+  return static_cast<sz>(out - hits);
+}
+
+inline __m256i popcount_bytes(__m256i v) {
+  const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
+                                       0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+  const __m256i low = _mm256_set1_epi8(0x0F);
+  const __m256i lo = _mm256_shuffle_epi8(lut, _mm256_and_si256(v, low));
+  const __m256i hi = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(v, 4), low));
+  return _mm256_add_epi8(lo, hi);
+}
+
+inline u32 hsum_epi64(__m256i v) {
+  const __m128i s = _mm_add_epi64(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  return static_cast<u32>(_mm_cvtsi128_si64(s) + _mm_extract_epi64(s, 1));
+}
+
+// Any width: 32-byte vector steps, then 8-byte words, then bytes.
+sz scan_any(const u8* queries, sz nq, const u8* codes, sz n, sz nbytes, const u32* thresh,
+            HammingHit* hits) {
+  HammingHit* out = hits;
+  const sz vec = nbytes / 32;
+  const sz words_end = vec * 32 + (nbytes - vec * 32) / 8 * 8;
+  for (sz q = 0; q < nq; ++q) {
+    const u8* qp = queries + q * nbytes;
+    for (sz i = 0; i < n; ++i) {
+      const u8* cp = codes + i * nbytes;
+      __m256i acc = _mm256_setzero_si256();
+      for (sz v = 0; v < vec; ++v) {
+        const __m256i x = _mm256_xor_si256(
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(cp + 32 * v)),
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qp + 32 * v)));
+        // A byte count is at most 8, so summing 4 steps in bytes before widening is safe;
+        // widening every step keeps the loop simple and costs one VPSADBW.
+        acc = _mm256_add_epi64(acc, _mm256_sad_epu8(popcount_bytes(x), _mm256_setzero_si256()));
+      }
+      u32 d = vec ? hsum_epi64(acc) : 0;
+      sz b = vec * 32;
+      for (; b < words_end; b += 8)
+        d += static_cast<u32>(_mm_popcnt_u64(load64(cp + b) ^ load64(qp + b)));
+      for (; b < nbytes; ++b) d += static_cast<u32>(_mm_popcnt_u32(cp[b] ^ qp[b]));
+      if (d < thresh[q]) *out++ = {static_cast<u32>(q), static_cast<u32>(i), d};
+    }
+  }
+  return static_cast<sz>(out - hits);
+}
+
+}  // namespace
+
+std::size_t hamming_b8_scan_avx2(const std::uint8_t* queries, std::size_t nq,
+                                 const std::uint8_t* codes, std::size_t n, std::size_t nbytes,
+                                 const std::uint32_t* thresh, HammingHit* hits) {
+  switch (nbytes) {
+    case 8: return scan_words<1>(queries, nq, codes, n, thresh, hits);
+    case 16: return scan_words<2>(queries, nq, codes, n, thresh, hits);
+    case 24: return scan_words<3>(queries, nq, codes, n, thresh, hits);
+    case 32: return scan_words<4>(queries, nq, codes, n, thresh, hits);
+    default: return scan_any(queries, nq, codes, n, nbytes, thresh, hits);
+  }
+}
+
+}  // namespace cofisearch

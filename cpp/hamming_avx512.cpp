@@ -1,0 +1,272 @@
+// AVX-512 Hamming kernel (F, BW, VL and VPOPCNTDQ), compiled only in this translation unit.
+//
+// VPOPCNTQ counts bits per 64-bit lane, so a 512-bit register holds 8 codes of 64 bits,
+// 4 of 128, 2 of 256 or a part of one longer code. Summing lanes per code one register
+// at a time (a horizontal reduction per code) is what made long codes slow in earlier
+// engines; here the lane sums of several registers are folded together with
+// unpack/shuffle adds, so 8 codes come out in one register whatever the width, and one
+// unsigned compare against the threshold rejects all 8. The fold permutes codes within
+// the register; the kPerm tables map lanes back. Each loaded code register is reused by
+// a group of queries held in registers. Tails use masked loads; widths without a
+// specialised path (any multiple of 8 bits) fall back to a per-code loop.
+#include <immintrin.h>
+
+#include "kernels.h"
+
+namespace cofisearch {
+namespace {
+
+using u8 = std::uint8_t;
+using u32 = std::uint32_t;
+using u64 = std::uint64_t;
+using sz = std::size_t;
+
+constexpr sz kPrefetchBytes = 8192;
+constexpr int kShuffleEven = _MM_SHUFFLE(2, 0, 2, 0);
+constexpr int kShuffleOdd = _MM_SHUFFLE(3, 1, 3, 1);
+
+alignas(8) constexpr u8 kPermIdentity[8] = {0, 1, 2, 3, 4, 5, 6, 7};
+alignas(8) constexpr u8 kPerm128[8] = {0, 4, 1, 5, 2, 6, 3, 7};
+alignas(8) constexpr u8 kPerm256[8] = {0, 2, 1, 3, 4, 6, 5, 7};
+
+// Mask of the 64-bit lanes of register `v` that lie inside the first `total` words.
+inline __mmask8 word_mask(sz total, sz v) {
+  if (total <= 8 * v) return 0;
+  sz left = total - 8 * v;
+  return left >= 8 ? static_cast<__mmask8>(0xFF) : static_cast<__mmask8>((1u << left) - 1);
+}
+
+// Lanes whose code (through perm) is among the first `rem` codes of the group.
+inline __mmask8 valid_lanes(const u8* perm, sz rem) {
+  unsigned m = 0;
+  for (int p = 0; p < 8; ++p)
+    if (perm[p] < rem) m |= 1u << p;
+  return static_cast<__mmask8>(m);
+}
+
+inline void emit(HammingHit*& out, u32 query, sz base, __mmask8 m, __m512i d,
+                 const u8* perm) {
+  alignas(64) u64 lanes[8];
+  _mm512_store_si512(lanes, d);
+  unsigned bits = m;
+  while (bits) {
+    unsigned p = static_cast<unsigned>(__builtin_ctz(bits));
+    *out++ = {query, static_cast<u32>(base + perm[p]), static_cast<u32>(lanes[p])};
+    bits &= bits - 1;
+  }
+}
+
+// Pairwise sums of adjacent lanes of a and b, interleaved: lane 2i holds a's pair i,
+// lane 2i+1 holds b's pair i.
+inline __m512i fold_pairs(__m512i a, __m512i b) {
+  return _mm512_add_epi64(_mm512_unpacklo_epi64(a, b), _mm512_unpackhi_epi64(a, b));
+}
+
+// Sums of 128-bit chunks 0+1 and 2+3 of a, then of b.
+inline __m512i fold_chunks(__m512i a, __m512i b) {
+  return _mm512_add_epi64(_mm512_shuffle_i64x2(a, b, kShuffleEven),
+                          _mm512_shuffle_i64x2(a, b, kShuffleOdd));
+}
+
+// Full sums of 8 registers, one per lane, in order.
+inline __m512i reduce8(const __m512i* p) {
+  __m512i u01 = fold_pairs(p[0], p[1]), u23 = fold_pairs(p[2], p[3]);
+  __m512i u45 = fold_pairs(p[4], p[5]), u67 = fold_pairs(p[6], p[7]);
+  return fold_chunks(fold_chunks(u01, u23), fold_chunks(u45, u67));
+}
+
+inline __m512i popxor(__m512i a, __m512i b) {
+  return _mm512_popcnt_epi64(_mm512_xor_si512(a, b));
+}
+
+
+// Widths of 8, 16 and 32 bytes: a register holds 8 / W codes, R = W / 8 registers cover
+// 8 codes, and the fold turns R registers into one register of 8 distances.
+template <int R>
+inline __m512i distances_narrow(const __m512i* c, __m512i qv) {
+  if constexpr (R == 1) {
+    return popxor(c[0], qv);
+  } else if constexpr (R == 2) {
+    return fold_pairs(popxor(c[0], qv), popxor(c[1], qv));
+  } else {
+    return fold_chunks(fold_pairs(popxor(c[0], qv), popxor(c[1], qv)),
+                       fold_pairs(popxor(c[2], qv), popxor(c[3], qv)));
+  }
+}
+
+template <int R>
+inline __m512i broadcast_query(const u8* q) {
+  if constexpr (R == 1) {
+    long long w;
+    __builtin_memcpy(&w, q, 8);
+    return _mm512_set1_epi64(w);
+  } else if constexpr (R == 2) {
+    return _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q)));
+  } else {
+    return _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(q)));
+  }
+}
+
+template <int R>
+constexpr const u8* narrow_perm() {
+  return R == 1 ? kPermIdentity : R == 2 ? kPerm128 : kPerm256;
+}
+
+// G queries (held in registers) against every code, U groups of 8 codes per iteration.
+// One OR of all compare masks decides whether any lane needs the slow path, so the loop
+// body is branch-free in the common case where every code is rejected.
+template <int R, int G, int U>
+HammingHit* scan_group(const u8* queries, sz q0, const u8* codes, sz n, const u32* thresh,
+                       HammingHit* out) {
+  constexpr sz W = 8 * R;
+  const u8* perm = narrow_perm<R>();
+  __m512i qv[G], tv[G];
+  for (int j = 0; j < G; ++j) {
+    qv[j] = broadcast_query<R>(queries + (q0 + j) * W);
+    tv[j] = _mm512_set1_epi64(static_cast<long long>(thresh[q0 + j]));
+  }
+  sz i = 0;
+  for (; i + 8 * U <= n; i += 8 * U) {
+    __m512i d[U][G];
+    __mmask8 m[U][G];
+    __mmask8 any = 0;
+    if constexpr (G <= 2) {
+      // Few queries stream the codes at memory speed; the hardware prefetcher alone
+      // leaves a few percent of the bandwidth unused.
+      for (int line = 0; line < U * R; ++line)
+        _mm_prefetch(reinterpret_cast<const char*>(codes + i * W + 64 * line + kPrefetchBytes),
+                     _MM_HINT_T0);
+    }
+    for (int u = 0; u < U; ++u) {
+      __m512i c[R];
+      for (int r = 0; r < R; ++r)
+        c[r] = _mm512_loadu_si512(codes + (i + 8 * u + 8 * r / R) * W);
+      for (int j = 0; j < G; ++j) {
+        d[u][j] = distances_narrow<R>(c, qv[j]);
+        m[u][j] = _mm512_cmplt_epu64_mask(d[u][j], tv[j]);
+        any |= m[u][j];
+      }
+    }
+    if (__builtin_expect(any != 0, 0)) {
+      // All masks of one code group in one word (bit 8 * query + lane), so the hits come
+      // out of a single bit loop instead of one hard-to-predict branch per query.
+      for (int u = 0; u < U; ++u) {
+        u64 bits = 0;
+        for (int j = 0; j < G; ++j) bits |= static_cast<u64>(m[u][j]) << (8 * j);
+        if (!bits) continue;
+        alignas(64) u64 lanes[G][8];
+        for (int j = 0; j < G; ++j) _mm512_store_si512(lanes[j], d[u][j]);
+        do {
+          const unsigned p = static_cast<unsigned>(__builtin_ctzll(bits));
+          *out++ = {static_cast<u32>(q0 + (p >> 3)), static_cast<u32>(i + 8 * u + perm[p & 7]),
+                    static_cast<u32>(lanes[p >> 3][p & 7])};
+          bits &= bits - 1;
+        } while (bits);
+      }
+    }
+  }
+  for (; i < n; i += 8) {
+    const sz rem = n - i < 8 ? n - i : 8;
+    __m512i c[R];
+    for (int r = 0; r < R; ++r)
+      c[r] = _mm512_maskz_loadu_epi64(word_mask(rem * R, r), codes + (i + 8 * r / R) * W);
+    const __mmask8 valid = rem == 8 ? static_cast<__mmask8>(0xFF) : valid_lanes(perm, rem);
+    for (int j = 0; j < G; ++j) {
+      const __m512i d = distances_narrow<R>(c, qv[j]);
+      const __mmask8 m = _mm512_cmplt_epu64_mask(d, tv[j]) & valid;
+      if (m) emit(out, static_cast<u32>(q0 + j), i, m, d, perm);
+    }
+  }
+  return out;
+}
+
+template <int R>
+sz scan_narrow(const u8* queries, sz nq, const u8* codes, sz n, const u32* thresh,
+               HammingHit* hits) {
+  // Wider groups reuse each loaded code more; narrow codes have registers to spare.
+  constexpr int kWide = R == 4 ? 4 : 8;
+  HammingHit* out = hits;
+  sz q = 0;
+  for (; q + kWide <= nq; q += kWide)
+    out = scan_group<R, kWide, 1>(queries, q, codes, n, thresh, out);
+  for (; q + 2 <= nq; q += 2) out = scan_group<R, 2, 2>(queries, q, codes, n, thresh, out);
+  for (; q < nq; ++q) out = scan_group<R, 1, 4>(queries, q, codes, n, thresh, out);
+  return static_cast<sz>(out - hits);
+}
+
+// Widths that are a multiple of 64 bytes: each code spans `words` registers, whose
+// popcounts are summed per code before the 8-code fold. M > 0 fixes the count at compile
+// time (so the query registers stay in registers); M == 0 reads it at run time.
+template <int M>
+sz scan_wide(const u8* queries, sz nq, const u8* codes, sz n, sz nbytes, const u32* thresh,
+             HammingHit* hits) {
+  const sz regs = M > 0 ? static_cast<sz>(M) : nbytes / 64;
+  HammingHit* out = hits;
+  for (sz q = 0; q < nq; ++q) {
+    const u8* qp = queries + q * nbytes;
+    const __m512i tv = _mm512_set1_epi64(static_cast<long long>(thresh[q]));
+    for (sz i = 0; i < n; i += 8) {
+      const sz rem = n - i < 8 ? n - i : 8;
+      __m512i p[8];
+      for (sz c = 0; c < 8; ++c) {
+        // Missing codes of a tail group repeat the last one and are masked out below.
+        const u8* cp = codes + (i + (c < rem ? c : rem - 1)) * nbytes;
+        __m512i acc = popxor(_mm512_loadu_si512(cp), _mm512_loadu_si512(qp));
+        for (sz r = 1; r < regs; ++r)
+          acc = _mm512_add_epi64(acc, popxor(_mm512_loadu_si512(cp + 64 * r),
+                                             _mm512_loadu_si512(qp + 64 * r)));
+        p[c] = acc;
+      }
+      const __m512i d = reduce8(p);
+      const __mmask8 m = _mm512_cmplt_epu64_mask(d, tv) &
+                         static_cast<__mmask8>(rem == 8 ? 0xFF : (1u << rem) - 1);
+      if (m) emit(out, static_cast<u32>(q), i, m, d, kPermIdentity);
+    }
+  }
+  return static_cast<sz>(out - hits);
+}
+
+// Any other multiple of 8 bits: 64-byte steps with a masked byte load for the tail.
+sz scan_any(const u8* queries, sz nq, const u8* codes, sz n, sz nbytes, const u32* thresh,
+            HammingHit* hits) {
+  HammingHit* out = hits;
+  const sz full = nbytes / 64;
+  const sz tail = nbytes % 64;
+  const __mmask64 tail_mask = tail ? (~0ull >> (64 - tail)) : 0;
+  for (sz q = 0; q < nq; ++q) {
+    const u8* qp = queries + q * nbytes;
+    for (sz i = 0; i < n; ++i) {
+      const u8* cp = codes + i * nbytes;
+      __m512i acc = _mm512_setzero_si512();
+      for (sz r = 0; r < full; ++r)
+        acc = _mm512_add_epi64(acc, popxor(_mm512_loadu_si512(cp + 64 * r),
+                                           _mm512_loadu_si512(qp + 64 * r)));
+      if (tail)
+        acc = _mm512_add_epi64(acc, popxor(_mm512_maskz_loadu_epi8(tail_mask, cp + 64 * full),
+                                           _mm512_maskz_loadu_epi8(tail_mask, qp + 64 * full)));
+      const u32 d = static_cast<u32>(_mm512_reduce_add_epi64(acc));
+      if (d < thresh[q]) *out++ = {static_cast<u32>(q), static_cast<u32>(i), d};
+    }
+  }
+  return static_cast<sz>(out - hits);
+}
+
+}  // namespace
+
+std::size_t hamming_b8_scan_avx512(const std::uint8_t* queries, std::size_t nq,
+                                   const std::uint8_t* codes, std::size_t n,
+                                   std::size_t nbytes, const std::uint32_t* thresh,
+                                   HammingHit* hits) {
+  switch (nbytes) {
+    case 8: return scan_narrow<1>(queries, nq, codes, n, thresh, hits);
+    case 16: return scan_narrow<2>(queries, nq, codes, n, thresh, hits);
+    case 32: return scan_narrow<4>(queries, nq, codes, n, thresh, hits);
+    case 64: return scan_wide<1>(queries, nq, codes, n, nbytes, thresh, hits);
+    case 128: return scan_wide<2>(queries, nq, codes, n, nbytes, thresh, hits);
+    default:
+      if (nbytes % 64 == 0) return scan_wide<0>(queries, nq, codes, n, nbytes, thresh, hits);
+      return scan_any(queries, nq, codes, n, nbytes, thresh, hits);
+  }
+}
+
+}  // namespace cofisearch

@@ -1,0 +1,44 @@
+"""Type stub of the compiled module (cpp/bindings.cpp); tests/test_core_stub.py checks it
+against the module, so that it cannot drift."""
+
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+
+__version__: Final[str]
+HAMMING_SENTINEL: Final[int]
+SCORE_SENTINEL: Final[float]
+
+def simd_level() -> str: ...
+def available_simd_levels() -> list[str]: ...
+def set_simd_level(level: str) -> None: ...
+def hamming_search(
+    codes: npt.NDArray[np.uint8],
+    n: int,
+    queries: npt.NDArray[np.uint8],
+    k: int,
+    num_threads: int,
+) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int64]]: ...
+def dot_search(
+    database: npt.NDArray[np.float32],
+    n: int,
+    queries: npt.NDArray[np.float32],
+    k: int,
+    num_threads: int,
+    row_norm: float = ...,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]: ...
+def dot_rerank(
+    database: npt.NDArray[np.float32],
+    n: int,
+    queries: npt.NDArray[np.float32],
+    candidates: npt.NDArray[np.int64],
+    k: int,
+    num_threads: int,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]: ...
+
+# Private, for the tests: what the scan drivers decide (cpp/search.h).
+def _block_rows(kind: str, row_bytes: int, nq: int) -> int: ...
+def _scan_blocks(kind: str, row_bytes: int, nq: int, n: int) -> list[int]: ...
+def _dot_path(nq: int) -> str: ...
+def _force_dot_path(path: str) -> None: ...
