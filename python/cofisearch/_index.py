@@ -22,9 +22,11 @@ from . import _core
 from ._files import atomic_write
 from ._checks import (
     as_numpy,
+    check_choice,
     check_codes,
     check_floats,
     check_k,
+    check_nbits,
     check_num_threads,
     check_positive_int,
 )
@@ -103,9 +105,7 @@ class BinaryIndex:
     kind = "binary"
 
     def __init__(self, nbits):
-        nbits = check_positive_int(nbits, "nbits")
-        if nbits % 8:
-            raise ValueError(f"nbits must be a multiple of 8, got {nbits}")
+        nbits = check_nbits(nbits)
         if nbits > MAX_NBITS:
             raise ValueError(f"nbits must be at most {MAX_NBITS}, got {nbits}")
         self._nbits = nbits
@@ -200,8 +200,7 @@ class FloatIndex:
 
     def __init__(self, dim, metric="ip"):
         dim = check_positive_int(dim, "dim")
-        if metric not in _METRICS:
-            raise ValueError(f"metric must be one of {sorted(_METRICS)}, got {metric!r}")
+        check_choice(metric, "metric", tuple(_METRICS))
         self._dim = dim
         self._metric = metric
         self._store = _Storage(dim, np.float32)

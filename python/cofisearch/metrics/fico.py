@@ -30,7 +30,7 @@ __all__ = [
 ]
 
 
-def _check_matrix(name, matrix):
+def _check_matrix(matrix, name):
     m = np.asarray(matrix)
     if m.dtype.kind not in "biuf":
         raise TypeError(f"{name} must hold real numbers (bool, int or float), got dtype {m.dtype}")
@@ -147,11 +147,11 @@ def instance_retrieval(similarity_matrix, t2i_sim=None, captions_per_image="auto
     image range raises; NaN scores raise; ``t2i_sim`` of another size raises.
     """
     ks = check_int_sequence(ks, "ks")
-    sim = _oriented(_check_matrix("similarity_matrix", similarity_matrix))
+    sim = _oriented(_check_matrix(similarity_matrix, "similarity_matrix"))
     i2t_m, i2t_truth, t2i_m, t2i_truth = _instance_layout(sim, captions_per_image,
                                                           "similarity_matrix")
     if t2i_sim is not None:
-        other = _oriented(_check_matrix("t2i_sim", t2i_sim))
+        other = _oriented(_check_matrix(t2i_sim, "t2i_sim"))
         if other.shape != sim.shape:
             raise ValueError(
                 f"t2i_sim must describe the same images and captions as similarity_matrix "
@@ -171,12 +171,12 @@ def instance_retrieval(similarity_matrix, t2i_sim=None, captions_per_image="auto
 
 def _category_layout(sim1, sim2, labels, captions_per_image):
     """[(matrix, query label index, item label index), ...] for i2t then t2i."""
-    sim = _oriented(_check_matrix("sim1", sim1))
+    sim = _oriented(_check_matrix(sim1, "sim1"))
     rows, cols = sim.shape
     if sim2 is None:
         other = sim.T
     else:
-        other = _check_matrix("sim2", sim2)
+        other = _check_matrix(sim2, "sim2")
         if rows != cols:
             # Text-to-image rows are captions.  fico-itr would compute image-to-text
             # mAP on a sim2 passed as images x captions; here it is turned around.
