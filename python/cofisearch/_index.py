@@ -4,6 +4,11 @@ Both indexes keep their data in one contiguous NumPy buffer that grows geometric
 so ``add`` is amortised O(rows) and a search passes the buffer to the native scan with
 no copy. A single ``add`` of N rows into an empty index allocates exactly N rows.
 
+Thread safety: every method of both indexes may be called from any number of threads
+at once. Adds are serialised; a search, ``save``, pickling or a read of ``codes`` /
+``vectors`` sees the index as it was before or after each add, never in between (the
+live rows are published as one snapshot, and searches take it once, without a lock).
+
 Results are :class:`SearchResult` tuples that unpack as ``(distances, ids)`` (the faiss
 order). Where fewer than ``k`` results exist, ids are ``-1`` and distances are
 :data:`HAMMING_SENTINEL` (binary) or :data:`SCORE_SENTINEL` (float, ``-inf``).
@@ -13,6 +18,7 @@ from __future__ import annotations
 
 import os
 import struct
+import threading
 import zlib
 from typing import NamedTuple
 
@@ -66,26 +72,65 @@ class SearchResult(NamedTuple):
 
 
 class _Storage:
-    """A growable 2-D buffer; rows [0, n) are live."""
+    """A growable 2-D buffer whose live rows are published as one immutable snapshot.
 
-    def __init__(self, width, dtype):
-        self.buffer = np.empty((0, width), dtype=dtype)
-        self.n = 0
+    ``snapshot`` is a ``(buffer, n)`` pair replaced in a single assignment, so a reader
+    that takes it once sees rows ``[0, n)`` of that buffer as they were when it was
+    published: appends write only past ``n`` (or into a new buffer) before publishing.
+    Appends are serialised by a lock; reads take no lock.
+
+    With ``track_norm`` it also keeps an upper bound on the norm of every row, raised
+    before each snapshot is published, so a reader that takes the snapshot first and the
+    bound second always gets a bound that holds for its rows.
+    """
+
+    def __init__(self, width, dtype, rows=None, *, track_norm=False):
+        self._lock = threading.Lock()
+        self._track_norm = track_norm
+        # None where no bound is known yet (rows restored from a file or a pickle).
+        self._norm_bound = 0.0 if rows is None else None
+        if rows is None:
+            rows = np.empty((0, width), dtype=dtype)
+        self.snapshot = (rows, rows.shape[0])
+
+    @property
+    def n(self):
+        return self.snapshot[1]
 
     def append(self, rows):
-        needed = self.n + rows.shape[0]
-        if needed > MAX_ROWS:
-            raise ValueError(f"an index holds at most {MAX_ROWS} rows, adding would give {needed}")
-        if needed > self.buffer.shape[0] or not self.buffer.flags.writeable:
-            capacity = needed if self.n == 0 else max(needed, self.buffer.shape[0] * 3 // 2)
-            grown = np.empty((capacity, self.buffer.shape[1]), dtype=self.buffer.dtype)
-            grown[: self.n] = self.buffer[: self.n]
-            self.buffer = grown
-        self.buffer[self.n : needed] = rows
-        self.n = needed
+        """Appends ``rows`` and returns the new snapshot."""
+        with self._lock:
+            buffer, n = self.snapshot
+            needed = n + rows.shape[0]
+            if needed > MAX_ROWS:
+                raise ValueError(
+                    f"an index holds at most {MAX_ROWS} rows, adding would give {needed}"
+                )
+            if needed > buffer.shape[0] or not buffer.flags.writeable:
+                capacity = needed if n == 0 else max(needed, buffer.shape[0] * 3 // 2)
+                grown = np.empty((capacity, buffer.shape[1]), dtype=buffer.dtype)
+                grown[:n] = buffer[:n]
+                buffer = grown
+            buffer[n:needed] = rows
+            if self._track_norm and self._norm_bound is not None:
+                self._norm_bound = max(self._norm_bound, _max_norm(rows))
+            self.snapshot = (buffer, needed)
+            return self.snapshot
+
+    def norm_bound(self):
+        """An upper bound on the norm of every row of any snapshot taken before the call."""
+        bound = self._norm_bound
+        if bound is None:
+            with self._lock:
+                if self._norm_bound is None:
+                    buffer, n = self.snapshot
+                    self._norm_bound = _max_norm(buffer[:n])
+                bound = self._norm_bound
+        return bound
 
     def view(self):
-        v = self.buffer[: self.n]
+        buffer, n = self.snapshot
+        v = buffer[:n]
         if v.flags.writeable:
             v = v.view()
             v.flags.writeable = False
@@ -100,6 +145,9 @@ class BinaryIndex:
     nbits:
         Bits per code, a multiple of 8. Codes are ``uint8`` rows of ``nbits // 8`` bytes in
         ``numpy.packbits`` order (see :func:`cofisearch.pack_bits`).
+
+    Safe to share between threads: concurrent searches run in parallel, adds are
+    serialised, and each search sees the index before or after an add, never between.
     """
 
     kind = "binary"
@@ -144,9 +192,10 @@ class BinaryIndex:
         q = check_codes(queries, "queries", self.code_size, one_d_ok=True)
         k = check_k(k)
         threads = check_num_threads(num_threads)
-        if self.ntotal == 0:
+        buffer, n = self._store.snapshot
+        if n == 0:
             raise ValueError("the index is empty: add codes before searching")
-        d, i = _core.hamming_search(self._store.buffer, self.ntotal, q, k, threads)
+        d, i = _core.hamming_search(buffer, n, q, k, threads)
         return SearchResult(d, i)
 
     def save(self, path):
@@ -194,6 +243,9 @@ class FloatIndex:
     Vectors of another float dtype (float16, float64) and torch tensors are converted to
     float32 once; integer arrays are rejected with ``TypeError``; NaN or infinite values
     with ``ValueError``.
+
+    Safe to share between threads: concurrent searches run in parallel, adds are
+    serialised, and each search sees the index before or after an add, never between.
     """
 
     kind = "float"
@@ -203,10 +255,9 @@ class FloatIndex:
         check_choice(metric, "metric", tuple(_METRICS))
         self._dim = dim
         self._metric = metric
-        self._store = _Storage(dim, np.float32)
-        # The largest row norm (None: not known yet, as after loading). A lone query's scan
-        # uses it to bound rounding instead of computing every row's norm.
-        self._norm_bound = 0.0
+        # The storage keeps the largest row norm: a lone query's scan uses it to bound
+        # rounding instead of computing every row's norm.
+        self._store = _Storage(dim, np.float32, track_norm=True)
 
     @property
     def dim(self):
@@ -238,13 +289,6 @@ class FloatIndex:
         """Appends vectors; they get the ids ``ntotal .. ntotal + n - 1``."""
         rows = self._prepare(vectors, "vectors")
         self._store.append(rows)
-        if self._norm_bound is not None:
-            self._norm_bound = max(self._norm_bound, _max_norm(rows))
-
-    def _row_norm(self):
-        if self._norm_bound is None:
-            self._norm_bound = _max_norm(self.vectors)
-        return self._norm_bound
 
     def search(self, queries, k, *, candidates=None, num_threads=None):
         """Exact inner-product top-``k``; a 1-D query is a batch of one.
@@ -257,15 +301,15 @@ class FloatIndex:
         q = self._prepare(queries, "queries")
         k = check_k(k)
         threads = check_num_threads(num_threads)
-        if self.ntotal == 0:
+        buffer, n = self._store.snapshot
+        if n == 0:
             raise ValueError("the index is empty: add vectors before searching")
         if candidates is None:
-            s, i = _core.dot_search(
-                self._store.buffer, self.ntotal, q, k, threads, self._row_norm()
-            )
+            # The bound is read after the snapshot, so it covers every row of it.
+            s, i = _core.dot_search(buffer, n, q, k, threads, self._store.norm_bound())
             return SearchResult(s, i)
-        cand = check_candidates(candidates, q.shape[0], self.ntotal)
-        s, i = _core.dot_rerank(self._store.buffer, self.ntotal, q, cand, k, threads)
+        cand = check_candidates(candidates, q.shape[0], n)
+        s, i = _core.dot_rerank(buffer, n, q, cand, k, threads)
         return SearchResult(s, i)
 
     def save(self, path):
@@ -390,10 +434,7 @@ def _restore(kind, width, metric, rows):
         index = BinaryIndex(width)
     else:
         index = FloatIndex(width, metric="cosine" if metric == 1 else "ip")
-    index._store.buffer = rows
-    index._store.n = rows.shape[0]
-    if kind != _KIND_BINARY:
-        index._norm_bound = None
+    index._store = _Storage(rows.shape[1], rows.dtype, rows, track_norm=kind == _KIND_FLOAT)
     return index
 
 
