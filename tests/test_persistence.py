@@ -124,3 +124,58 @@ def test_save_over_a_mapped_file_keeps_the_mapping_valid(tmp_path):
     assert reloaded.ntotal == index.ntotal + 1
     got = reloaded.search(_queries(mapped), 5)
     np.testing.assert_array_equal(got.distances[:, :1] <= expected.distances[:, :1], True)
+
+
+def _small_index():
+    index = cofisearch.BinaryIndex(64)
+    index.add(np.arange(80, dtype=np.uint8).reshape(10, 8))
+    return index
+
+
+def test_a_new_file_gets_the_umask_default_mode(tmp_path):
+    old = os.umask(0o027)
+    try:
+        _small_index().save(tmp_path / "a.cofi")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.cofi").stat().st_mode & 0o777 == 0o640
+
+
+def test_overwriting_keeps_the_mode_of_the_file_replaced(tmp_path):
+    path = tmp_path / "a.cofi"
+    _small_index().save(path)
+    os.chmod(path, 0o604)
+    _small_index().save(path)
+    assert path.stat().st_mode & 0o777 == 0o604
+
+
+def test_saving_through_a_symlink_replaces_its_target_and_keeps_the_link(tmp_path):
+    target = tmp_path / "data" / "a.cofi"
+    target.parent.mkdir()
+    _small_index().save(target)
+    link = tmp_path / "link.cofi"
+    link.symlink_to(target)
+    bigger = _small_index()
+    bigger.add(np.zeros((5, 8), dtype=np.uint8))
+    bigger.save(link)
+    assert link.is_symlink()
+    assert cofisearch.load_index(target).ntotal == 15
+
+
+def test_a_save_removes_what_a_killed_save_left_behind(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    # A process that has exited: its pid names an orphan, as a SIGKILLed save leaves one.
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    host = socket.gethostname().replace("-", "_") or "host"
+    orphan = tmp_path / f".cofisearch-{host}-{dead.stdout.strip()}-0123456789abcdef.tmp"
+    orphan.write_bytes(b"x" * 100)
+    live = tmp_path / f".cofisearch-{host}-{os.getpid()}-fedcba9876543210.tmp"
+    live.write_bytes(b"y")
+    _small_index().save(tmp_path / "a.cofi")
+    assert not orphan.exists()
+    assert live.exists()  # a live writer's file is left alone
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["a.cofi", live.name])
