@@ -179,3 +179,67 @@ def test_a_save_removes_what_a_killed_save_left_behind(tmp_path):
     assert not orphan.exists()
     assert live.exists()  # a live writer's file is left alone
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["a.cofi", live.name])
+
+
+def _pickled_parts(index):
+    fn, args = index.__reduce__()
+    return fn, list(args)
+
+
+@pytest.mark.parametrize(
+    "tamper, message",
+    [
+        (lambda a: a.__setitem__(3, np.full_like(a[3], np.nan)), "NaN or infinite"),
+        (lambda a: a.__setitem__(3, a[3] * 282.8), "norm 282.8"),
+        (lambda a: a.__setitem__(0, 1), "binary index"),  # kind flipped to binary
+        (lambda a: a.__setitem__(3, a[3].astype(np.float64)), "float32"),
+        (lambda a: a.__setitem__(3, a[3][:, :5]), "columns"),
+        (lambda a: a.__setitem__(1, -3), "width"),
+    ],
+)
+def test_unpickling_refuses_what_add_would_refuse(tamper, message):
+    index = cofisearch.FloatIndex(16, metric="cosine")
+    index.add(np.random.default_rng(0).standard_normal((20, 16)))
+    fn, args = _pickled_parts(index)
+    tamper(args)
+    with pytest.raises(ValueError, match=message):
+        fn(*args)
+
+
+def test_a_binary_pickle_cannot_become_a_float_index():
+    index = _small_index()
+    fn, args = _pickled_parts(index)
+    args[0] = 2  # float kind, uint8 rows
+    with pytest.raises(ValueError, match="float32"):
+        fn(*args)
+
+
+def test_a_checksummed_file_with_non_unit_cosine_rows_is_refused(tmp_path):
+    import struct
+    import zlib
+
+    # A file another program wrote correctly (valid header and CRC) but with raw rows.
+    rows = np.full((4, 8), 3.0, dtype=np.float32)
+    head = struct.pack("<8sIIQQIIQ", b"COFISRCH", 1, 2, 8, 4, 1, 0, rows.nbytes)
+    crc = zlib.crc32(rows.tobytes(), zlib.crc32(head)) & 0xFFFFFFFF
+    header = head + struct.pack("<I", crc)
+    path = tmp_path / "raw.cofi"
+    path.write_bytes(header + b"\0" * (64 - len(header)) + rows.tobytes())
+    with pytest.raises(ValueError, match="raw.cofi.*norm 8.48"):
+        cofisearch.load_index(path)
+
+
+def test_knn_refuses_zero_width_rows():
+    with pytest.raises(ValueError, match="at least 1 byte"):
+        cofisearch.hamming_knn(np.zeros((5, 0), dtype=np.uint8), np.zeros((1, 0), dtype=np.uint8), 1)
+    with pytest.raises(ValueError, match="at least 1 dimension"):
+        cofisearch.dot_knn(np.zeros((5, 0), dtype=np.float32), np.zeros((1, 0), dtype=np.float32), 1)
+
+
+@pytest.mark.parametrize("bad", [2**64 - 1, 2**63 + 5])
+def test_unsigned_candidate_ids_beyond_int64_are_refused_not_wrapped(bad):
+    index = cofisearch.FloatIndex(4)
+    index.add(np.eye(4, dtype=np.float32))
+    cand = np.array([[0, 1, bad]], dtype=np.uint64)
+    with pytest.raises(ValueError, match=str(bad)):
+        index.search(np.ones((1, 4), dtype=np.float32), 2, candidates=cand)

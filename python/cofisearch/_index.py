@@ -332,7 +332,12 @@ def check_candidates(candidates, nq, ntotal):
     if c.dtype != np.int64:
         if not np.issubdtype(c.dtype, np.integer):
             raise TypeError(f"candidates must be an integer array of ids, got dtype {c.dtype}")
-        c = c.astype(np.int64)  # widening integer ids loses nothing
+        if c.dtype.kind == "u" and c.size and int(c.max()) >= ntotal:
+            # Checked before the cast, which would wrap 2**64 - 1 to the padding id -1.
+            raise ValueError(
+                f"candidates must hold ids in [0, {ntotal}) or -1 as padding, got {int(c.max())}"
+            )
+        c = c.astype(np.int64)
     if c.ndim == 1 and nq == 1:
         c = c[None, :]
     if c.ndim != 2 or c.shape[0] != nq:
@@ -356,6 +361,8 @@ def hamming_knn(database, queries, k, *, num_threads=None):
     threads = check_num_threads(num_threads)
     if db.shape[0] == 0:
         raise ValueError("database must hold at least one code, got 0 rows")
+    if db.shape[1] == 0:
+        raise ValueError("database codes must have at least 1 byte (8 bits), got 0 bytes")
     return SearchResult(*_core.hamming_search(db, db.shape[0], q, k, threads))
 
 
@@ -371,6 +378,8 @@ def dot_knn(database, queries, k, *, num_threads=None):
     threads = check_num_threads(num_threads)
     if db.shape[0] == 0:
         raise ValueError("database must hold at least one vector, got 0 rows")
+    if db.shape[1] == 0:
+        raise ValueError("database vectors must have at least 1 dimension, got 0 columns")
     return SearchResult(*_core.dot_search(db, db.shape[0], q, k, threads))
 
 
@@ -396,6 +405,7 @@ _KIND_FLOAT = 2
 _HEAD = struct.Struct("<8sIIQQIIQ")
 _HEADER_SIZE = 64
 _CHUNK = 1 << 24
+_CHUNK_ROWS = 1 << 16
 
 
 def _row_layout(kind, width):
@@ -430,12 +440,53 @@ def _save(path, kind, width, metric, rows):
 
 
 def _restore(kind, width, metric, rows):
+    """Rebuilds an index from its parts (a loaded file or a pickle), checking them as
+    ``add`` would have: nothing restored can hold what ``add`` refuses."""
+    problem = _restore_problem(kind, width, metric, rows)
+    if problem:
+        raise ValueError(f"cannot restore a cofisearch index: {problem}")
+    return _build(kind, width, metric, rows)
+
+
+def _build(kind, width, metric, rows):
     if kind == _KIND_BINARY:
         index = BinaryIndex(width)
     else:
         index = FloatIndex(width, metric="cosine" if metric == 1 else "ip")
     index._store = _Storage(rows.shape[1], rows.dtype, rows, track_norm=kind == _KIND_FLOAT)
     return index
+
+
+# Normalised float32 rows have norms within a few ulps of 1; anything further off was not
+# written by a cosine index.
+_UNIT_TOLERANCE = 1e-4
+
+
+def _restore_problem(kind, width, metric, rows):
+    if kind not in (_KIND_BINARY, _KIND_FLOAT) or metric not in (0, 1):
+        return f"unknown kind {kind!r} or metric {metric!r}"
+    if isinstance(width, bool) or not isinstance(width, int) or width <= 0:
+        return f"width must be a positive int, got {width!r}"
+    if kind == _KIND_BINARY and (width % 8 or width > MAX_NBITS or metric):
+        return f"nbits {width} (metric {metric}) is not a binary index's"
+    dtype, row_len = _row_layout(kind, width)
+    if not isinstance(rows, np.ndarray) or rows.dtype != dtype or rows.ndim != 2:
+        got = f"{rows.dtype} {rows.shape}" if isinstance(rows, np.ndarray) else type(rows).__name__
+        return f"rows must be a 2-D {dtype} array, got {got}"
+    if rows.shape[1] != row_len:
+        return f"rows must have {row_len} columns for width {width}, got {rows.shape[1]}"
+    if kind == _KIND_FLOAT:
+        for start in range(0, rows.shape[0], _CHUNK_ROWS):
+            part = rows[start : start + _CHUNK_ROWS]
+            if not (np.isfinite(part.min()) and np.isfinite(part.max())):
+                return "rows hold NaN or infinite values"
+            if metric == 1:
+                norms = np.sqrt(np.einsum("ij,ij->i", part, part, dtype=np.float64))
+                off = (norms != 0) & (np.abs(norms - 1) > _UNIT_TOLERANCE)
+                if off.any():
+                    row = start + int(np.argmax(off))
+                    return f"row {row} of a cosine index has norm {norms[row - start]:.6g}, not 1"
+    return None
 
 
 def load_index(path, *, mmap=False):
@@ -485,4 +536,9 @@ def load_index(path, *, mmap=False):
             raise bad(f"payload ended after {got} of {payload} bytes")
     if _checksum(header[: _HEAD.size], rows) != stored_crc:
         raise bad("checksum mismatch: the file is corrupted")
-    return _restore(kind, width, metric, rows)
+    # A file with a valid checksum can still hold rows that add refuses (written by
+    # another program, or by a build with a bug): the same check as for a pickle.
+    problem = _restore_problem(kind, width, metric, rows)
+    if problem:
+        raise bad(problem)
+    return _build(kind, width, metric, rows)
