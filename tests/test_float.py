@@ -320,3 +320,28 @@ def test_rerank_cost_does_not_depend_on_index_size():
     q[0, 0] = 1.0
     s, i = index.search(q, 2, candidates=np.array([[3, 9]]))
     assert i.tolist() == [[9, 3]]
+
+
+@pytest.mark.parametrize("magnitude", [1e-30, 1e-22, 1e18, 5e18, 1e30])
+def test_cosine_is_scale_free_across_the_float32_range(magnitude):
+    # Norms in float32 used to overflow (x * 5e18 stored as zero vectors) or underflow
+    # (self-cosine 1.03 at 1e-22); the stored rows must equal those of unscaled input.
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((50, 24)).astype(np.float32)
+    plain = cofisearch.FloatIndex(24, metric="cosine")
+    plain.add(x)
+    scaled = cofisearch.FloatIndex(24, metric="cosine")
+    scaled.add(x.astype(np.float64) * magnitude)
+    np.testing.assert_allclose(scaled.vectors, plain.vectors, rtol=1e-6, atol=1e-7)
+    s, i = scaled.search(x[:5] * np.float32(1e-3), 1)
+    np.testing.assert_array_equal(i[:, 0], np.arange(5))
+    np.testing.assert_allclose(s[:, 0], 1.0, rtol=1e-5)
+
+
+def test_cosine_rows_of_ordinary_magnitude_keep_their_exact_bits():
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((200, 33)).astype(np.float32) * np.float32(3.7)
+    index = cofisearch.FloatIndex(33, metric="cosine")
+    index.add(x)
+    plain = x / np.linalg.norm(x, axis=1, keepdims=True)
+    np.testing.assert_array_equal(index.vectors, plain)

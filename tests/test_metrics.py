@@ -526,3 +526,14 @@ def test_ranking_metrics_ignore_padding():
 def test_ranking_metrics_reject_bad_input(call, error):
     with pytest.raises(error):
         call()
+
+
+@pytest.mark.parametrize("magnitude", [1e-22, 1e20])
+def test_evaluate_cosine_does_not_depend_on_the_embeddings_scale(magnitude):
+    rng = np.random.default_rng(12)
+    images = rng.standard_normal((40, 16)).astype(np.float32)
+    texts = images + 0.3 * rng.standard_normal((40, 16)).astype(np.float32)
+    want = metrics.evaluate(images, texts, captions_per_image=1, metric="cosine")
+    got = metrics.evaluate(images * np.float32(magnitude), texts * np.float32(magnitude),
+                           captions_per_image=1, metric="cosine")
+    assert got == want

@@ -26,6 +26,7 @@ import numpy as np
 
 from . import _core
 from ._files import atomic_write
+from ._reference import unit_rows
 from ._checks import (
     as_numpy,
     check_choice,
@@ -220,14 +221,6 @@ def _max_norm(rows):
     return float(np.sqrt(np.einsum("ij,ij->i", rows, rows).max()))
 
 
-def _normalise(x):
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    out = np.zeros_like(x)
-    # A zero vector stays zero (score 0 with everything) rather than becoming NaN.
-    np.divide(x, norms, out=out, where=norms > 0)
-    return out
-
-
 class FloatIndex:
     """Exact inner-product search over float32 vectors.
 
@@ -282,7 +275,7 @@ class FloatIndex:
     def _prepare(self, x, name):
         a = check_floats(x, name, self._dim, one_d_ok=True)
         if self._metric == "cosine":
-            a = _normalise(a)
+            a = unit_rows(a)
         return a
 
     def add(self, vectors):

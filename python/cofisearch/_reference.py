@@ -22,6 +22,7 @@ __all__ = [
     "popcount",
     "smallest_k",
     "topk",
+    "unit_rows",
     "words",
 ]
 
@@ -52,6 +53,24 @@ def words(codes):
         if codes.shape[1] % np.dtype(dtype).itemsize == 0:
             return codes.view(dtype)
     return codes
+
+
+def unit_rows(x):
+    """Each row of a 2-D float array scaled to unit Euclidean norm, in its own dtype; an
+    all-zero row stays zero (cosine 0 with everything) rather than becoming NaN.
+
+    Rows are first scaled by a power of two that brings their largest entry into
+    [0.5, 1): exact, so rows of ordinary magnitude get the same bits as a plain
+    ``x / norm(x)``, while rows near the float range's ends no longer overflow or
+    underflow in the sum of squares (1e20 or 1e-22 in float32 are ordinary vectors).
+    """
+    peak = np.abs(x).max(axis=1, keepdims=True)
+    _, exponent = np.frexp(peak)
+    scaled = np.ldexp(x, -exponent)
+    norms = np.linalg.norm(scaled, axis=1, keepdims=True)
+    out = np.zeros_like(scaled)
+    np.divide(scaled, norms, out=out, where=norms > 0)
+    return out
 
 
 def hamming_distances(queries, database):

@@ -24,6 +24,7 @@ import numpy as np
 
 from .. import datasets
 from .._index import BinaryIndex, FloatIndex
+from .._reference import unit_rows
 from ..cascade import Cascade
 from ..encoders import RandomRotationBinarizer
 from .contenders import BINARY, FLOAT, open_engines
@@ -192,8 +193,8 @@ class RecallAndCascade:
         runner.step("equal recall: synthetic data")
         data = datasets.make_paired(p.recall_n + p.recall_nq, captions_per_image=1,
                                     n_test=p.recall_nq, d_image=RECALL_DIM, seed=self.seed)
-        db = _unit_rows(data.train.image_features)
-        queries = _unit_rows(data.test.image_features)
+        db = unit_rows(np.asarray(data.train.image_features, dtype=np.float32))
+        queries = unit_rows(np.asarray(data.test.image_features, dtype=np.float32))
         dim = db.shape[1]
         del data
         exact = FloatIndex(dim)
@@ -362,12 +363,6 @@ class Table7:
 
 
 # ---- data helpers ---------------------------------------------------------------------------
-
-
-def _unit_rows(x):
-    x = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return np.ascontiguousarray(x / np.maximum(norms, np.float32(1e-12)))
 
 
 def _pca_basis(x):

@@ -11,7 +11,7 @@ import numpy as np
 
 from .._checks import as_numpy, check_bool, check_choice, check_int_sequence
 from .._index import dot_knn, hamming_knn
-from .._reference import hamming_distances, words
+from .._reference import hamming_distances, unit_rows, words
 from ._labels import Labels, caption_map, check_every_image_captioned
 from ._scan import CategoryAccumulator, Truth, rows_per_block, scan
 
@@ -74,10 +74,9 @@ def _check_embeddings(image_emb, text_emb, metric):
 def _unit_rows(name, emb):
     if not np.isfinite(emb).all():
         raise ValueError(f"{name} must be finite, found NaN or inf")
-    norms = np.linalg.norm(emb, axis=1, keepdims=True)
-    if (norms == 0).any():
+    if not np.abs(emb).max(axis=1).all():
         raise ValueError(f"{name} has an all-zero row, whose cosine similarity is undefined")
-    return (emb / norms).astype(np.float32)
+    return unit_rows(emb).astype(np.float32)
 
 
 class _Scorer:
