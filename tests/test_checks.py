@@ -56,3 +56,8 @@ def test_readable_file_names_the_problem(tmp_path):
         c.check_readable_file(tmp_path / "missing.npy", "path")
     with pytest.raises(ValueError, match="is a directory"):
         c.check_readable_file(tmp_path, "path")
+
+
+def test_multi_hot_accepts_bools_and_zero_one_numbers():
+    assert c.check_multi_hot(np.array([[True, False]]), "labels").dtype == bool
+    c.check_multi_hot(np.array([[0.0, 1.0]]), "labels")

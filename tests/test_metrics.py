@@ -537,3 +537,13 @@ def test_evaluate_cosine_does_not_depend_on_the_embeddings_scale(magnitude):
     got = metrics.evaluate(images * np.float32(magnitude), texts * np.float32(magnitude),
                            captions_per_image=1, metric="cosine")
     assert got == want
+
+
+@pytest.mark.parametrize("bad, message", [(np.nan, "got nan"), (-1, "labels > 0"), (2, "got 2")])
+def test_multi_hot_labels_must_be_zero_or_one(bad, message):
+    # NaN labels used to make every item relevant (mAP 1.0), -1 to count as "has label".
+    sim = np.random.default_rng(0).standard_normal((10, 10))
+    labels = np.eye(10, 3)
+    labels[4, 1] = bad
+    with pytest.raises(ValueError, match=message):
+        metrics.category_retrieval(sim, labels)

@@ -31,6 +31,7 @@ __all__ = [
     "check_floats",
     "check_int",
     "check_int_sequence",
+    "check_multi_hot",
     "check_k",
     "check_nbits",
     "check_num_threads",
@@ -107,6 +108,19 @@ def check_bool(value, name):
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
     return bool(value)
+
+
+def check_multi_hot(labels, name):
+    """A 2-D multi-hot label array must hold only 0 and 1 (or bools): NaN would make
+    every item relevant, and a {-1, +1} encoding would read -1 as "has the label"."""
+    if labels.dtype.kind == "b":
+        return labels
+    bad = (labels != 0) & (labels != 1)  # NaN compares unequal to both
+    if bad.any():
+        value = labels[bad][0]
+        hint = "; convert {-1, +1} labels with labels > 0" if value == -1 else ""
+        raise ValueError(f"{name} must be multi-hot (only 0 and 1), got {value}{hint}")
+    return labels
 
 
 def check_choice(value, name, choices):

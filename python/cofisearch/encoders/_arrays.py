@@ -6,7 +6,7 @@ import numbers
 
 import numpy as np
 
-from .._checks import check_int
+from .._checks import check_int, check_multi_hot
 
 __all__ = [
     "CHUNK_ROWS",
@@ -92,8 +92,10 @@ def check_labels(labels, n_images):
         )
     if arr.ndim == 1 and arr.dtype.kind not in "iu":
         raise TypeError(f"1-D labels must be integer class ids, got dtype {arr.dtype}")
-    if arr.ndim == 2 and arr.shape[1] == 0:
-        raise ValueError(f"multi-hot labels need at least one class, got shape {arr.shape}")
+    if arr.ndim == 2:
+        if arr.shape[1] == 0:
+            raise ValueError(f"multi-hot labels need at least one class, got shape {arr.shape}")
+        check_multi_hot(arr, "labels")
     return arr
 
 

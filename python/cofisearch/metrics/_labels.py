@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .._checks import check_positive_int
+from .._checks import check_multi_hot, check_positive_int
 from ._scan import rows_per_block
 
 __all__ = ["Labels", "caption_map", "check_every_image_captioned", "check_map_range"]
@@ -127,6 +127,7 @@ class Labels:
             return
         if lab.shape[1] == 0:
             raise ValueError(f"labels must have at least one class column, got shape {lab.shape}")
+        check_multi_hot(lab, "labels")
         # Label sets as bits in uint64 words: "shares a label" is an AND per word.
         n_words = -(-lab.shape[1] // 64)
         bits = np.zeros((n_images, n_words * 64), dtype=bool)
