@@ -71,6 +71,26 @@ def test_search_releases_the_gil():
     assert len(ticks) > 5
 
 
+def _search_while_adding(index, rows, batch, searcher, n_searchers):
+    """Adds ``rows`` batch by batch (the first batch before any search) while
+    ``n_searchers`` threads call ``searcher(done)`` until it returns; ``done`` is set
+    once the last batch is in. Returns the searchers' results."""
+    index.add(rows[:batch])
+    done = threading.Event()
+
+    def adder():
+        for start in range(batch, rows.shape[0], batch):
+            index.add(rows[start : start + batch])
+        done.set()
+
+    t = threading.Thread(target=adder)
+    t.start()
+    try:
+        return _run_in_threads(lambda _: searcher(done), n_searchers)
+    finally:
+        t.join()
+
+
 @pytest.fixture
 def frequent_switches():
     """Python threads switch every microsecond instead of every 5 ms, so that races
@@ -120,15 +140,8 @@ def test_a_search_sees_the_index_before_or_after_an_add_never_between():
     rows = rng.integers(0, 256, (batch * batches, 128), dtype=np.uint8)
     query = rows[:1]
     index = cofisearch.BinaryIndex(1024)
-    index.add(rows[:batch])
-    done = threading.Event()
 
-    def adder():
-        for b in range(1, batches):
-            index.add(rows[b * batch : (b + 1) * batch])
-        done.set()
-
-    def searcher(_):
+    def searcher(done):
         seen = 0
         while not done.is_set() or seen < batch * batches:
             d, i = index.search(query, batch * batches, num_threads=1)
@@ -141,10 +154,7 @@ def test_a_search_sees_the_index_before_or_after_an_add_never_between():
             seen = m
         return seen
 
-    t = threading.Thread(target=adder)
-    t.start()
-    seen = _run_in_threads(searcher, 3)
-    t.join()
+    seen = _search_while_adding(index, rows, batch, searcher, 3)
     assert seen == [batch * batches] * 3
 
 
@@ -159,15 +169,8 @@ def test_float_searches_during_adds_use_a_norm_bound_that_covers_their_rows():
     vectors = base * scale[:, None]
     query = rng.standard_normal((1, dim)).astype(np.float32)
     index = cofisearch.FloatIndex(dim)
-    index.add(vectors[:batch])
-    done = threading.Event()
 
-    def adder():
-        for b in range(1, batches):
-            index.add(vectors[b * batch : (b + 1) * batch])
-        done.set()
-
-    def searcher(_):
+    def searcher(done):
         checks = 0
         while not done.is_set() or checks == 0:
             before = index.ntotal
@@ -182,7 +185,4 @@ def test_float_searches_during_adds_use_a_norm_bound_that_covers_their_rows():
             checks += 1
         return checks
 
-    t = threading.Thread(target=adder)
-    t.start()
-    _run_in_threads(searcher, 2)
-    t.join()
+    _search_while_adding(index, vectors, batch, searcher, 2)
