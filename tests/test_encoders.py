@@ -419,3 +419,11 @@ def test_reranker_rejects_misshapen_candidates():
         model(q, np.zeros((2, 4, 5), np.float32))
     with pytest.raises(TypeError, match="candidate_vectors must be a floating-point"):
         model(q, np.zeros((3, 4, 5), np.int32))
+
+
+def test_bfloat16_tensors_are_widened_exactly():
+    torch = pytest.importorskip("torch")
+    x = torch.randn(6, 16).to(torch.bfloat16)
+    index = cofisearch.FloatIndex(16)
+    index.add(x)
+    np.testing.assert_array_equal(index.vectors, x.float().numpy())

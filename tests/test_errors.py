@@ -1,5 +1,7 @@
 """Every bad input raises a typed error naming the argument (STYLE.md, errors table)."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -105,3 +107,36 @@ def test_core_rejects_a_negative_row_norm_bound():
     db = np.ones((4, 3), np.float32)
     with pytest.raises(ValueError, match="row_norm"):
         cofisearch._core.dot_search(db, 4, db[:1], 1, 1, -1.0)
+
+
+def test_masked_arrays_are_refused_not_unmasked():
+    codes = np.ma.masked_array(np.zeros((3, 8), dtype=np.uint8), mask=False)
+    with pytest.raises(TypeError, match="codes must not be a masked array"):
+        cofisearch.BinaryIndex(64).add(codes)
+
+
+def test_a_fifo_is_refused_instead_of_blocking(tmp_path):
+    fifo = tmp_path / "pipe.cofi"
+    os.mkfifo(fifo)
+    with pytest.raises(ValueError, match="not a regular file"):
+        cofisearch.load_index(fifo)
+
+
+def test_nan_scores_from_a_reranker_are_refused():
+    rng = np.random.default_rng(0)
+    codes = rng.integers(0, 256, (30, 8), dtype=np.uint8)
+    vectors = rng.standard_normal((30, 8)).astype(np.float32)
+    coarse, fine = cofisearch.BinaryIndex(64), cofisearch.FloatIndex(8)
+    coarse.add(codes)
+    fine.add(vectors)
+    cascade = cofisearch.Cascade(coarse, fine, n_candidates=10,
+                                 reranker=lambda q, ids: np.full(ids.shape, np.nan))
+    with pytest.raises(ValueError, match="reranker must return real scores"):
+        cascade.search(codes[:2], vectors[:2], 3)
+
+
+def test_plus_infinity_in_a_similarity_matrix_is_refused():
+    sim = np.eye(5)
+    sim[2, 3] = np.inf
+    with pytest.raises(ValueError, match=r"\+inf"):
+        cofisearch.metrics.instance_retrieval(sim, captions_per_image=1)

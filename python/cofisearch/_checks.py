@@ -44,16 +44,28 @@ __all__ = [
 ]
 
 
+_NUMPY_TORCH_FLOATS = ("torch.float16", "torch.float32", "torch.float64")
+
+
 def as_numpy(x, name):
     """Returns ``x`` as a NumPy array without importing torch.
 
     Torch tensors (detected by their module, so torch stays optional) are detached and
     moved to the CPU; anything else goes through ``numpy.asarray``.
     """
+    if isinstance(x, np.ma.MaskedArray):
+        raise TypeError(
+            f"{name} must not be a masked array (its mask would be ignored); "
+            "fill it (numpy.ma.filled) or drop the masked rows first"
+        )
     if isinstance(x, np.ndarray):
         return x
     if type(x).__module__.split(".")[0] == "torch":
-        return x.detach().cpu().numpy()
+        t = x.detach().cpu()
+        # NumPy has no bfloat16 (nor float8): widen to float32, which is exact.
+        if t.is_floating_point() and str(t.dtype) not in _NUMPY_TORCH_FLOATS:
+            t = t.float()
+        return t.numpy()
     try:
         return np.asarray(x)
     except (TypeError, ValueError) as exc:

@@ -17,6 +17,7 @@ order). Where fewer than ``k`` results exist, ids are ``-1`` and distances are
 from __future__ import annotations
 
 import os
+import stat
 import struct
 import threading
 import zlib
@@ -492,7 +493,11 @@ def load_index(path, *, mmap=False):
     """
     path = os.fspath(path)
     try:
-        size = os.path.getsize(path)
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            # A FIFO or a device would block or never end; an index is a regular file.
+            raise ValueError(f"cannot read index file {path!r}: not a regular file")
+        size = info.st_size
         with open(path, "rb") as f:
             header = f.read(_HEADER_SIZE)
     except OSError as exc:

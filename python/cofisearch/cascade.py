@@ -281,6 +281,9 @@ def _rerank(reranker, queries, candidate_ids, k):
         raise ValueError(
             f"reranker must return scores of shape {candidate_ids.shape}, got {scores.shape}"
         )
+    if np.isnan(scores[candidate_ids >= 0]).any():
+        # NaN has no place in an order: it would rank arbitrarily, silently.
+        raise ValueError("reranker must return real scores for every candidate, got NaN")
     # Ordered as every other stage orders: ties by the smaller id, padding last.
     out_scores, out_ids = merge_topk([(scores, candidate_ids)], k, largest=True)
     return out_scores.astype(np.float32), out_ids

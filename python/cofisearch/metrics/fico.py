@@ -51,8 +51,14 @@ def _matrix_blocks(matrix, name):
 
     def block_key(q0, q1):
         block = np.asarray(matrix[q0:q1])
-        if block.dtype.kind == "f" and np.isnan(block).any():
-            raise ValueError(f"{name} must not contain NaN")
+        if block.dtype.kind == "f" and block.size:
+            # One pass: the maximum propagates NaN and exposes +inf, which would rank
+            # first for no reason a metric can report (-inf stays: "never relevant").
+            top = block.max()
+            if np.isnan(top):
+                raise ValueError(f"{name} must not contain NaN")
+            if top == np.inf:
+                raise ValueError(f"{name} must not contain +inf")
         return ascending_key(block, largest=True)
 
     return block_key
