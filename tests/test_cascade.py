@@ -187,3 +187,67 @@ def test_mismatched_indexes_and_queries_are_rejected():
     fine.add(np.zeros((1, 32), np.float32))
     with pytest.raises(ValueError, match="same items"):
         Cascade(coarse, fine).search(qc, qv, 5)
+
+
+def _cascade_pair(n=0, seed=0):
+    rng = np.random.default_rng(seed)
+    codes = rng.integers(0, 256, (n, 8), dtype=np.uint8)
+    vectors = rng.standard_normal((n, 12)).astype(np.float32)
+    return cofisearch.Cascade(cofisearch.BinaryIndex(64), cofisearch.FloatIndex(12),
+                              n_candidates=20), codes, vectors
+
+
+def test_add_gives_an_item_the_same_id_in_both_stages():
+    cascade, codes, vectors = _cascade_pair(50)
+    cascade.add(codes, vectors)
+    assert cascade.coarse.ntotal == cascade.fine.ntotal == 50
+    scores, ids = cascade.search(codes[:3], vectors[:3], 1)
+    np.testing.assert_array_equal(ids[:, 0], [0, 1, 2])
+
+
+def test_add_checks_both_parts_before_changing_either():
+    cascade, codes, vectors = _cascade_pair(10)
+    with pytest.raises(ValueError, match="same queries"):
+        cascade.add(codes, vectors[:9])
+    with pytest.raises(ValueError, match="vectors must have 12 columns"):
+        cascade.add(codes, vectors[:, :5])
+    assert cascade.coarse.ntotal == cascade.fine.ntotal == 0
+
+
+def test_searches_during_cascade_adds_never_screen_an_unscorable_item():
+    import threading
+
+    cascade, codes, vectors = _cascade_pair(4000, seed=3)
+    cascade.add(codes[:100], vectors[:100])
+    done = threading.Event()
+    errors = []
+
+    def searcher():
+        while not done.is_set():
+            try:
+                cascade.search(codes[:5], vectors[:5], 5)
+            except BaseException as exc:  # reported after join
+                errors.append(exc)
+                return
+
+    threads = [threading.Thread(target=searcher) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for start in range(100, 4000, 100):
+        cascade.add(codes[start:start + 100], vectors[start:start + 100])
+    done.set()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:1]
+
+
+def test_a_cascade_pickles_with_its_indexes():
+    import pickle
+
+    cascade, codes, vectors = _cascade_pair(30)
+    cascade.add(codes, vectors)
+    again = pickle.loads(pickle.dumps(cascade))
+    np.testing.assert_array_equal(again.search(codes[:4], vectors[:4], 3).ids,
+                                  cascade.search(codes[:4], vectors[:4], 3).ids)
+    again.add(codes[:1], vectors[:1])
+    assert again.fine.ntotal == 31 and cascade.fine.ntotal == 30

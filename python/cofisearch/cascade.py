@@ -15,12 +15,20 @@ without a leading underscore and outside ``__all__`` are that package-internal A
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import NamedTuple
 
 import numpy as np
 
-from ._checks import as_numpy, check_k, check_num_threads, check_positive_int
+from ._checks import (
+    as_numpy,
+    check_codes,
+    check_floats,
+    check_k,
+    check_num_threads,
+    check_positive_int,
+)
 from ._index import BinaryIndex, FloatIndex, SearchResult
 from ._reference import merge_topk
 
@@ -133,6 +141,11 @@ class Cascade:
     n_rerank:
         Stage-3 depth: how many of the stage-2 results the reranker scores (default:
         ``n_candidates``).
+
+    Thread safety: :meth:`search` and :meth:`add` may be called from any number of
+    threads at once. :meth:`add` grows both indexes together (the fine one first), so a
+    concurrent search never screens an item that its rerank cannot score; adding to
+    ``coarse`` or ``fine`` directly while searches run is not covered by that promise.
     """
 
     def __init__(self, coarse, fine, n_candidates=100, reranker=None, n_rerank=None):
@@ -144,6 +157,7 @@ class Cascade:
         self.fine = fine
         self.n_candidates, self.n_rerank = check_stages(n_candidates, reranker, n_rerank)
         self.reranker = reranker
+        self._adding = threading.Lock()
 
     def __repr__(self):
         return (
@@ -151,16 +165,43 @@ class Cascade:
             f"reranker={self.reranker!r}, n_rerank={self.n_rerank})"
         )
 
+    def __reduce__(self):
+        # The lock is per process; a copy gets its own.
+        return (
+            type(self),
+            (self.coarse, self.fine, self.n_candidates, self.reranker,
+             self.n_rerank if self.reranker is not None else None),
+        )
+
+    def add(self, codes, vectors):
+        """Adds items to both stages: ``codes[i]`` and ``vectors[i]`` describe one item,
+        which gets the same id in ``coarse`` and ``fine``. Both are checked before either
+        index changes."""
+        n = count_queries(codes, vectors)
+        codes = check_codes(codes, "codes", self.coarse.code_size, one_d_ok=True)
+        vectors = check_floats(vectors, "vectors", self.fine.dim, one_d_ok=True)
+        with self._adding:
+            if self.coarse.ntotal != self.fine.ntotal:
+                raise ValueError(
+                    f"coarse and fine must index the same items before adding {n}: coarse "
+                    f"holds {self.coarse.ntotal}, fine holds {self.fine.ntotal}"
+                )
+            # Fine first: a search that sees the new codes also sees their vectors.
+            self.fine.add(vectors)
+            self.coarse.add(codes)
+
     def search(self, query_codes, query_vectors, k, *, rerank_queries=None, num_threads=None):
         """Top-``k`` per query through the stages; query ``i`` is ``query_codes[i]`` for the
         screen and ``query_vectors[i]`` for the rerank. Returns a :class:`CascadeResult`
         holding float scores of the last stage that ran."""
         k = check_k(k)
         threads = check_num_threads(num_threads)
-        if self.coarse.ntotal != self.fine.ntotal:
+        with self._adding:  # both counts between adds, not in the middle of one
+            n_coarse, n_fine = self.coarse.ntotal, self.fine.ntotal
+        if n_coarse != n_fine:
             raise ValueError(
-                "coarse and fine must index the same items: coarse holds "
-                f"{self.coarse.ntotal}, fine holds {self.fine.ntotal}"
+                f"coarse and fine must index the same items: coarse holds {n_coarse}, "
+                f"fine holds {n_fine}"
             )
         count_queries(query_codes, query_vectors)
         started = time.perf_counter()
