@@ -140,3 +140,15 @@ def test_plus_infinity_in_a_similarity_matrix_is_refused():
     sim[2, 3] = np.inf
     with pytest.raises(ValueError, match=r"\+inf"):
         cofisearch.metrics.instance_retrieval(sim, captions_per_image=1)
+
+
+@pytest.mark.parametrize("search", [
+    lambda k: cofisearch.hamming_knn(np.zeros((100, 8), dtype=np.uint8), np.zeros((1, 8), dtype=np.uint8), k),
+    lambda k: cofisearch.dot_knn(np.ones((100, 4), dtype=np.float32), np.ones((1, 4), dtype=np.float32), k),
+])
+def test_a_k_whose_results_cannot_fit_is_refused_before_any_work(search):
+    # 2**31 results of 12 bytes: 24 GiB of padding for 100 rows, refused in microseconds.
+    if cofisearch._checks.mem_available_bytes() is None:
+        pytest.skip("no /proc/meminfo to check memory against")
+    with pytest.raises(ValueError, match=r"k=2147483648 for 1 queries over 100 rows needs"):
+        search(2**31)

@@ -39,7 +39,9 @@ __all__ = [
     "check_path",
     "check_positive_int",
     "check_readable_file",
+    "check_result_size",
     "default_num_threads",
+    "mem_available_bytes",
     "set_default_num_threads",
 ]
 
@@ -205,6 +207,38 @@ def check_output_dir(value, name):
 
 def check_k(k):
     return check_positive_int(k, "k")
+
+
+def mem_available_bytes():
+    """``MemAvailable`` from ``/proc/meminfo`` (what can be allocated without swapping
+    out others), or ``None`` where it cannot be read (not Linux)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+# Bytes a search holds per (query, result): the int32 or float32 distance and int64 id
+# returned, plus the native selection's entries while it runs (up to min(k, rows) each).
+_RESULT_BYTES = 12
+_SELECTION_BYTES = 40
+
+
+def check_result_size(nq, k, n):
+    """Refuses, before any work, a search whose results cannot fit in memory: ``nq x k``
+    results are returned (padded past ``n`` rows) and ``nq x min(k, n)`` are selected."""
+    need = nq * k * _RESULT_BYTES + nq * min(k, n) * _SELECTION_BYTES
+    available = mem_available_bytes()
+    if available is not None and need > available:
+        raise ValueError(
+            f"k={k} for {nq} queries over {n} rows needs {need / 2**30:.1f} GiB of results, "
+            f"more than the {available / 2**30:.1f} GiB available; results past {n} are "
+            "padding: ask for fewer, or search the queries in smaller batches"
+        )
 
 
 _default_threads = None

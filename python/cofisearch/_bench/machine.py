@@ -18,6 +18,8 @@ import numpy as np
 
 import cofisearch
 
+from .._checks import mem_available_bytes
+
 __all__ = [
     "blas_threads",
     "blas_warnings",
@@ -94,16 +96,6 @@ def _mem_total_gib():
     for line in text.splitlines():
         if line.startswith("MemTotal:"):
             return round(int(line.split()[1]) / (1 << 20), 1)
-    return None
-
-
-def mem_available_bytes():
-    """``MemAvailable`` from ``/proc/meminfo`` (what can be allocated without swapping
-    out others), or ``None`` where the file is missing (not Linux)."""
-    text = _read_text("/proc/meminfo") or ""
-    for line in text.splitlines():
-        if line.startswith("MemAvailable:"):
-            return int(line.split()[1]) * 1024
     return None
 
 
