@@ -450,6 +450,45 @@ def test_loading_a_manifest_whose_counts_break_routing_raises(binary_pair, tmp_p
         load_sharded(tmp_path)
 
 
+def test_swapped_shard_files_are_refused_not_served(binary_pair, tmp_path):
+    # Shards 1 and 2 of 3001 rows both hold 1000 codes: counts cannot tell them apart.
+    binary_pair[0].save(tmp_path)
+    entries = json.loads((tmp_path / "manifest.json").read_text())["shards"]
+    files = [tmp_path / entry["files"]["codes"] for entry in entries]
+    one, two = files[1].read_bytes(), files[2].read_bytes()
+    files[1].write_bytes(two)
+    files[2].write_bytes(one)
+    with pytest.raises(ValueError, match="shard 1.*not the file this shard saved"):
+        load_sharded(tmp_path)
+
+
+def test_moved_manifest_entries_are_refused(tmp_path):
+    # Same counts, files exchanged between entries: only the checksums tell.
+    index = ShardedIndex(cofisearch.BinaryIndex(16), 2)
+    codes, _ = _binary_data(n=400, seed=8)
+    index.add(codes)
+    index.save(tmp_path)
+    index.close()
+    path = tmp_path / "manifest.json"
+    manifest = json.loads(path.read_text())
+    a, b = manifest["shards"]
+    a["files"], b["files"] = b["files"], a["files"]
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="not the file this shard saved"):
+        load_sharded(tmp_path)
+
+
+def test_a_manifest_without_checksums_still_loads(binary_pair, tmp_path):
+    binary_pair[0].save(tmp_path)
+    path = tmp_path / "manifest.json"
+    manifest = json.loads(path.read_text())
+    for entry in manifest["shards"]:
+        del entry["checksums"]
+    path.write_text(json.dumps(manifest))
+    with load_sharded(tmp_path) as again:
+        assert again.ntotal == binary_pair[0].ntotal
+
+
 # ---- faults -------------------------------------------------------------------------
 
 

@@ -489,6 +489,17 @@ def _restore_problem(kind, width, metric, rows):
     return None
 
 
+def index_file_checksum(path):
+    """The CRC-32 stored in the header of the index file at ``path`` (which
+    :func:`load_index` verifies against the whole file), to tell one file from another
+    without reading it all."""
+    with open(path, "rb") as f:
+        header = f.read(_HEAD.size + 4)
+    if len(header) < _HEAD.size + 4 or header[:8] != _MAGIC:
+        raise ValueError(f"{os.fspath(path)!r} is not a cofisearch index file")
+    return struct.unpack_from("<I", header, _HEAD.size)[0]
+
+
 def load_index(path, *, mmap=False):
     """Loads an index written by ``save``.
 

@@ -4,9 +4,12 @@ Format ``cofisearch-sharded`` version 1: a JSON object with ``format``, ``versio
 ``kind`` (``"binary"``, ``"float"`` or ``"cascade"``), ``n_shards``, ``ntotal``, a
 human-readable ``routing`` note, the layout (``nbits`` and/or ``dim`` and ``metric``,
 plus ``n_candidates`` and ``screen`` for a cascade) and one ``shards`` entry per shard:
-its ``count``, its id range ``{"start", "step", "stop"}`` and its ``files``, one file name
+its ``count``, its id range ``{"start", "step", "stop"}``, its ``files``, one file name
 per suffix of the kind (:data:`SUFFIXES`), each a file in the engine's format (see
-:func:`cofisearch.load_index`) inside the manifest's directory.
+:func:`cofisearch.load_index`) inside the manifest's directory, and ``checksums``, the
+CRC-32 each of those files stores in its header, in the same order, so that a file
+swapped with another shard's or an entry moved is refused at load. Manifests written
+before ``checksums`` existed load without that check.
 """
 
 from __future__ import annotations
@@ -39,9 +42,10 @@ def shard_file_names(kind, n_shards, token):
     ]
 
 
-def write_manifest(directory, *, kind, counts, file_names, extra):
+def write_manifest(directory, *, kind, counts, file_names, checksums, extra):
     """Writes ``directory/manifest.json`` atomically, for shards holding ``counts`` rows in
-    ``file_names`` (from :func:`shard_file_names`); ``extra`` adds the layout fields."""
+    ``file_names`` (from :func:`shard_file_names`) whose header checksums are
+    ``checksums`` (per shard, one per file); ``extra`` adds the layout fields."""
     n_shards, ntotal = len(counts), sum(counts)
     manifest = {
         "format": FORMAT,
@@ -55,6 +59,7 @@ def write_manifest(directory, *, kind, counts, file_names, extra):
                 "count": counts[s],
                 "ids": {"start": s, "step": n_shards, "stop": ntotal},
                 "files": file_names[s],
+                "checksums": list(checksums[s]),
             }
             for s in range(n_shards)
         ],
@@ -108,6 +113,13 @@ def read_manifest(directory):
             isinstance(n, str) and n and os.path.basename(n) == n for n in files.values()
         ):
             raise bad(f"shard {s} must name files {list(SUFFIXES[kind])} inside the directory")
+        checksums = entry.get("checksums")
+        if checksums is not None and not (
+            isinstance(checksums, list)
+            and len(checksums) == len(files)
+            and all(isinstance(c, int) and 0 <= c < 2**32 for c in checksums)
+        ):
+            raise bad(f"shard {s} checksums must be {len(files)} CRC-32 values, got {checksums!r}")
     return manifest
 
 

@@ -15,7 +15,14 @@ import os
 import numpy as np
 import ray
 
-from .._index import HAMMING_SENTINEL, SCORE_SENTINEL, BinaryIndex, FloatIndex, load_index
+from .._index import (
+    HAMMING_SENTINEL,
+    SCORE_SENTINEL,
+    BinaryIndex,
+    FloatIndex,
+    index_file_checksum,
+    load_index,
+)
 from ..cascade import FirstStages, run_first_stages
 
 
@@ -108,15 +115,29 @@ class Shard:
         )
 
     def save(self, paths):
+        """Saves each index and returns the files' checksums, for the manifest."""
+        checksums = []
         for index, path in zip(self._indexes, paths):
             os.makedirs(os.path.dirname(path), exist_ok=True)
             index.save(path)
-        return self._count(), None
+            checksums.append(index_file_checksum(path))
+        return self._count(), checksums
 
-    def load(self, paths, mmap):
+    def load(self, paths, mmap, checksums=None):
+        """Loads the files a save wrote; with ``checksums`` (from the manifest), a file
+        that is not the one the manifest names for this shard (swapped, or an entry
+        moved) is refused rather than served."""
         # Reported as text rather than raised, so that the driver's error names the shard
         # and the file instead of carrying a remote traceback.
         try:
+            if checksums is not None:
+                for path, expected in zip(paths, checksums):
+                    found = index_file_checksum(path)
+                    if found != expected:
+                        return -1, (
+                            f"{path!r} is not the file this shard saved (checksum "
+                            f"{found:08x}, the manifest says {expected:08x})"
+                        )
             loaded = [load_index(path, mmap=mmap) for path in paths]
         except (OSError, ValueError) as exc:
             return -1, str(exc)

@@ -254,7 +254,7 @@ class Sharded:
             else:
                 why = "it was never saved"
             return f"{reason}, and it cannot be restored: {why}"
-        paths, mmap = saved
+        paths, mmap, checksums = saved
         try:
             ray.kill(self._actors[s], no_restart=True)
         except Exception:  # already dead, which is the usual case here
@@ -262,7 +262,7 @@ class Sharded:
         self._actors[s] = self._new_actor(s)
         try:
             count, problem = ray.get(
-                self._actors[s].load.remote(paths, mmap), timeout=self._start_timeout_s
+                self._actors[s].load.remote(paths, mmap, checksums), timeout=self._start_timeout_s
             )
         except ray.exceptions.GetTimeoutError:
             return (
@@ -326,7 +326,7 @@ class Sharded:
         names = shard_file_names(self.kind, self._n_shards, uuid.uuid4().hex[:12])
         paths = shard_paths(directory, self.kind, names)
         try:
-            self._call("save", range(self._n_shards), lambda s: (paths[s],))
+            checksums = self._call("save", range(self._n_shards), lambda s: (paths[s],))
         except BaseException:
             # The previous save stays whole; only this attempt's files are litter.
             for path in (p for shard in paths for p in shard):
@@ -335,12 +335,13 @@ class Sharded:
                 except FileNotFoundError:
                     pass
             raise
+        checksums = [checksums[s] for s in range(self._n_shards)]
         write_manifest(
             directory, kind=self.kind, counts=self._counts, file_names=names,
-            extra=self._manifest_extra(),
+            checksums=checksums, extra=self._manifest_extra(),
         )
         for s in range(self._n_shards):
-            self._saved[s] = (paths[s], self._mmap)
+            self._saved[s] = (paths[s], self._mmap, checksums[s])
             self._ever_saved[s] = True
         if old is not None:
             self._remove_old_files(directory, old, {n for d in names for n in d.values()})
@@ -376,7 +377,11 @@ class Sharded:
         paths = shard_paths(
             directory, manifest["kind"], [entry["files"] for entry in manifest["shards"]]
         )
-        refs = [self._actors[s].load.remote(paths[s], mmap) for s in range(self._n_shards)]
+        checksums = [entry.get("checksums") for entry in manifest["shards"]]
+        refs = [
+            self._actors[s].load.remote(paths[s], mmap, checksums[s])
+            for s in range(self._n_shards)
+        ]
         for s, ref in enumerate(refs):
             count, problem = ray.get(ref)
             expected = manifest["shards"][s]["count"]
@@ -386,7 +391,7 @@ class Sharded:
                 self.close()
                 raise ValueError(f"cannot load shard {s} of the index in {directory!r}: {problem}")
             self._counts[s] = count
-            self._saved[s] = (paths[s], bool(mmap))
+            self._saved[s] = (paths[s], bool(mmap), checksums[s])
             self._ever_saved[s] = True
         return self
 
