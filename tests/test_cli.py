@@ -219,6 +219,16 @@ def test_eval_writes_the_table(fico_dir, tmp_path_factory):
     assert (out_dir / "eval.md").read_text().strip() in text
 
 
+def test_eval_says_when_a_caption_map_does_not_fit_an_output(fico_dir, tmp_path_factory):
+    # A map of 101 captions cannot describe the 100 captions of these outputs.
+    np.save(fico_dir / "flickr30k_test_indices.npy", np.arange(101) // 5)
+    out_dir = tmp_path_factory.mktemp("eval")
+    status, text = run_cli(["eval", str(fico_dir), "--out", str(out_dir)])
+    assert status == 0
+    assert "Note: toy on f30k was evaluated with an even split" in text
+    assert "the map covers 101 captions" in text
+
+
 # ---- demo -----------------------------------------------------------------------------------
 
 

@@ -165,6 +165,9 @@ def cmd_eval(args, out):
             cells = [model, dataset, direction] + [_cell(values.get(f"R@{k}")) for k in args.ks]
             cells += [_cell(values.get(key)) for key in ("MedianR", "MeanR", "mAP@N")]
             lines.append("| " + " | ".join(cells) + " |")
+    notes = _unused_caption_maps(found)
+    if notes:
+        lines += [""] + notes
     text = "\n".join(lines) + "\n"
     path = os.path.join(args.out, "eval.md")
     with open(path, "w") as f:
@@ -172,6 +175,21 @@ def cmd_eval(args, out):
     print(text, file=out)
     print(f"wrote {path}", file=out)
     return 0
+
+
+def _unused_caption_maps(found):
+    """A line for every output evaluated without its dataset's caption map (its caption
+    count differs from the map's), so that the table never hides the fallback."""
+    notes = []
+    for (model, dataset), output in sorted(found.outputs.items()):
+        cap_map = found.caption_to_image.get(dataset)
+        if cap_map is not None and output.caption_to_image is None:
+            notes.append(
+                f"Note: {model} on {dataset} was evaluated with an even split of captions "
+                f"over images, not with the dataset's caption map: the map covers "
+                f"{cap_map.shape[0]} captions, the model's outputs hold another number."
+            )
+    return notes
 
 
 def _cell(value):
