@@ -22,3 +22,17 @@ def block_rows(kind, row_bytes, nq):
     """Rows per full cache block of a native `kind` ("hamming" or "dot") scan of nq queries,
     computed by the driver's own code (cpp/search.cpp, through a private _core function)."""
     return cofisearch._core._block_rows(kind, row_bytes, nq)
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--long", action="store_true", default=False,
+        help="run the long reliability campaigns (fuzzing, stress, cluster faults) at full "
+        "size; without it they run a short, bounded version that CI can afford",
+    )
+
+
+@pytest.fixture(scope="session")
+def long_run(request):
+    """True under ``--long``: reliability tests size their campaigns from it."""
+    return request.config.getoption("--long")
