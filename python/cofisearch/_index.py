@@ -445,7 +445,8 @@ def _restore(kind, width, metric, rows):
     problem = _restore_problem(kind, width, metric, rows)
     if problem:
         raise ValueError(f"cannot restore a cofisearch index: {problem}")
-    return _build(kind, width, metric, rows)
+    # A pickle may carry a Fortran-ordered or strided array; the scans read one C block.
+    return _build(kind, width, metric, np.ascontiguousarray(rows))
 
 
 def _build(kind, width, metric, rows):
@@ -470,6 +471,8 @@ def _restore_problem(kind, width, metric, rows):
     if kind == _KIND_BINARY and (width % 8 or width > MAX_NBITS or metric):
         return f"nbits {width} (metric {metric}) is not a binary index's"
     dtype, row_len = _row_layout(kind, width)
+    if isinstance(rows, np.ma.MaskedArray):
+        return "rows must not be a masked array (its mask would be ignored)"
     if not isinstance(rows, np.ndarray) or rows.dtype != dtype or rows.ndim != 2:
         got = f"{rows.dtype} {rows.shape}" if isinstance(rows, np.ndarray) else type(rows).__name__
         return f"rows must be a 2-D {dtype} array, got {got}"
