@@ -21,7 +21,6 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 
 import cofisearch
-from cofisearch import _reference
 
 N_ADDERS = 4
 N_SEARCHERS = 4
