@@ -251,3 +251,24 @@ def test_a_cascade_pickles_with_its_indexes():
                                   cascade.search(codes[:4], vectors[:4], 3).ids)
     again.add(codes[:1], vectors[:1])
     assert again.fine.ntotal == 31 and cascade.fine.ntotal == 30
+
+
+def test_a_cascade_pickle_with_corrupted_stage_depths_is_refused():
+    # Found by the unpickling fuzzer: a flipped bit in n_candidates restored a cascade of
+    # another depth; the depths now carry a CRC, as the indexes' rows do.
+    cascade, codes, vectors = _cascade_pair(30)
+    cascade.add(codes, vectors)
+    fn, args = cascade.__reduce__()
+    args = list(args)
+    args[2] += 1
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        pickle.loads(pickle.dumps(_Reduced(fn, tuple(args))))
+    assert fn(*cascade.__reduce__()[1]).n_candidates == cascade.n_candidates
+
+
+class _Reduced:
+    def __init__(self, fn, args):
+        self.parts = (fn, args)
+
+    def __reduce__(self):
+        return self.parts

@@ -61,3 +61,20 @@ def test_readable_file_names_the_problem(tmp_path):
 def test_multi_hot_accepts_bools_and_zero_one_numbers():
     assert c.check_multi_hot(np.array([[True, False]]), "labels").dtype == bool
     c.check_multi_hot(np.array([[0.0, 1.0]]), "labels")
+
+
+def test_result_size_reads_available_memory_only_for_large_results(monkeypatch):
+    # Reading /proc/meminfo costs more than a small search: small results skip it, large
+    # ones are still checked against it.
+    reads = []
+
+    def available():
+        reads.append(1)
+        return 1 << 30
+
+    monkeypatch.setattr(c, "mem_available_bytes", available)
+    c.check_result_size(1, 4, 6000)
+    assert reads == []
+    with pytest.raises(ValueError, match="k=100000000 for 2 queries"):
+        c.check_result_size(2, 10**8, 100)
+    assert reads == [1]

@@ -450,6 +450,18 @@ def test_loading_a_manifest_whose_counts_break_routing_raises(binary_pair, tmp_p
         load_sharded(tmp_path)
 
 
+@pytest.mark.parametrize("kind", [[], {}, ["binary"]])
+def test_a_manifest_whose_kind_is_not_a_string_is_refused(binary_pair, tmp_path, kind):
+    # Found by the manifest fuzzer: a list or object kind raised "unhashable type".
+    binary_pair[0].save(tmp_path)
+    path = tmp_path / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["kind"] = kind
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="kind must be one of"):
+        load_sharded(tmp_path)
+
+
 def test_swapped_shard_files_are_refused_not_served(binary_pair, tmp_path):
     # Shards 1 and 2 of 3001 rows both hold 1000 codes: counts cannot tell them apart.
     binary_pair[0].save(tmp_path)

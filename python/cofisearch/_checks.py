@@ -226,12 +226,17 @@ def mem_available_bytes():
 # returned, plus the native selection's entries while it runs (up to min(k, rows) each).
 _RESULT_BYTES = 12
 _SELECTION_BYTES = 40
+# Below this a search's results are not worth reading /proc/meminfo for: the read costs
+# more than a small search itself (60 us against 15 us for a top-4 over 6,000 codes).
+_SMALL_RESULT_BYTES = 1 << 26
 
 
 def check_result_size(nq, k, n):
     """Refuses, before any work, a search whose results cannot fit in memory: ``nq x k``
     results are returned (padded past ``n`` rows) and ``nq x min(k, n)`` are selected."""
     need = nq * k * _RESULT_BYTES + nq * min(k, n) * _SELECTION_BYTES
+    if need <= _SMALL_RESULT_BYTES:
+        return
     available = mem_available_bytes()
     if available is not None and need > available:
         raise ValueError(

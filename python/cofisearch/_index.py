@@ -207,7 +207,7 @@ class BinaryIndex:
         _save(path, _KIND_BINARY, self._nbits, 0, self.codes)
 
     def __reduce__(self):
-        return (_restore, (_KIND_BINARY, self._nbits, 0, np.array(self.codes)))
+        return _reduce(_KIND_BINARY, self._nbits, 0, self.codes)
 
     def __repr__(self):
         return f"BinaryIndex(nbits={self._nbits}, ntotal={self.ntotal})"
@@ -315,7 +315,7 @@ class FloatIndex:
         _save(path, _KIND_FLOAT, self._dim, _METRICS[self._metric], self.vectors)
 
     def __reduce__(self):
-        return (_restore, (_KIND_FLOAT, self._dim, _METRICS[self._metric], np.array(self.vectors)))
+        return _reduce(_KIND_FLOAT, self._dim, _METRICS[self._metric], self.vectors)
 
     def __repr__(self):
         return f"FloatIndex(dim={self._dim}, metric={self._metric!r}, ntotal={self.ntotal})"
@@ -422,10 +422,14 @@ def _checksum(head, payload):
     return crc & 0xFFFFFFFF
 
 
+def _head(kind, width, metric, rows):
+    return _HEAD.pack(_MAGIC, _VERSION, kind, width, rows.shape[0], metric, 0, rows.nbytes)
+
+
 def _save(path, kind, width, metric, rows):
     path = os.fspath(path)
     rows = np.ascontiguousarray(rows)
-    head = _HEAD.pack(_MAGIC, _VERSION, kind, width, rows.shape[0], metric, 0, rows.nbytes)
+    head = _head(kind, width, metric, rows)
     header = head + struct.pack("<I", _checksum(head, rows))
     header += b"\0" * (_HEADER_SIZE - len(header))
 
@@ -439,12 +443,27 @@ def _save(path, kind, width, metric, rows):
     atomic_write(path, write)
 
 
-def _restore(kind, width, metric, rows):
-    """Rebuilds an index from its parts (a loaded file or a pickle), checking them as
-    ``add`` would have: nothing restored can hold what ``add`` refuses."""
+def _reduce(kind, width, metric, rows):
+    # The pickle carries the CRC-32 a saved file would (header and rows): a pickle
+    # corrupted in storage or transit, in the rows or the layout, is refused on load
+    # instead of restoring a different index.
+    rows = np.array(rows)
+    return (_restore, (kind, width, metric, rows, _checksum(_head(kind, width, metric, rows), rows)))
+
+
+def _restore(kind, width, metric, rows, checksum=None):
+    """Rebuilds an index from its parts (a pickle), checking them as ``add`` would have:
+    nothing restored can hold what ``add`` refuses. ``checksum`` is absent from pickles
+    written before it existed."""
     problem = _restore_problem(kind, width, metric, rows)
     if problem:
         raise ValueError(f"cannot restore a cofisearch index: {problem}")
+    # A pickle may carry a Fortran-ordered or strided array; the scans read one C block.
+    rows = np.ascontiguousarray(rows)
+    if checksum is not None and (
+        type(checksum) is not int or checksum != _checksum(_head(kind, width, metric, rows), rows)
+    ):
+        raise ValueError("cannot restore a cofisearch index: checksum mismatch (corrupted pickle)")
     return _build(kind, width, metric, rows)
 
 
@@ -463,13 +482,16 @@ _UNIT_TOLERANCE = 1e-4
 
 
 def _restore_problem(kind, width, metric, rows):
-    if kind not in (_KIND_BINARY, _KIND_FLOAT) or metric not in (0, 1):
+    known = type(kind) is int and type(metric) is int  # 1.0 or True would pass `in`
+    if not known or kind not in (_KIND_BINARY, _KIND_FLOAT) or metric not in (0, 1):
         return f"unknown kind {kind!r} or metric {metric!r}"
     if isinstance(width, bool) or not isinstance(width, int) or width <= 0:
         return f"width must be a positive int, got {width!r}"
     if kind == _KIND_BINARY and (width % 8 or width > MAX_NBITS or metric):
         return f"nbits {width} (metric {metric}) is not a binary index's"
     dtype, row_len = _row_layout(kind, width)
+    if isinstance(rows, np.ma.MaskedArray):
+        return "rows must not be a masked array (its mask would be ignored)"
     if not isinstance(rows, np.ndarray) or rows.dtype != dtype or rows.ndim != 2:
         got = f"{rows.dtype} {rows.shape}" if isinstance(rows, np.ndarray) else type(rows).__name__
         return f"rows must be a 2-D {dtype} array, got {got}"

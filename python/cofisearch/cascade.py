@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import threading
 import time
+import zlib
 from typing import NamedTuple
 
 import numpy as np
@@ -166,11 +167,14 @@ class Cascade:
         )
 
     def __reduce__(self):
-        # The lock is per process; a copy gets its own.
+        # The lock is per process; a copy gets its own. The indexes' pickles carry their
+        # own CRCs; the stage depths carry one here, so that a corrupted pickle cannot
+        # restore a cascade of other depths.
+        n_rerank = self.n_rerank if self.reranker is not None else None
         return (
-            type(self),
-            (self.coarse, self.fine, self.n_candidates, self.reranker,
-             self.n_rerank if self.reranker is not None else None),
+            _restore_cascade,
+            (self.coarse, self.fine, self.n_candidates, self.reranker, n_rerank,
+             _depths_checksum(self.n_candidates, n_rerank)),
         )
 
     def add(self, codes, vectors):
@@ -215,6 +219,16 @@ class Cascade:
             first, k=k, reranker=self.reranker, n_rerank=self.n_rerank,
             query_vectors=query_vectors, rerank_queries=rerank_queries, started=started,
         )
+
+
+def _depths_checksum(n_candidates, n_rerank):
+    return zlib.crc32(repr((n_candidates, n_rerank)).encode())
+
+
+def _restore_cascade(coarse, fine, n_candidates, reranker, n_rerank, checksum):
+    if checksum != _depths_checksum(n_candidates, n_rerank):
+        raise ValueError("cannot restore a Cascade: checksum mismatch (corrupted pickle)")
+    return Cascade(coarse, fine, n_candidates, reranker, n_rerank)
 
 
 # ---- the stages, shared with cofisearch.distributed -----------------------------------

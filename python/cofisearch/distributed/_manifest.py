@@ -95,7 +95,7 @@ def read_manifest(directory):
             f"{FORMAT_VERSION})"
         )
     kind = manifest.get("kind")
-    if kind not in SUFFIXES:
+    if not isinstance(kind, str) or kind not in SUFFIXES:  # a list or dict is unhashable
         raise bad(f"kind must be one of {sorted(SUFFIXES)}, got {kind!r}")
     n_shards, ntotal = manifest.get("n_shards"), manifest.get("ntotal")
     if not isinstance(n_shards, int) or n_shards < 1 or not isinstance(ntotal, int) or ntotal < 0:
