@@ -3,7 +3,7 @@
 Run from the repository root::
 
     PYTHONPATH=python python bench/reliability.py --scale tiny   # ~40 s, the CI sizes
-    PYTHONPATH=python python bench/reliability.py --scale long   # ~20 min on 2 cores
+    PYTHONPATH=python python bench/reliability.py --scale full   # ~20 min on 2 cores
 
 The campaigns are the test suite's own (``tests/test_stress.py``, ``tests/test_fuzz.py``,
 the latter through pytest, whose ``--long`` option sizes it); this script prints each
@@ -23,7 +23,8 @@ TESTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # (seconds, batches per adder, every how many searches one returns every row)
 STRESS = {
     "tiny": {"binary": (4, 300, 16), "float": (4, 300, 16), "cascade": (2, 300, 16)},
-    "long": {"binary": (130, 1_000, 128), "float": (130, 1_000, 128), "cascade": (40, 1_000, 128)},
+    # The test suite's --long sizes.
+    "full": {"binary": (130, 1_000, 128), "float": (130, 1_000, 128), "cascade": (40, 1_000, 128)},
 }
 
 
@@ -47,7 +48,7 @@ def main(argv=None):
         failed |= c.problems() > 0
     print(f"stress: {total} searches in all", flush=True)
     if not args.skip_fuzz:
-        extra = ["--long"] if args.scale == "long" else []
+        extra = ["--long"] if args.scale == "full" else []
         code = pytest.main(
             ["-q", "-s", "-p", "no:cacheprovider", os.path.join(TESTS, "test_fuzz.py"), *extra]
         )

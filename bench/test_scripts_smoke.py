@@ -53,3 +53,11 @@ def test_bench_distributed_tiny_finds_identical_results():
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "sharded results identical to the single index" in proc.stdout
     assert "Ray overhead" in proc.stdout
+
+
+def test_reliability_tiny_stress_finds_no_problem(capsys):
+    from . import reliability
+
+    assert reliability.main(["--scale", "tiny", "--skip-fuzz"]) == 0
+    out = capsys.readouterr().out
+    assert "stress binary" in out and "stress cascade" in out
