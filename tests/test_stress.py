@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 
 import cofisearch
+from cofisearch import _reference
 
 N_ADDERS = 4
 N_SEARCHERS = 4
@@ -241,7 +242,7 @@ def _binary_search(run, rng, full):
         m = None
         if not real.all():
             return run.fail(f"binary search padded a result over {nb} rows: {ids}")
-    all_d = np.bitwise_count(rows[:na].view(np.uint64)[:, 0] ^ q.view(np.uint64)[0])
+    all_d = _reference.hamming_distances(q.reshape(1, -1), rows[:na])[0]
     if not np.array_equal(all_d[ids[real]], dist[real]):
         return run.fail(f"binary distances {dist[real]} for ids {ids[real]}, expected "
                         f"{all_d[ids[real]]}")
