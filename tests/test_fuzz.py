@@ -114,9 +114,12 @@ def check_answers(index, rows):
     truth = qq.astype(np.float64) @ rows.astype(np.float64).T
     real = got.ids[:, :-1]
     assert (np.sort(real, axis=1) == np.arange(index.ntotal)).all()
-    scale = np.abs(qq).sum(axis=1, keepdims=True) * np.abs(rows).max() + 1e-30
-    error = np.abs(got.distances[:, :-1] - np.take_along_axis(truth, real, axis=1))
-    assert (error <= 1e-5 * scale).all(), (error, scale)
+    scale = np.abs(qq).astype(np.float64).sum(axis=1, keepdims=True) * float(np.abs(rows).max())
+    expected = np.take_along_axis(truth, real, axis=1)
+    error = np.abs(got.distances[:, :-1] - expected)
+    # Scores beyond the float32 range overflow, as documented for add: not checked here.
+    in_range = np.abs(expected) < np.finfo(np.float32).max / 2
+    assert ((error <= 1e-5 * scale + 1e-30) | ~in_range).all(), (error, scale)
     assert (np.diff(got.distances[:, :-1], axis=1) <= 0).all()
 
 
@@ -443,11 +446,13 @@ def restore_arguments(draw):
         elif change == "metric":
             metric = draw(st.sampled_from(ODD + [0, 1]))
         elif change == "width":
-            width = draw(st.sampled_from([0, -8, 3, 12, width + 8, width - 1, 2**25, True, 16.0, "16", np.int64(width)]))
+            w = cols * 8 if kind == 1 else cols  # the layout's width, whatever changed it
+            width = draw(st.sampled_from([0, -8, 3, 12, w + 8, w - 1, 2**25, True, 16.0, "16", np.int64(w)]))
         elif change == "dtype" and isinstance(rows, np.ndarray):
-            rows = rows.astype(draw(st.sampled_from(
-                ["uint8", "int8", "uint16", "float16", "float64", ">f4", "bool", "object", "float32"]
-            )))
+            with np.errstate(invalid="ignore", over="ignore"):  # NaN or 3e38 to ints
+                rows = rows.astype(draw(st.sampled_from(
+                    ["uint8", "int8", "uint16", "float16", "float64", ">f4", "bool", "object", "float32"]
+                )))
         elif change == "shape" and isinstance(rows, np.ndarray) and rows.ndim == 2:
             rows = draw(st.sampled_from([
                 rows.reshape(-1), rows[None], rows[:, :-1], np.concatenate([rows, rows], axis=1),
