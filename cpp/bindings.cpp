@@ -162,6 +162,7 @@ std::size_t non_negative(std::int64_t v, const char* name) {
 }
 
 constexpr const char* kDotPathNames[] = {"auto", "stream", "query_panel", "row_panel"};
+constexpr const char* kHammingPathNames[] = {"auto", "stream", "panel"};
 
 SimdLevel parse_level(const std::string& name) {
   try {
@@ -233,4 +234,18 @@ PYBIND11_MODULE(_core, m) {
   }, py::arg("path"),
         "Test hook: makes every dot_search take this path whatever the batch size; 'auto' "
         "restores the choice by batch size.");
+  m.def("_hamming_path", [](std::int64_t nq, std::int64_t nbytes) {
+    return std::string(kHammingPathNames[static_cast<int>(
+        cofisearch::hamming_path(non_negative(nq, "nq"), non_negative(nbytes, "nbytes")))]);
+  }, py::arg("nq"), py::arg("nbytes"),
+        "Kernel hamming_search runs for nq queries of nbytes-byte codes at the current SIMD "
+        "level: 'stream' or 'panel'.");
+  m.def("_force_hamming_path", [](const std::string& path) {
+    for (int p = 0; p < 3; ++p)
+      if (path == kHammingPathNames[p])
+        return cofisearch::force_hamming_path(static_cast<cofisearch::HammingPath>(p));
+    throw py::value_error("path must be 'auto', 'stream' or 'panel', got '" + path + "'");
+  }, py::arg("path"),
+        "Test hook: makes every hamming_search take this path whatever the batch size; "
+        "'auto' restores the choice by batch size.");
 }

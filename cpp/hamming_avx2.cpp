@@ -5,6 +5,10 @@
 // words needs no reduction); a group of queries shares every loaded code. Wider codes
 // use the nibble-lookup popcount (VPSHUFB on both halves of each byte, summed with
 // VPSADBW), 256 bits per step. Tails are plain byte loops.
+//
+// Packed panels (kernels.h) hold 4 codes' word j in each half-group register, so the
+// nibble-lookup counts of all words add up per byte with no reduction across lanes, and
+// one VPSADBW per 31 words turns them into 4 distances.
 #include <immintrin.h>
 
 #include "kernels.h"
@@ -97,7 +101,64 @@ sz scan_any(const u8* queries, sz nq, const u8* codes, sz n, sz nbytes, const u3
   return static_cast<sz>(out - hits);
 }
 
+// A byte of a lookup count is at most 8, so 31 words add up without overflowing a byte.
+constexpr sz kWordsPerSad = 31;
+
+// G queries against one half (4 codes) of each group of a panel.
+template <int G>
+HammingHit* packed_group(const u64* qwords, sz q0, const u64* panel, sz n, sz words,
+                         const u32* thresh, HammingHit* out) {
+  const u64* qw = qwords + q0 * words;
+  __m256i tv[G];
+  for (int j = 0; j < G; ++j) tv[j] = _mm256_set1_epi64x(static_cast<long long>(thresh[q0 + j]));
+  for (sz i = 0; i < n; i += 4) {
+    const u64* half = panel + (i / 8) * 8 * words + (i % 8);
+    __m256i dist[G];
+    for (int j = 0; j < G; ++j) dist[j] = _mm256_setzero_si256();
+    for (sz w0 = 0; w0 < words; w0 += kWordsPerSad) {
+      const sz w1 = words - w0 < kWordsPerSad ? words : w0 + kWordsPerSad;
+      __m256i bytes[G];
+      for (int j = 0; j < G; ++j) bytes[j] = _mm256_setzero_si256();
+      for (sz w = w0; w < w1; ++w) {
+        const __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(half + 8 * w));
+        for (int j = 0; j < G; ++j)
+          bytes[j] = _mm256_add_epi8(
+              bytes[j], popcount_bytes(_mm256_xor_si256(
+                            c, _mm256_set1_epi64x(static_cast<long long>(qw[j * words + w])))));
+      }
+      for (int j = 0; j < G; ++j)
+        dist[j] = _mm256_add_epi64(dist[j], _mm256_sad_epu8(bytes[j], _mm256_setzero_si256()));
+    }
+    const unsigned valid = n - i >= 4 ? 0xFu : (1u << (n - i)) - 1;
+    for (int j = 0; j < G; ++j) {
+      // Distances and thresholds are below 2^32, so the signed compare is exact.
+      unsigned m = static_cast<unsigned>(_mm256_movemask_pd(
+                       _mm256_castsi256_pd(_mm256_cmpgt_epi64(tv[j], dist[j])))) & valid;
+      if (!m) continue;
+      alignas(32) u64 lanes[4];
+      _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), dist[j]);
+      do {
+        const unsigned p = static_cast<unsigned>(__builtin_ctz(m));
+        *out++ = {static_cast<u32>(q0 + j), static_cast<u32>(i + p), static_cast<u32>(lanes[p])};
+        m &= m - 1;
+      } while (m);
+    }
+  }
+  return out;
+}
+
 }  // namespace
+
+std::size_t hamming_b8_scan_packed_avx2(const std::uint64_t* qwords, std::size_t nq,
+                                        const std::uint64_t* panel, std::size_t n,
+                                        std::size_t words, const std::uint32_t* thresh,
+                                        HammingHit* hits) {
+  HammingHit* out = hits;
+  sz q = 0;
+  for (; q + 4 <= nq; q += 4) out = packed_group<4>(qwords, q, panel, n, words, thresh, out);
+  for (; q < nq; ++q) out = packed_group<1>(qwords, q, panel, n, words, thresh, out);
+  return static_cast<sz>(out - hits);
+}
 
 std::size_t hamming_b8_scan_avx2(const std::uint8_t* queries, std::size_t nq,
                                  const std::uint8_t* codes, std::size_t n, std::size_t nbytes,

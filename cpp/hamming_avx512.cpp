@@ -7,8 +7,13 @@
 // unpack/shuffle adds, so 8 codes come out in one register whatever the width, and one
 // unsigned compare against the threshold rejects all 8. The fold permutes codes within
 // the register; the kPerm tables map lanes back. Each loaded code register is reused by
-// a group of queries held in registers. Tails use masked loads; widths without a
-// specialised path (any multiple of 8 bits) fall back to a per-code loop.
+// a group of queries held in registers. Other widths (any multiple of 8 bits) read each
+// code as one or more registers, the last one masked to the code's bytes, and fold 8
+// codes at a time. Tails use masked loads.
+//
+// Batches read packed panels instead (kernels.h): 8 codes' word j in one register, so a
+// query costs one XOR, one VPOPCNTQ and one add per word and 8 codes, and nothing else,
+// at every width.
 #include <immintrin.h>
 
 #include "kernels.h"
@@ -194,25 +199,29 @@ sz scan_narrow(const u8* queries, sz nq, const u8* codes, sz n, const u32* thres
   return static_cast<sz>(out - hits);
 }
 
-// Widths that are a multiple of 64 bytes: each code spans `words` registers, whose
-// popcounts are summed per code before the 8-code fold. M > 0 fixes the count at compile
-// time (so the query registers stay in registers); M == 0 reads it at run time.
+// Any other width: each code spans `regs` registers, the last one masked to the code's
+// bytes when nbytes is not a multiple of 64; their popcounts are summed per code before
+// the 8-code fold. M > 0 fixes the register count at compile time (so the query
+// registers stay in registers); M == 0 reads it at run time.
 template <int M>
 sz scan_wide(const u8* queries, sz nq, const u8* codes, sz n, sz nbytes, const u32* thresh,
              HammingHit* hits) {
-  const sz regs = M > 0 ? static_cast<sz>(M) : nbytes / 64;
+  const sz regs = M > 0 ? static_cast<sz>(M) : (nbytes + 63) / 64;
+  const sz tail = nbytes - 64 * (regs - 1);
+  const __mmask64 last = tail == 64 ? ~0ull : (~0ull >> (64 - tail));
   HammingHit* out = hits;
   for (sz q = 0; q < nq; ++q) {
     const u8* qp = queries + q * nbytes;
     const __m512i tv = _mm512_set1_epi64(static_cast<long long>(thresh[q]));
+    const __m512i qlast = _mm512_maskz_loadu_epi8(last, qp + 64 * (regs - 1));
     for (sz i = 0; i < n; i += 8) {
       const sz rem = n - i < 8 ? n - i : 8;
       __m512i p[8];
       for (sz c = 0; c < 8; ++c) {
         // Missing codes of a tail group repeat the last one and are masked out below.
         const u8* cp = codes + (i + (c < rem ? c : rem - 1)) * nbytes;
-        __m512i acc = popxor(_mm512_loadu_si512(cp), _mm512_loadu_si512(qp));
-        for (sz r = 1; r < regs; ++r)
+        __m512i acc = popxor(_mm512_maskz_loadu_epi8(last, cp + 64 * (regs - 1)), qlast);
+        for (sz r = 0; r + 1 < regs; ++r)
           acc = _mm512_add_epi64(acc, popxor(_mm512_loadu_si512(cp + 64 * r),
                                              _mm512_loadu_si512(qp + 64 * r)));
         p[c] = acc;
@@ -226,32 +235,129 @@ sz scan_wide(const u8* queries, sz nq, const u8* codes, sz n, sz nbytes, const u
   return static_cast<sz>(out - hits);
 }
 
-// Any other multiple of 8 bits: 64-byte steps with a masked byte load for the tail.
-sz scan_any(const u8* queries, sz nq, const u8* codes, sz n, sz nbytes, const u32* thresh,
-            HammingHit* hits) {
-  HammingHit* out = hits;
-  const sz full = nbytes / 64;
-  const sz tail = nbytes % 64;
-  const __mmask64 tail_mask = tail ? (~0ull >> (64 - tail)) : 0;
-  for (sz q = 0; q < nq; ++q) {
-    const u8* qp = queries + q * nbytes;
-    for (sz i = 0; i < n; ++i) {
-      const u8* cp = codes + i * nbytes;
-      __m512i acc = _mm512_setzero_si512();
-      for (sz r = 0; r < full; ++r)
-        acc = _mm512_add_epi64(acc, popxor(_mm512_loadu_si512(cp + 64 * r),
-                                           _mm512_loadu_si512(qp + 64 * r)));
-      if (tail)
-        acc = _mm512_add_epi64(acc, popxor(_mm512_maskz_loadu_epi8(tail_mask, cp + 64 * full),
-                                           _mm512_maskz_loadu_epi8(tail_mask, qp + 64 * full)));
-      const u32 d = static_cast<u32>(_mm512_reduce_add_epi64(acc));
-      if (d < thresh[q]) *out++ = {static_cast<u32>(q), static_cast<u32>(i), d};
+// G queries against a panel; W > 0 fixes the words per code at compile time, W == 0
+// reads `words` at run time (wide codes, where the loop costs little beside G popcounts).
+// Query words are broadcast from memory as operands rather than held in registers, so
+// G accumulators and G thresholds fit in the register file at any width.
+template <int G, int W>
+HammingHit* packed_group(const u64* qwords, sz q0, const u64* panel, sz n, sz words,
+                         const u32* thresh, HammingHit* out) {
+  const sz nw = W > 0 ? static_cast<sz>(W) : words;
+  const u64* qw = qwords + q0 * nw;
+  __m512i tv[G];
+  for (int j = 0; j < G; ++j) tv[j] = _mm512_set1_epi64(static_cast<long long>(thresh[q0 + j]));
+  for (sz i = 0; i < n; i += 8, panel += 8 * nw) {
+    // With many query words the compiler would hoist every broadcast out of this loop
+    // into registers it does not have and spill them; hiding the pointer's value keeps
+    // them as memory operands. Few words fit, and stay hoisted.
+    if constexpr (W == 0 || G * W > 16) __asm__("" : "+r"(qw));
+    __m512i acc[G];
+    {
+      const __m512i c = _mm512_loadu_si512(panel);
+      for (int j = 0; j < G; ++j)
+        acc[j] = popxor(c, _mm512_set1_epi64(static_cast<long long>(qw[j * nw])));
+    }
+    sz w = 1;
+    if constexpr (W == 0) {
+      // Two words per step: half the loop overhead, and shorter add chains. Unrolled
+      // further, the compiler computes every popcount of the group before adding any
+      // and spills them.
+#pragma GCC unroll 1
+      for (; w + 2 <= nw; w += 2) {
+        const __m512i c0 = _mm512_loadu_si512(panel + 8 * w);
+        const __m512i c1 = _mm512_loadu_si512(panel + 8 * w + 8);
+        for (int j = 0; j < G; ++j)
+          acc[j] = _mm512_add_epi64(
+              acc[j],
+              _mm512_add_epi64(
+                  popxor(c0, _mm512_set1_epi64(static_cast<long long>(qw[j * nw + w]))),
+                  popxor(c1, _mm512_set1_epi64(static_cast<long long>(qw[j * nw + w + 1])))));
+      }
+    }
+    for (; w < nw; ++w) {
+      const __m512i c = _mm512_loadu_si512(panel + 8 * w);
+      for (int j = 0; j < G; ++j)
+        acc[j] = _mm512_add_epi64(
+            acc[j], popxor(c, _mm512_set1_epi64(static_cast<long long>(qw[j * nw + w]))));
+    }
+    const __mmask8 valid =
+        n - i >= 8 ? static_cast<__mmask8>(0xFF) : static_cast<__mmask8>((1u << (n - i)) - 1);
+    __mmask8 m[G];
+    __mmask8 any = 0;
+    for (int j = 0; j < G; ++j) {
+      m[j] = _mm512_mask_cmplt_epu64_mask(valid, acc[j], tv[j]);
+      any |= m[j];
+    }
+    if (__builtin_expect(any != 0, 0)) {
+      for (int j = 0; j < G; ++j)
+        if (m[j]) emit(out, static_cast<u32>(q0 + j), i, m[j], acc[j], kPermIdentity);
     }
   }
+  return out;
+}
+
+template <int W>
+sz scan_packed(const u64* qwords, sz nq, const u64* panel, sz n, sz words, const u32* thresh,
+               HammingHit* hits) {
+  HammingHit* out = hits;
+  sz q = 0;
+  for (; q + 8 <= nq; q += 8) out = packed_group<8, W>(qwords, q, panel, n, words, thresh, out);
+  for (; q + 4 <= nq; q += 4) out = packed_group<4, W>(qwords, q, panel, n, words, thresh, out);
+  for (; q < nq; ++q) out = packed_group<1, W>(qwords, q, panel, n, words, thresh, out);
   return static_cast<sz>(out - hits);
 }
 
+// Transposes 8 rows of 8 words in place: afterwards r[j] holds word j of rows 0..7.
+inline void transpose8(__m512i* r) {
+  alignas(64) static constexpr long long kLow[8] = {0, 1, 8, 9, 4, 5, 12, 13};
+  alignas(64) static constexpr long long kHigh[8] = {2, 3, 10, 11, 6, 7, 14, 15};
+  const __m512i lo = _mm512_load_si512(kLow), hi = _mm512_load_si512(kHigh);
+  // Pairs of rows: even words, then odd words, of rows 2p and 2p + 1, interleaved.
+  __m512i e[4], o[4];
+  for (int p = 0; p < 4; ++p) {
+    e[p] = _mm512_unpacklo_epi64(r[2 * p], r[2 * p + 1]);
+    o[p] = _mm512_unpackhi_epi64(r[2 * p], r[2 * p + 1]);
+  }
+  // Quads of rows: words (0, 4), (2, 6), (1, 5), (3, 7) of rows 4h..4h+3.
+  __m512i q[2][4];
+  for (int h = 0; h < 2; ++h) {
+    q[h][0] = _mm512_permutex2var_epi64(e[2 * h], lo, e[2 * h + 1]);
+    q[h][1] = _mm512_permutex2var_epi64(e[2 * h], hi, e[2 * h + 1]);
+    q[h][2] = _mm512_permutex2var_epi64(o[2 * h], lo, o[2 * h + 1]);
+    q[h][3] = _mm512_permutex2var_epi64(o[2 * h], hi, o[2 * h + 1]);
+  }
+  constexpr int kFirst = 0x44, kSecond = 0xEE;  // 128-bit chunks 0, 1 or 2, 3 of each
+  constexpr int kWord[4] = {0, 2, 1, 3};
+  for (int t = 0; t < 4; ++t) {
+    r[kWord[t]] = _mm512_shuffle_i64x2(q[0][t], q[1][t], kFirst);
+    r[kWord[t] + 4] = _mm512_shuffle_i64x2(q[0][t], q[1][t], kSecond);
+  }
+}
+
 }  // namespace
+
+void hamming_b8_pack_avx512(const std::uint8_t* codes, std::size_t n, std::size_t nbytes,
+                            std::uint64_t* panel) {
+  // Eight codes' next 64 bytes each make an 8 x 8 block of words, transposed in
+  // registers: a third of the instructions of moving the words one by one. Masked
+  // byte loads zero the bytes past a code's end and the codes past n.
+  const sz words = (nbytes + 7) / 8;
+  for (sz g = 0; g * 8 < n; ++g) {
+    const sz rows = n - 8 * g < 8 ? n - 8 * g : 8;
+    u64* out = panel + g * words * 8;
+    for (sz b = 0; 64 * b < nbytes; ++b) {
+      const sz left = nbytes - 64 * b;
+      const __mmask64 m = left >= 64 ? ~0ull : (~0ull >> (64 - left));
+      __m512i r[8];
+      for (sz l = 0; l < 8; ++l)
+        r[l] = l < rows ? _mm512_maskz_loadu_epi8(m, codes + (8 * g + l) * nbytes + 64 * b)
+                        : _mm512_setzero_si512();
+      transpose8(r);
+      const sz wb = words - 8 * b < 8 ? words - 8 * b : 8;
+      for (sz j = 0; j < wb; ++j) _mm512_storeu_si512(out + (8 * b + j) * 8, r[j]);
+    }
+  }
+}
 
 std::size_t hamming_b8_scan_avx512(const std::uint8_t* queries, std::size_t nq,
                                    const std::uint8_t* codes, std::size_t n,
@@ -264,8 +370,23 @@ std::size_t hamming_b8_scan_avx512(const std::uint8_t* queries, std::size_t nq,
     case 64: return scan_wide<1>(queries, nq, codes, n, nbytes, thresh, hits);
     case 128: return scan_wide<2>(queries, nq, codes, n, nbytes, thresh, hits);
     default:
-      if (nbytes % 64 == 0) return scan_wide<0>(queries, nq, codes, n, nbytes, thresh, hits);
-      return scan_any(queries, nq, codes, n, nbytes, thresh, hits);
+      if (nbytes < 64) return scan_wide<1>(queries, nq, codes, n, nbytes, thresh, hits);
+      return scan_wide<0>(queries, nq, codes, n, nbytes, thresh, hits);
+  }
+}
+
+std::size_t hamming_b8_scan_packed_avx512(const std::uint64_t* qwords, std::size_t nq,
+                                          const std::uint64_t* panel, std::size_t n,
+                                          std::size_t words, const std::uint32_t* thresh,
+                                          HammingHit* hits) {
+  // Up to four words the whole group unrolls into registers; beyond, the unrolled body
+  // spilled (measured slower than the two-word loop at 5 to 8 words).
+  switch (words) {
+    case 1: return scan_packed<1>(qwords, nq, panel, n, words, thresh, hits);
+    case 2: return scan_packed<2>(qwords, nq, panel, n, words, thresh, hits);
+    case 3: return scan_packed<3>(qwords, nq, panel, n, words, thresh, hits);
+    case 4: return scan_packed<4>(qwords, nq, panel, n, words, thresh, hits);
+    default: return scan_packed<0>(qwords, nq, panel, n, words, thresh, hits);
   }
 }
 

@@ -25,6 +25,58 @@ inline std::uint32_t hamming(const std::uint8_t* a, const std::uint8_t* b,
 
 }  // namespace
 
+void hamming_b8_pack_scalar(const std::uint8_t* codes, std::size_t n, std::size_t nbytes,
+                            std::uint64_t* panel) {
+  const std::size_t words = (nbytes + 7) / 8;
+  const std::size_t full = nbytes / 8;
+  const std::size_t tail = nbytes % 8;
+  const std::size_t groups = (n + kCodeGroup - 1) / kCodeGroup;
+  for (std::size_t g = 0; g < groups; ++g) {
+    std::uint64_t* out = panel + g * words * kCodeGroup;
+    for (std::size_t l = 0; l < kCodeGroup; ++l) {
+      const std::size_t i = g * kCodeGroup + l;
+      if (i >= n) {
+        for (std::size_t j = 0; j < words; ++j) out[j * kCodeGroup + l] = 0;
+        continue;
+      }
+      // Little-endian words, as a vector load of the code would read them. Copies of a
+      // constant 8 bytes compile to one load; the partial last word is built bytewise,
+      // its bytes past nbytes zero in both codes and queries so that they add nothing.
+      const std::uint8_t* code = codes + i * nbytes;
+      for (std::size_t j = 0; j < full; ++j) {
+        std::uint64_t w;
+        std::memcpy(&w, code + 8 * j, 8);
+        out[j * kCodeGroup + l] = w;
+      }
+      if (tail) {
+        std::uint64_t w = 0;
+        for (std::size_t b = 0; b < tail; ++b)
+          w |= static_cast<std::uint64_t>(code[8 * full + b]) << (8 * b);
+        out[full * kCodeGroup + l] = w;
+      }
+    }
+  }
+}
+
+std::size_t hamming_b8_scan_packed_scalar(const std::uint64_t* qwords, std::size_t nq,
+                                          const std::uint64_t* panel, std::size_t n,
+                                          std::size_t words, const std::uint32_t* thresh,
+                                          HammingHit* hits) {
+  std::size_t h = 0;
+  for (std::size_t q = 0; q < nq; ++q) {
+    const std::uint64_t* qw = qwords + q * words;
+    for (std::size_t i = 0; i < n; ++i) {
+      const std::uint64_t* group = panel + i / kCodeGroup * words * kCodeGroup + i % kCodeGroup;
+      std::uint32_t d = 0;
+      for (std::size_t j = 0; j < words; ++j)
+        d += static_cast<std::uint32_t>(__builtin_popcountll(group[j * kCodeGroup] ^ qw[j]));
+      if (d < thresh[q]) hits[h++] = {static_cast<std::uint32_t>(q),
+                                      static_cast<std::uint32_t>(i), d};
+    }
+  }
+  return h;
+}
+
 std::size_t hamming_b8_scan_scalar(const std::uint8_t* queries, std::size_t nq,
                                    const std::uint8_t* codes, std::size_t n, std::size_t nbytes,
                                    const std::uint32_t* thresh, HammingHit* hits) {

@@ -14,8 +14,9 @@
 // Every kernel exists at every level, named <metric>_<type>_<kernel>_<isa> (hamming_b8_*
 // over bytes of packed bits, dot_f32_*), each metric and instruction set in its own
 // translation unit (hamming_scalar.cpp ... dot_avx512.cpp) compiled with its own flags;
-// the one exception is the AVX2 level's pack, which only moves data and is the portable
-// one. The scalar units are the reference the others are tested against.
+// the exceptions are the packs that only move data (the float pack and the code pack at
+// AVX2), which are the portable ones. The scalar units are the reference
+// the others are tested against.
 //
 // What a unit compiled with ISA flags may include: <immintrin.h> and this header (which
 // itself includes only <cstddef> and <cstdint>, for types), nothing else. Any inline
@@ -62,6 +63,24 @@ using HammingScanFn = std::size_t(const std::uint8_t* queries, std::size_t nq,
                                 const std::uint8_t* codes, std::size_t n, std::size_t nbytes,
                                 const std::uint32_t* thresh, HammingHit* hits);
 
+// Codes of nbytes bytes rearranged for a batch of queries (see HammingPackFn): with
+// words = ceil(nbytes / 8) 64-bit words per code, group g of 8 codes holds word j of code
+// 8g + l at [(g * words + j) * 8 + l], a code's bytes past nbytes and the missing codes
+// of the last group as zeros. The distance of 8 codes is then a sum over j of popcounts
+// of one vector each, with no reduction across lanes: the cost is linear in the words at
+// every width, where reading codes as stored pays a per-width fold.
+constexpr std::size_t kCodeGroup = 8;
+
+using HammingPackFn = void(const std::uint8_t* codes, std::size_t n, std::size_t nbytes,
+                           std::uint64_t* panel);
+
+// HammingScanFn over a panel of n codes of `words` words, with the queries as words too
+// (query q's word j at qwords[q * words + j], zero past the code's bytes): the same hits.
+using HammingPackedScanFn = std::size_t(const std::uint64_t* qwords, std::size_t nq,
+                                      const std::uint64_t* panel, std::size_t n,
+                                      std::size_t words, const std::uint32_t* thresh,
+                                      HammingHit* hits);
+
 // Emits every pair whose inner product is > thresh[q], or unordered with it: a NaN
 // threshold therefore admits everything, which is how an unfilled heap is signalled.
 // row_norm is an upper bound on the Euclidean norm of every row, or NaN where the caller
@@ -98,6 +117,8 @@ using DotQueryPanelScanFn = std::size_t(const float* qpanel, std::size_t nq, con
                                       ScoreHit* hits);
 
 HammingScanFn hamming_b8_scan_scalar;
+HammingPackFn hamming_b8_pack_scalar;
+HammingPackedScanFn hamming_b8_scan_packed_scalar;
 DotScanFn dot_f32_scan_scalar;
 DotGatherFn dot_f32_gather_scalar;
 DotPackFn dot_f32_pack_scalar;
@@ -106,6 +127,7 @@ DotQueryPanelScanFn dot_f32_scan_qpanel_scalar;
 
 #if defined(COFISEARCH_X86)
 HammingScanFn hamming_b8_scan_avx2;
+HammingPackedScanFn hamming_b8_scan_packed_avx2;
 DotScanFn dot_f32_scan_avx2;
 DotGatherFn dot_f32_gather_avx2;
 DotPackFn dot_f32_pack_avx2;
@@ -113,6 +135,8 @@ DotPackedScanFn dot_f32_scan_packed_avx2;
 DotQueryPanelScanFn dot_f32_scan_qpanel_avx2;
 
 HammingScanFn hamming_b8_scan_avx512;
+HammingPackFn hamming_b8_pack_avx512;
+HammingPackedScanFn hamming_b8_scan_packed_avx512;
 DotScanFn dot_f32_scan_avx512;
 DotGatherFn dot_f32_gather_avx512;
 DotPackFn dot_f32_pack_avx512;
@@ -124,6 +148,10 @@ DotQueryPanelScanFn dot_f32_scan_qpanel_avx512;
 // compile time that none is missing.
 struct KernelSet {
   HammingScanFn* hamming_scan;
+  HammingPackFn* hamming_pack;
+  HammingPackedScanFn* hamming_scan_packed;
+  // The smallest batch of codes of nbytes bytes for which the driver packs blocks.
+  std::size_t (*hamming_panel_min_queries)(std::size_t nbytes);
   DotScanFn* dot_scan;
   DotGatherFn* dot_gather;
   DotPackFn* dot_pack;

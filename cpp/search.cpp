@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstring>
 #include <exception>
 #include <memory>
 #include <stdexcept>
@@ -58,8 +59,9 @@ std::size_t full_block_rows(ScanKind kind, std::size_t row_bytes, std::size_t nq
 std::size_t first_block_rows(std::size_t full) { return std::min<std::size_t>(full, 64); }
 std::size_t next_block_rows(std::size_t step, std::size_t full) { return std::min(2 * step, full); }
 
-// The path dot_search takes whatever the batch size, for tests; automatic when unset.
+// The paths the searches take whatever the batch size, for tests; automatic when unset.
 std::atomic<int> forced_dot_path{static_cast<int>(DotPath::automatic)};
+std::atomic<int> forced_hamming_path{static_cast<int>(HammingPath::automatic)};
 
 template <class Fn>
 void run_parallel(int nthreads, Fn&& fn) {
@@ -105,21 +107,47 @@ struct HammingScan {
   using Hit = HammingHit;
   static constexpr std::size_t kTile = kMaxQueryTile;
   static constexpr ScanKind kKind = ScanKind::hamming;
-  HammingScanFn* fn;
+  const KernelSet& k;
   std::size_t stride;  // bytes per code
+  HammingPath forced;  // HammingPath::automatic outside tests
   std::size_t row_bytes() const { return stride; }
-  // Codes are always scanned as stored.
+  std::size_t words() const { return (stride + 7) / 8; }
+
   struct Block {
     const Elem* rows;
+    const std::uint64_t* panel;   // null when the codes are read as stored
+    const std::uint64_t* qwords;
   };
-  struct Workspace {};
-  void prepare_queries(const Elem*, std::size_t, Workspace&) const {}
-  Block prepare_block(const Elem* rows, std::size_t, std::size_t, Workspace&) const {
-    return {rows};
+  struct Workspace {
+    std::vector<std::uint64_t> qwords;
+    std::vector<std::uint64_t> panel;
+  };
+  // From the level's threshold for this width, packing a block costs less than what the
+  // panel kernel saves the queries (simd.cpp).
+  HammingPath path(std::size_t nq) const {
+    if (forced != HammingPath::automatic) return forced;
+    return nq >= k.hamming_panel_min_queries(stride) ? HammingPath::panel : HammingPath::stream;
+  }
+  void prepare_queries(const Elem* queries, std::size_t nq, Workspace& w) const {
+    if (path(nq) != HammingPath::panel) return;
+    const std::size_t nw = words();
+    w.qwords.assign(nq * nw, 0);
+    // The same little-endian words as the pack, zero past the code's bytes.
+    for (std::size_t q = 0; q < nq; ++q)
+      std::memcpy(w.qwords.data() + q * nw, queries + q * stride, stride);
+  }
+  Block prepare_block(const Elem* rows, std::size_t n, std::size_t nq, Workspace& w) const {
+    if (path(nq) != HammingPath::panel) return {rows, nullptr, nullptr};
+    const std::size_t need = (n + kCodeGroup - 1) / kCodeGroup * kCodeGroup * words();
+    if (w.panel.size() < need) w.panel.resize(need);
+    k.hamming_pack(rows, n, stride, w.panel.data());
+    return {rows, w.panel.data(), w.qwords.data()};
   }
   std::size_t run(const Elem* queries, std::size_t t, std::size_t nt, const Block& b,
                   std::size_t n, const Order::Value* thresh, Hit* hits) const {
-    return fn(queries + t * stride, nt, b.rows, n, stride, thresh, hits);
+    if (b.panel)
+      return k.hamming_scan_packed(b.qwords + t * words(), nt, b.panel, n, words(), thresh, hits);
+    return k.hamming_scan(queries + t * stride, nt, b.rows, n, stride, thresh, hits);
   }
   static Order::Value value(const Hit& h) { return h.distance; }
   // Distances are integers: "at most d" is "below d + 1".
@@ -400,17 +428,18 @@ void search(const S& s, const typename S::Elem* rows, std::size_t n,
 void hamming_search(const std::uint8_t* codes, std::size_t n, std::size_t nbytes,
                     const std::uint8_t* queries, std::size_t nq, std::size_t k, int nthreads,
                     std::int32_t* distances, std::int64_t* ids) {
-  HammingScanFn* const fn = kernels_for(current_simd_level()).hamming_scan;
+  const KernelSet& kernels = kernels_for(current_simd_level());
+  const auto forced = static_cast<HammingPath>(forced_hamming_path.load());
   // Distances fit in int32 (the bindings cap code widths far below 2^31 bits), and the
   // unsigned and signed forms of one type may alias.
   auto* dist = reinterpret_cast<std::uint32_t*>(distances);
   const auto sentinel = static_cast<std::uint32_t>(kHammingSentinel);
   // Counting selection needs a counter per possible distance; very wide codes use a heap.
   if (nbytes * 8 <= kMaxCountingBits)
-    search(HammingScan<CountingSelector>{fn, nbytes}, codes, n, queries, nq, k, nthreads,
+    search(HammingScan<CountingSelector>{kernels, nbytes, forced}, codes, n, queries, nq, k, nthreads,
            sentinel, dist, ids);
   else
-    search(HammingScan<HeapSelector<HammingOrder>>{fn, nbytes}, codes, n, queries, nq, k,
+    search(HammingScan<HeapSelector<HammingOrder>>{kernels, nbytes, forced}, codes, n, queries, nq, k,
            nthreads, sentinel, dist, ids);
 }
 
@@ -480,5 +509,15 @@ DotPath dot_path(std::size_t nq) {
 }
 
 void force_dot_path(DotPath path) { forced_dot_path.store(static_cast<int>(path)); }
+
+HammingPath hamming_path(std::size_t nq, std::size_t nbytes) {
+  const HammingScan<CountingSelector> s{kernels_for(current_simd_level()), nbytes,
+                                        static_cast<HammingPath>(forced_hamming_path.load())};
+  return s.path(nq);
+}
+
+void force_hamming_path(HammingPath path) {
+  forced_hamming_path.store(static_cast<int>(path));
+}
 
 }  // namespace cofisearch

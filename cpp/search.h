@@ -68,4 +68,12 @@ DotPath dot_path(std::size_t nq);
 // choice by size). For tests only: it applies to every search of the process.
 void force_dot_path(DotPath path);
 
+// Which kernel hamming_search runs for nq queries of nbytes-byte codes at the current
+// level: codes as stored (hamming_scan) or packed blocks (hamming_scan_packed).
+enum class HammingPath { automatic, stream, panel };
+HammingPath hamming_path(std::size_t nq, std::size_t nbytes);
+
+// The Hamming counterpart of force_dot_path, for tests only.
+void force_hamming_path(HammingPath path);
+
 }  // namespace cofisearch

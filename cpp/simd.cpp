@@ -47,16 +47,40 @@ SimdLevel detect() { return SimdLevel::scalar; }
 // 2274 / 1460; scalar 10 queries 41 / 124 / 129, 1000 queries 4247 / 11643 / 9061.
 constexpr std::size_t kNoPanels = std::numeric_limits<std::size_t>::max();
 
-constexpr KernelSet kScalar = {hamming_b8_scan_scalar,     dot_f32_scan_scalar,
+// Code panels pay once their per-query saving over the level's stored-codes kernel covers
+// packing each block. Measured, one thread, k = 10, 200k codes (AVX-512) and 100k (AVX2),
+// time of the panel over codes as stored: AVX-512 16 bytes 2.2 at 8 queries, 1.3 at 32,
+// 0.87 at 1,000; 32 bytes 2.5 / 1.1 / 0.81; 128 bytes 1.4 / 0.8 at 8 / 32; 24, 48 and 96
+// bytes 0.6 to 1.3 at 4 queries and 0.3 to 0.7 at 16. AVX2 counts codes of up to 32 bytes
+// with the scalar POPCNT, which the panel's nibble lookup never beats (1.2 to 1.5 at 500
+// queries); wider codes 0.6 to 0.9 from 4 queries. 8-byte codes as stored already are a
+// panel (one word per code, 8 codes per register), so they are never packed.
+std::size_t hamming_panels_never(std::size_t) { return kNoPanels; }
+
+std::size_t hamming_panels_avx2(std::size_t nbytes) { return nbytes <= 32 ? kNoPanels : 4; }
+
+std::size_t hamming_panels_avx512(std::size_t nbytes) {
+  if (nbytes == 8) return kNoPanels;
+  if (nbytes == 16 || nbytes == 32) return 64;
+  return nbytes % 64 == 0 ? 16 : 4;
+}
+
+constexpr KernelSet kScalar = {hamming_b8_scan_scalar,     hamming_b8_pack_scalar,
+                               hamming_b8_scan_packed_scalar, hamming_panels_never,
+                               dot_f32_scan_scalar,
                                dot_f32_gather_scalar,      dot_f32_pack_scalar,
                                dot_f32_scan_packed_scalar, dot_f32_scan_qpanel_scalar,
                                kNoPanels};
 #if defined(COFISEARCH_X86)
-constexpr KernelSet kAvx2 = {hamming_b8_scan_avx2,     dot_f32_scan_avx2,
+constexpr KernelSet kAvx2 = {hamming_b8_scan_avx2,     hamming_b8_pack_scalar,
+                             hamming_b8_scan_packed_avx2, hamming_panels_avx2,
+                             dot_f32_scan_avx2,
                              dot_f32_gather_avx2,      dot_f32_pack_scalar,
                              dot_f32_scan_packed_avx2, dot_f32_scan_qpanel_avx2,
                              kNoPanels};
-constexpr KernelSet kAvx512 = {hamming_b8_scan_avx512,     dot_f32_scan_avx512,
+constexpr KernelSet kAvx512 = {hamming_b8_scan_avx512,     hamming_b8_pack_avx512,
+                               hamming_b8_scan_packed_avx512, hamming_panels_avx512,
+                               dot_f32_scan_avx512,
                                dot_f32_gather_avx512,      dot_f32_pack_avx512,
                                dot_f32_scan_packed_avx512, dot_f32_scan_qpanel_avx512,
                                9};
@@ -64,7 +88,8 @@ constexpr KernelSet kAvx512 = {hamming_b8_scan_avx512,     dot_f32_scan_avx512,
 
 // Every kernel at every level: the driver never checks for a missing one.
 constexpr bool complete(const KernelSet& k) {
-  return k.hamming_scan && k.dot_scan && k.dot_gather && k.dot_pack && k.dot_scan_packed &&
+  return k.hamming_scan && k.hamming_pack && k.hamming_scan_packed &&
+         k.hamming_panel_min_queries && k.dot_scan && k.dot_gather && k.dot_pack && k.dot_scan_packed &&
          k.dot_scan_qpanel && k.dot_panel_min_queries > 0;
 }
 static_assert(complete(kScalar), "scalar kernel set incomplete");

@@ -1,3 +1,5 @@
+import contextlib
+
 import pytest
 
 import cofisearch
@@ -11,6 +13,29 @@ def simd(request):
     cofisearch.set_simd_level(request.param)
     yield request.param
     cofisearch.set_simd_level(before)
+
+
+# The Hamming driver reads codes as stored ("stream") or packs blocks for a batch
+# ("panel"), chosen by batch size and width per level (cpp/simd.cpp).
+HAMMING_PATHS = ["stream", "panel"]
+
+
+@contextlib.contextmanager
+def hamming_path_forced(path):
+    """Forces every Hamming search onto one kernel whatever the batch size and width,
+    through a private test hook of _core, so that each kernel runs at each SIMD level;
+    restores the choice by size after."""
+    cofisearch._core._force_hamming_path(path)
+    try:
+        yield path
+    finally:
+        cofisearch._core._force_hamming_path("auto")
+
+
+@pytest.fixture(params=HAMMING_PATHS)
+def hamming_path(request):
+    with hamming_path_forced(request.param):
+        yield request.param
 
 
 def hamming_reference(database, queries, k):

@@ -6,8 +6,9 @@ import pytest
 import cofisearch
 from conftest import block_rows, hamming_reference
 
-# 1032 bits: the first width past the counting selector (a heap from there on).
-NBITS = [8, 64, 72, 128, 256, 520, 1024, 1032]
+# 1032 bits: the first width past the counting selector (a heap from there on). 24, 192,
+# 384 and 640 bits: widths between the powers of two, each with its own kernel loop.
+NBITS = [8, 24, 64, 72, 128, 192, 256, 384, 520, 640, 1024, 1032]
 
 
 def _sizes(nbytes, nq):
@@ -26,7 +27,7 @@ def _sizes(nbytes, nq):
 
 
 @pytest.mark.parametrize("nbits", NBITS)
-def test_matches_reference_at_tails_and_block_edges(simd, nbits):
+def test_matches_reference_at_tails_and_block_edges(simd, hamming_path, nbits):
     rng = np.random.default_rng(nbits)
     nbytes = nbits // 8
     queries = rng.integers(0, 256, (5, nbytes), dtype=np.uint8)
@@ -44,7 +45,7 @@ def test_matches_reference_at_tails_and_block_edges(simd, nbits):
 
 
 @pytest.mark.parametrize("nbits", NBITS)
-def test_ties_break_by_smaller_id(simd, nbits):
+def test_ties_break_by_smaller_id(simd, hamming_path, nbits):
     rng = np.random.default_rng(1 + nbits)
     nbytes = nbits // 8
     pool = rng.integers(0, 256, (3, nbytes), dtype=np.uint8)
@@ -73,6 +74,38 @@ def test_threads_and_query_tiles_do_not_change_results(simd, nq, threads):
     want_d, want_i = hamming_reference(db, queries, 25)
     np.testing.assert_array_equal(d, want_d)
     np.testing.assert_array_equal(i, want_i)
+
+
+@pytest.mark.parametrize("nq", [1, 5, 40])
+def test_packed_widths_split_over_threads_match(simd, hamming_path, nq):
+    # 384-bit codes, over 8 MB: few queries split the database over the threads, a
+    # batch splits the queries; each thread packs its own blocks.
+    rng = np.random.default_rng(100 + nq)
+    db = rng.integers(0, 256, (180_000, 48), dtype=np.uint8)
+    db[::5] = db[1]
+    queries = np.concatenate([db[1:2], rng.integers(0, 256, (nq - 1, 48), dtype=np.uint8)])
+    want = hamming_reference(db, queries, 12)
+    for threads in (1, 2):
+        d, i = cofisearch.hamming_knn(db, queries, 12, num_threads=threads)
+        np.testing.assert_array_equal(d, want[0])
+        np.testing.assert_array_equal(i, want[1])
+
+
+def test_path_choice_by_batch_and_width():
+    # What the driver packs is a per-level policy (cpp/simd.cpp); a forced path is
+    # reported for every batch and width, and a bad name is refused without effect.
+    assert cofisearch._core._hamming_path(1000, 8) == "stream"
+    if cofisearch.simd_level() == "avx512":
+        assert cofisearch._core._hamming_path(1, 48) == "stream"
+        assert cofisearch._core._hamming_path(1000, 48) == "panel"
+    with pytest.raises(ValueError, match="path must be"):
+        cofisearch._core._force_hamming_path("fastest")
+    assert cofisearch._core._hamming_path(1000, 8) == "stream"
+
+
+def test_forced_path_is_reported(hamming_path):
+    assert cofisearch._core._hamming_path(1, 8) == hamming_path
+    assert cofisearch._core._hamming_path(1000, 48) == hamming_path
 
 
 def test_one_dimensional_query_is_a_batch_of_one():
@@ -132,7 +165,7 @@ def test_non_contiguous_inputs_are_accepted():
     np.testing.assert_array_equal(i, ri)
 
 
-def test_very_wide_codes_use_the_heap_selector_and_match(simd):
+def test_very_wide_codes_use_the_heap_selector_and_match(simd, hamming_path):
     # Beyond 1,024 bits the driver keeps a heap instead of a counter per distance.
     rng = np.random.default_rng(12)
     nbytes = 65536 // 8 + 1
@@ -146,7 +179,7 @@ def test_very_wide_codes_use_the_heap_selector_and_match(simd):
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_large_k_with_sampled_ceiling_matches_reference(simd, threads):
+def test_large_k_with_sampled_ceiling_matches_reference(simd, hamming_path, threads):
     # k = 100 on 20,000 rows makes the driver estimate a ceiling from a sample (a 4%
     # sample of evenly spaced 64-row chunks).
     rng = np.random.default_rng(13)
@@ -159,7 +192,7 @@ def test_large_k_with_sampled_ceiling_matches_reference(simd, threads):
     np.testing.assert_array_equal(i, ri)
 
 
-def test_misleading_sample_falls_back_to_a_full_search(simd):
+def test_misleading_sample_falls_back_to_a_full_search(simd, hamming_path):
     # The first sampled chunk (rows 0-63) equals the query, so the sample promises that
     # distance 0 is enough; only 64 such rows exist, fewer than k = 100. (A batch of 4
     # queries, since single queries at this k are not sampled.)

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 import cofisearch
 from cofisearch import _reference
-from conftest import hamming_reference
+from conftest import HAMMING_PATHS, hamming_path_forced, hamming_reference
 
 LEVELS = cofisearch.available_simd_levels()
 MAX_ROWS = 600
@@ -184,6 +184,7 @@ def binary_cases(draw, max_bytes=128):
         "db": db, "queries": queries, "k": ks(draw, n), "threads": draw(threads),
         "db_layout": draw(layouts), "q_layout": draw(layouts),
         "split": draw(st.integers(0, n)), "alone": draw(st.integers(0, nq - 1)),
+        "path": draw(st.sampled_from(["auto", *HAMMING_PATHS])),
     }
 
 
@@ -206,7 +207,7 @@ def test_binary_index_and_hamming_knn_match_the_reference(long_run):
         check_hamming_result(want, db, queries, k)
         j = case["alone"]
         for level in LEVELS:
-            with simd_level(level):
+            with simd_level(level), hamming_path_forced(case["path"]):
                 index = cofisearch.BinaryIndex(db.shape[1] * 8)
                 # Two adds (one possibly empty) hold the same rows as one.
                 index.add(lay_out(db[: case["split"]], case["db_layout"]))
@@ -225,16 +226,19 @@ def test_binary_index_and_hamming_knn_match_the_reference(long_run):
 
 def test_every_code_width_up_to_1024_bits_and_some_to_4096():
     # A short hypothesis run skips most widths: every width up to 1024 bits (every kernel
-    # tail) is also run here, with ties on both sides of the first block edge (64 rows).
+    # tail) is also run here, on both paths, with ties on both sides of the first block
+    # edge (64 rows).
     rng = np.random.default_rng(11)
-    for nbytes in [*range(1, 129), 136, 255, 256, 257, 384, 500, 511, 512]:
+    for nbytes in [*range(1, 129), 136, 192, 255, 256, 257, 384, 500, 511, 512]:
         db = rows_with_ties(rng, 67, lambda c, w=nbytes: random_codes(rng, c, w, "few"), "duplicates")
         queries = np.vstack([db[:2], random_codes(rng, 3, nbytes, "random")])
         for k in (1, 66, 70):
             want = hamming_reference(db, queries, k)
             for level in LEVELS:
-                with simd_level(level):
-                    assert_identical(cofisearch.hamming_knn(db, queries, k), want, f"{level} {nbytes}B")
+                for path in HAMMING_PATHS:
+                    with simd_level(level), hamming_path_forced(path):
+                        got = cofisearch.hamming_knn(db, queries, k)
+                    assert_identical(got, want, f"{level} {path} {nbytes}B")
 
 
 # ---- floats --------------------------------------------------------------------------------
