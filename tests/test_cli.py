@@ -130,6 +130,31 @@ def test_bench_markdown_has_the_table7_ratio_line(bench_run):
     assert "cofisearch" in ratio_lines[0] and sections.STUDY_RATIO_TEXT in ratio_lines[0]
 
 
+def test_bench_times_every_code_width_of_its_plan(bench_run):
+    _, _, out_dir = bench_run
+    with open(out_dir / "bench.json") as f:
+        report = json.load(f)
+    plan = report["config"]["plan"]
+    rows = [m for m in report["measurements"] if m["section"] == "widths"]
+    assert {m["bits"] for m in rows if m["engine"] == "cofisearch"} == set(plan["width_bits"])
+    assert "## Hamming top-k at every code width" in (out_dir / "bench.md").read_text()
+
+
+def test_bench_times_all_vs_all_beside_a_batch(bench_run):
+    _, _, out_dir = bench_run
+    with open(out_dir / "bench.json") as f:
+        report = json.load(f)
+    plan = report["config"]["plan"]
+    rows = [m for m in report["measurements"]
+            if m["section"] == "all_vs_all" and m["engine"] == "cofisearch"]
+    square = {(m["kind"], m["n"]) for m in rows if m["shape"] == "all-vs-all"}
+    assert all(m["n"] == m["nq"] for m in rows if m["shape"] == "all-vs-all")
+    assert square == {(kind, n) for kind in ("binary", "float") for n in plan["all_vs_all_ns"]}
+    assert {m["kind"] for m in rows if m["shape"] == "batch"} == {"binary", "float"}
+    text = (out_dir / "bench.md").read_text()
+    assert "## All-vs-all" in text and "share of the batch rate" in text
+
+
 @pytest.mark.skipif(not HAS_MATPLOTLIB, reason="matplotlib is not installed")
 def test_bench_writes_every_plot(bench_run):
     _, _, out_dir = bench_run
