@@ -193,11 +193,13 @@ class Runner:
         return rows
 
     def group(self, section, kind, engines, database, queries, k, threads, *,
-              budget=True, repeat=None, extra=None, rate_key=None):
+              budget=True, repeat=None, extra=None, rate_key=None, always=()):
         """Times every engine on one (database, queries, k, threads) and checks the
-        results; returns ``{engine: measurement}``. An engine's time is predicted from
-        its latest rate for the same kind and number of queries, or for the same
-        ``rate_key`` when given (groups whose work compares across batch sizes)."""
+        results; returns ``{engine: measurement}``. With ``budget``, an engine predicted
+        over the plan's time per call is skipped (unless named in ``always``); its time
+        is predicted from its latest rate for the same kind and number of queries, or
+        for the same ``rate_key`` when given (groups whose work compares across batch
+        sizes)."""
         n = database.shape[0]
         nq = queries.shape[0]
         rate_key = nq if rate_key is None else rate_key
@@ -211,7 +213,8 @@ class Runner:
         with contextlib.ExitStack() as stack:
             for name, engine in engines.items():
                 predicted = self._predict(name, kind, rate_key, work)
-                if budget and predicted is not None and predicted > self.plan.max_call_s:
+                over = predicted is not None and predicted > self.plan.max_call_s
+                if budget and over and name not in always:
                     self.report.skipped.append({
                         "section": section, "engine": name, **params,
                         "predicted_s": predicted, "budget_s": self.plan.max_call_s,
