@@ -1,9 +1,16 @@
-"""Measures the targets of issue 3 on this machine and prints them as one table.
+"""Measures the targets of issues 3 and 12 on this machine and prints them as one table.
 
-    python bench/targets.py                # the issue's sizes (a few minutes, ~5 GB RAM)
-    python bench/targets.py --quick        # smaller float sizes and batches (about a minute)
+    python bench/targets.py                # the issues' sizes (about ten minutes, ~5 GB RAM)
+    python bench/targets.py --quick        # smaller float sizes and batches (a few minutes)
     python bench/targets.py --scale tiny   # seconds: every path and check, no real timing
     python bench/targets.py --json out.json --sections hamming,float
+    python bench/targets.py --sections widths,shapes   # issue 12's rows alone
+
+Sections: ``bandwidth``, ``hamming``, ``float``, ``study`` (issue 3) and ``widths``
+(cost per code at widths off the power-of-two path against the next power of two;
+384 and 768 bits against faiss) and ``shapes`` (all-vs-all at several sizes against a
+large batch's rate; one query on two threads against one) of issue 12. Every size is
+in the table's setting column and in ``--json``.
 
 Every figure is the median of ``--repeat`` (default 5) samples after a warm-up, taken in
 one process on the same data with the same thread count as the peer it is compared
@@ -33,7 +40,7 @@ from dataclasses import asdict, dataclass, field
 from typing import List, Optional
 
 from cofisearch._bench.checks import group_problems
-from cofisearch._bench.contenders import BINARY, FLOAT, capturing, open_engines
+from cofisearch._bench.contenders import BINARY, FLOAT, capturing, open_engine, open_engines
 from cofisearch._bench.data import make_codes, make_vectors
 from cofisearch._bench.machine import blas_warnings, faiss_available, format_machine, machine_info
 from cofisearch._bench.measure import CLOCKS, compare, flush_caches, read_bandwidth
@@ -41,7 +48,7 @@ from cofisearch._bench.plans import SCALES
 from cofisearch._bench.report import markdown_table
 from cofisearch._bench.sections import STUDY_RATIO_TEXT, table7
 
-SECTIONS = ("bandwidth", "hamming", "float", "study")
+SECTIONS = ("bandwidth", "hamming", "float", "study", "widths", "shapes")
 
 
 @dataclass(frozen=True)
@@ -55,6 +62,21 @@ class Sizes:
     study_dim: int
     study_n: int
     study_nq: int
+    # widths: cost per code of each width against the next power of two (width_n codes,
+    # width_nq queries), and 384/768 bits against faiss (faiss_width_n codes).
+    width_n: int
+    width_nq: int
+    faiss_width_n: int
+    faiss_width_nq: int
+    # shapes: all-vs-all over each of shape_ns (the first for information only) against
+    # the rate of a batch of (n, queries) shape_batch (float: shape_float_batch), and one
+    # query over thread_n codes on two threads against one.
+    shape_ns: tuple
+    shape_float_ns: tuple
+    shape_batch: tuple
+    shape_float_batch: tuple
+    shape_dim: int
+    thread_n: int
 
 
 # The issue's sizes.
@@ -68,6 +90,20 @@ ISSUE = Sizes(
     study_dim=2048,
     study_n=100_000,
     study_nq=500,
+    # 500k codes keep the eleven widths to a few minutes and are still far out of cache
+    # (24-128 MB); the comparison with faiss is the issue's 1M.
+    width_n=500_000,
+    width_nq=1000,
+    faiss_width_n=1_000_000,
+    faiss_width_nq=1000,
+    shape_ns=(1000, 5000, 25_000),
+    shape_float_ns=(1000, 5000, 25_000),
+    shape_batch=(1_000_000, 1000),
+    # 1M x 1,000 at d = 384 is 0.8 TFLOP a call; 200k is the same regime (the database
+    # is 300 MB, far out of cache) at a fifth of the time.
+    shape_float_batch=(200_000, 1000),
+    shape_dim=384,
+    thread_n=1_000_000,
 )
 # Hamming stays at 1M codes (the one-query case must not fit in the caches); the float
 # databases and the batches shrink, which keeps every regime but costs a tenth.
@@ -81,6 +117,16 @@ _QUICK = Sizes(
     study_dim=2048,
     study_n=50_000,
     study_nq=200,
+    width_n=200_000,
+    width_nq=200,
+    faiss_width_n=1_000_000,
+    faiss_width_nq=200,
+    shape_ns=(1000, 5000, 25_000),
+    shape_float_ns=(1000, 5000),
+    shape_batch=(1_000_000, 1000),
+    shape_float_batch=(100_000, 1000),
+    shape_dim=384,
+    thread_n=1_000_000,
 )
 
 # Per named scale; the issue's sizes are already the largest this table asks for.
@@ -95,6 +141,16 @@ SIZES = {
         study_dim=2048,
         study_n=1_000,
         study_nq=20,
+        width_n=2_000,
+        width_nq=20,
+        faiss_width_n=2_000,
+        faiss_width_nq=20,
+        shape_ns=(100, 300, 600),
+        shape_float_ns=(100, 300, 600),
+        shape_batch=(2_000, 20),
+        shape_float_batch=(2_000, 20),
+        shape_dim=384,
+        thread_n=2_000,
     ),
     "quick": _QUICK,
     "default": ISSUE,
@@ -146,6 +202,18 @@ class Report:
         out = self.timings(label, params, fns, setup=setup)
         self.problems += [f"{label}: {p}" for p in
                           group_problems(kind, database, queries, k, results)]
+        return out
+
+    def runs(self, label, params, runs, k, *, setup=None):
+        """Times every entry of ``runs`` (name -> ``(search, kind, database, queries)``),
+        each on its own data, in one set of interleaved rounds, and checks each answer
+        (recorded in ``problems``)."""
+        results = {}
+        fns = {name: capturing(s, q, k, results, name) for name, (s, _, _, q) in runs.items()}
+        out = self.timings(label, params, fns, setup=setup)
+        for name, (_, kind, database, queries) in runs.items():
+            self.problems += [f"{label}, {name}: {p}" for p in
+                              group_problems(kind, database, queries, k, {name: results[name]})]
         return out
 
     def add(self, target, setting, cofi, reference, measured, required, passed):
@@ -380,6 +448,218 @@ def study_section(report, sizes):
         )
 
 
+# Widths off the power-of-two path, each judged against the next power of two.
+WIDTHS = (192, 320, 384, 448, 640, 768, 1536)
+WIDTH_SLACK = 1.15
+FAISS_WIDTHS = {384: (4.0, 1.5), 768: (4.0, 1.5)}  # bits -> required x faiss (batch, 1 query)
+
+
+def _next_power_of_two(bits):
+    return 1 << (bits - 1).bit_length()
+
+
+def widths_section(report, sizes):
+    """Cost linear in bits at every width (one thread), and 384/768 bits against faiss."""
+    n, nq = sizes.width_n, sizes.width_nq
+    by_power = {}
+    for w in WIDTHS:
+        by_power.setdefault(_next_power_of_two(w), []).append(w)
+    setting = f"n={_n(n)} nq={nq} k={K} 1 thread"
+    for p, widths in sorted(by_power.items()):
+        # Each width in the same rounds as its power of two, so the ratio is of
+        # neighbouring samples.
+        progress(f"widths: {_n(n)} x {', '.join(map(str, widths))} and {p}-bit codes")
+        runs = {}
+        with contextlib.ExitStack() as stack:
+            for bits in (*widths, p):
+                db = make_codes(n, bits)
+                q = make_codes(nq, bits, stream=1)
+                engine = open_engines(BINARY, db, ["cofisearch"])["cofisearch"]
+                runs[f"{bits} bits"] = (stack.enter_context(engine.running(1)), BINARY, db, q)
+            t = report.runs(f"widths {widths} against {p} bits",
+                            {"n": n, "bits": [*widths, p], "nq": nq, "k": K, "threads": 1},
+                            runs, K)
+        base = t[f"{p} bits"].value(report.clock)
+        for w in widths:
+            cofi = t[f"{w} bits"].value(report.clock)
+            ratio = (cofi / base) / (w / p)
+            report.add(
+                f"Hamming {w} bits: time per code / linear in bits from {p} bits",
+                setting,
+                f"{_ms(cofi)} ({n * nq / cofi / 1e9:.2f} G codes/s)",
+                f"{p} bits {_ms(base)} ({n * nq / base / 1e9:.2f} G codes/s)",
+                ratio,
+                f"<= {WIDTH_SLACK:g}",
+                ratio <= WIDTH_SLACK,
+            )
+
+    n, batch = sizes.faiss_width_n, sizes.faiss_width_nq
+    for bits, (need_batch, need_one) in FAISS_WIDTHS.items():
+        progress(f"widths: {_n(n)} x {bits}-bit codes against faiss")
+        db = make_codes(n, bits)
+        queries = make_codes(batch, bits, stream=1)
+        engines = _open(BINARY, db)
+        # One query with caches flushed, as a user's first query over a database meets it.
+        for nq, need, setup in ((batch, need_batch, None), (1, need_one, flush_caches)):
+            cold = ", cold" if setup else ""
+            with _running(engines, 1) as search:
+                t = report.searches(
+                    f"{bits} bits, {_queries(nq)}{cold}",
+                    {"n": n, "bits": bits, "nq": nq, "k": K, "threads": 1,
+                     "caches": "flushed" if setup else "warm"},
+                    search, BINARY, db, queries[:nq], K, setup=setup,
+                )
+            _add_vs_faiss(report, t, f"Hamming {bits} bits, {_queries(nq)}{cold} vs faiss",
+                          f"n={_n(n)} {bits} bits nq={nq} k={K} 1 thread{cold}",
+                          n * nq, need)
+        del engines, db
+
+
+def _queries(nq):
+    return f"{nq} {'query' if nq == 1 else 'queries'}"
+
+
+def _add_vs_faiss(report, t, target, setting, codes, need):
+    cofi = t["cofisearch"].value(report.clock)
+    mine = f"{_ms(cofi)} ({codes / cofi / 1e9:.2f} G codes/s)"
+    if "faiss" not in t:
+        report.add(target, setting, mine, "faiss not installed", None, f">= {need:g}x", None)
+        return
+    peer = t["faiss"].value(report.clock)
+    report.add(target, setting, mine, f"faiss {_ms(peer)} ({codes / peer / 1e9:.2f} G codes/s)",
+               peer / cofi, f">= {need:g}x", peer / cofi >= need)
+
+
+ALL_VS_ALL_SHARE = 0.5
+THREAD_SPEEDUP = {64: 1.0, 256: 1.5}  # bits -> required 2-thread speed-up, one query
+
+
+def shapes_section(report, sizes):
+    """All-vs-all (each database searched by itself) against a large batch's rate, and
+    one query on two threads against one."""
+    n_ref, nq_ref = sizes.shape_batch
+    for bits in (64, 256):
+        progress(f"shapes: {bits}-bit all-vs-all at {', '.join(map(_n, sizes.shape_ns))}")
+        ref_db = make_codes(n_ref, bits)
+        ref_q = make_codes(nq_ref, bits, stream=1)
+        _all_vs_all(report, BINARY, bits, ref_db, ref_q,
+                    {n: make_codes(n, bits, stream=2) for n in sizes.shape_ns})
+        del ref_db, ref_q
+
+    d = sizes.shape_dim
+    n_ref, nq_ref = sizes.shape_float_batch
+    progress(f"shapes: {d}-d float all-vs-all at {', '.join(map(_n, sizes.shape_float_ns))}")
+    ref_db = make_vectors(n_ref, d)
+    ref_q = make_vectors(nq_ref, d, stream=1)
+    _all_vs_all(report, FLOAT, d, ref_db, ref_q,
+                {n: make_vectors(n, d, stream=2) for n in sizes.shape_float_ns})
+    del ref_db, ref_q
+
+    n = sizes.thread_n
+    for bits, need in THREAD_SPEEDUP.items():
+        progress(f"shapes: 1 query over {_n(n)} {bits}-bit codes, 2 threads against 1")
+        db = make_codes(n, bits)
+        query = make_codes(1, bits, stream=1)
+        cofi = open_engines(BINARY, db, ["cofisearch"])["cofisearch"]
+        # Warm caches: the per-call cost of splitting work, which is what this row is
+        # about, shows most on the shortest scan.
+        with cofi.running(1) as one, cofi.running(2) as two:
+            t = report.searches(
+                f"{bits} bits, 1 query, 2 threads vs 1",
+                {"n": n, "bits": bits, "nq": 1, "k": K, "threads": [1, 2]},
+                {"1 thread": one, "2 threads": two}, BINARY, db, query, K,
+            )
+        # Wall time whatever --clock says: CPU time cannot show a speed-up from threads.
+        ratio = t["1 thread"].median / t["2 threads"].median
+        report.add(
+            f"Hamming {bits} bits, 1 query: 2 threads speed-up",
+            f"n={_n(n)} k={K}, warm caches",
+            f"2 threads {_ms(t['2 threads'].median)}",
+            f"1 thread {_ms(t['1 thread'].median)}",
+            ratio,
+            f">= {need:g}x",
+            ratio >= need,
+        )
+        del cofi, db
+
+
+def _all_vs_all(report, kind, width, ref_db, ref_q, databases):
+    """Times cofisearch on the reference batch and on each database searched by itself,
+    all in the same rounds, then faiss on each for information; adds one row per
+    database."""
+    binary = kind == BINARY
+    what = f"{width} bits" if binary else f"float d={width}"
+    unit = "G codes/s" if binary else "GFLOP/s"
+
+    def rate(n, nq, seconds):
+        # Codes compared per second, or multiply-adds (2 flops) per second.
+        return n * nq / seconds / 1e9 if binary else 2.0 * n * nq * width / seconds / 1e9
+
+    n_ref, nq_ref = ref_db.shape[0], ref_q.shape[0]
+    runs = {}
+    with contextlib.ExitStack() as stack:
+        engine = open_engines(kind, ref_db, ["cofisearch"])["cofisearch"]
+        runs["batch"] = (stack.enter_context(engine.running(1)), kind, ref_db, ref_q)
+        for n, db in databases.items():
+            engine = open_engines(kind, db, ["cofisearch"])["cofisearch"]
+            runs[n] = (stack.enter_context(engine.running(1)), kind, db, db)
+        t = report.runs(
+            f"{what}: all-vs-all at {list(databases)} and {n_ref} x {nq_ref}",
+            {"kind": kind, "width": width, "all_vs_all_n": list(databases),
+             "batch": [n_ref, nq_ref], "k": K, "threads": 1},
+            runs, K,
+        )
+    peers = _peer_all_vs_all(report, kind, what, databases)
+    base = rate(n_ref, nq_ref, t["batch"].value(report.clock))
+    first = min(databases)
+    for n in databases:
+        cofi = t[n].value(report.clock)
+        reference = f"{_n(n_ref)} x {nq_ref}: {base:.3g} {unit}"
+        peer = peers.get(n)
+        if isinstance(peer, str):
+            reference += f"; {peer}"
+        elif peer is not None:
+            reference += f"; faiss {rate(n, n, peer):.3g} {unit}"
+        share = rate(n, n, cofi) / base
+        judged = n != first
+        report.add(
+            f"all-vs-all {what}, n={_n(n)}: rate / {_n(n_ref)} x {nq_ref} batch's",
+            f"{_n(n)} queries x {_n(n)} items, k={K} 1 thread",
+            f"{_ms(cofi)} ({rate(n, n, cofi):.3g} {unit})",
+            reference,
+            share,
+            f">= {ALL_VS_ALL_SHARE:g}" if judged else "",
+            share >= ALL_VS_ALL_SHARE if judged else None,
+        )
+
+
+# faiss's all-vs-all times are information only; one predicted to take longer a call
+# (faiss's float path at 25k x 25k takes 20 s with OpenBLAS's generic kernels) is left
+# out rather than double the section's time.
+PEER_BUDGET_S = 5.0
+
+
+def _peer_all_vs_all(report, kind, what, databases):
+    """faiss's seconds per all-vs-all call for each database (smallest first), or the
+    reason there is none."""
+    if not faiss_available():
+        return {}
+    out, last = {}, None
+    for n, db in sorted(databases.items()):
+        if last is not None:
+            predicted = last[1] * (n / last[0]) ** 2  # the work grows as n squared
+            if predicted > PEER_BUDGET_S:
+                out[n] = f"faiss left out (predicted {predicted:.0f} s a call)"
+                continue
+        with open_engine("faiss", kind, db).running(1) as search:
+            t = report.searches(f"{what}: faiss all-vs-all at {n}",
+                                {"kind": kind, "n": n, "nq": n, "k": K, "threads": 1},
+                                {"faiss": search}, kind, db, db, K)
+        out[n] = t["faiss"].value(report.clock)
+        last = (n, out[n])
+    return out
+
+
 def _open(kind, database):
     """cofisearch and (when installed) faiss, bound to ``database``."""
     return open_engines(kind, database, ["cofisearch", "faiss"])
@@ -454,13 +734,14 @@ def main(argv=None):
     report = Report(repeat=repeat, clock=args.clock)
     progress(f"measuring ({args.scale} sizes, median of {repeat})")
     runners = {"bandwidth": bandwidth_section, "hamming": hamming_section,
-               "float": float_section, "study": study_section}
+               "float": float_section, "study": study_section,
+               "widths": widths_section, "shapes": shapes_section}
     for name in SECTIONS:
         if name in sections:
             runners[name](report, sizes)
     after = machine_info()
 
-    print(f"cofisearch targets (issue 3), {args.scale} sizes, "
+    print(f"cofisearch targets (issues 3 and 12), {args.scale} sizes, "
           f"{args.clock}-clock medians of {repeat} after a warm-up\n")
     print(format_table(report.rows))
     print()

@@ -25,8 +25,35 @@ def test_targets_tiny_passes_its_checks(tmp_path, capsys):
     report = json.loads(out.read_text())
     assert report["problems"] == []
     sections = {row["target"].split(":")[0].split(" ")[0] for row in report["rows"]}
-    assert {"single-thread", "Hamming", "float", "study"} <= sections
+    assert {"single-thread", "Hamming", "float", "study", "all-vs-all"} <= sections
     assert "passed" in capsys.readouterr().out
+
+
+def test_targets_tiny_judges_every_width_and_shape_of_issue_12(tmp_path):
+    out = tmp_path / "targets.json"
+    assert targets.main(["--scale", "tiny", "--sections", "widths,shapes",
+                         "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    judged = [r["target"] for r in rows if r["result"] in ("PASS", "FAIL")]
+    for bits in targets.WIDTHS:
+        assert any(t.startswith(f"Hamming {bits} bits: time per code") for t in judged)
+    for bits in targets.FAISS_WIDTHS:
+        assert sum(t.startswith(f"Hamming {bits} bits,") and "vs faiss" in t
+                   for t in judged) == 2
+    assert sum(t.startswith("all-vs-all") for t in judged) == 3 * 2
+    assert sum("2 threads speed-up" in t and "1 query" in t for t in judged) == 2
+
+
+def test_targets_leaves_out_peer_all_vs_all_predicted_over_budget(tmp_path, monkeypatch):
+    pytest.importorskip("faiss")
+    monkeypatch.setattr(targets, "PEER_BUDGET_S", 0.0)
+    out = tmp_path / "targets.json"
+    assert targets.main(["--scale", "tiny", "--sections", "shapes", "--json", str(out)]) == 0
+    rows = [r for r in json.loads(out.read_text())["rows"] if r["target"].startswith("all-vs-all")]
+    # The smallest size of each width is timed (nothing to predict from), the rest not.
+    timed = [r for r in rows if "; faiss " in r["reference"] and "left out" not in r["reference"]]
+    assert len(timed) == 3
+    assert sum("faiss left out" in r["reference"] for r in rows) == len(rows) - 3
 
 
 def test_cascade_scale_tiny_passes_its_checks(tmp_path):

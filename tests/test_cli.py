@@ -5,6 +5,7 @@ errors to stderr), plus real subprocesses for ``python -m cofisearch`` so that t
 point itself, and what a user's terminal shows on an error, are covered too.
 """
 
+import dataclasses
 import importlib.util
 import io
 import json
@@ -19,6 +20,10 @@ import pytest
 import cofisearch
 from cofisearch import cli
 from cofisearch._bench import machine, runner, sections
+from cofisearch._bench.contenders import open_engines
+from cofisearch._bench.data import make_codes
+from cofisearch._bench.plans import BENCH_PLANS
+from cofisearch._bench.report import BenchReport
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
@@ -128,6 +133,47 @@ def test_bench_markdown_has_the_table7_ratio_line(bench_run):
     ratio_lines = [line for line in text.splitlines() if "float/binary time ratio" in line]
     assert len(ratio_lines) == 1
     assert "cofisearch" in ratio_lines[0] and sections.STUDY_RATIO_TEXT in ratio_lines[0]
+
+
+def test_bench_times_every_code_width_of_its_plan(bench_run):
+    _, _, out_dir = bench_run
+    with open(out_dir / "bench.json") as f:
+        report = json.load(f)
+    plan = report["config"]["plan"]
+    rows = [m for m in report["measurements"] if m["section"] == "widths"]
+    assert {m["bits"] for m in rows if m["engine"] == "cofisearch"} == set(plan["width_bits"])
+    assert "## Hamming top-k at every code width" in (out_dir / "bench.md").read_text()
+
+
+def test_bench_times_all_vs_all_beside_a_batch(bench_run):
+    _, _, out_dir = bench_run
+    with open(out_dir / "bench.json") as f:
+        report = json.load(f)
+    plan = report["config"]["plan"]
+    rows = [m for m in report["measurements"]
+            if m["section"] == "all_vs_all" and m["engine"] == "cofisearch"]
+    square = {(m["kind"], m["n"]) for m in rows if m["shape"] == "all-vs-all"}
+    assert all(m["n"] == m["nq"] for m in rows if m["shape"] == "all-vs-all")
+    assert square == {(kind, n) for kind in ("binary", "float") for n in plan["all_vs_all_ns"]}
+    assert {m["kind"] for m in rows if m["shape"] == "batch"} == {"binary", "float"}
+    text = (out_dir / "bench.md").read_text()
+    assert "## All-vs-all" in text and "share of the batch rate" in text
+
+
+def test_bench_budget_skips_peers_by_rate_key_but_not_engines_always_run():
+    # A zero budget: every engine whose time can be predicted is over it.
+    plan = dataclasses.replace(BENCH_PLANS["tiny"], max_call_s=0.0)
+    bench = BenchReport(config={}, machine={})
+    with runner.Runner(plan, bench, 0, False) as r:
+        for n in (50, 100):  # different batch sizes: only the rate key links them
+            db = make_codes(n, 64)
+            engines = open_engines("binary", db, ["cofisearch", "numpy"])
+            r.group("all_vs_all", "binary", engines, db, db, 10, 1, rate_key="square",
+                    always=("cofisearch",))
+    timed = {(m["engine"], m["n"]) for m in bench.measurements}
+    assert timed == {("cofisearch", 50), ("numpy", 50), ("cofisearch", 100)}
+    assert [(s["engine"], s["n"]) for s in bench.skipped] == [("numpy", 100)]
+    assert bench.problems == []
 
 
 @pytest.mark.skipif(not HAS_MATPLOTLIB, reason="matplotlib is not installed")

@@ -82,6 +82,12 @@ class BenchPlan:
     study_n: int
     study_nq: int
     study_dim: int
+    width_n: int  # code widths: every width's database
+    width_bits: tuple
+    width_nqs: tuple
+    all_vs_all_ns: tuple  # each database searched by itself
+    all_vs_all_bits: tuple
+    all_vs_all_dim: int
     repeat: int
     study_repeat: int
     min_sample_s: float
@@ -115,6 +121,12 @@ BENCH_PLANS = {
         study_n=100_000,
         study_nq=1000,
         study_dim=2048,
+        width_n=100_000,
+        width_bits=(192, 256, 320, 384, 448, 512, 640, 768, 1024, 1536, 2048),
+        width_nqs=(1, 1000),
+        all_vs_all_ns=(1000, 5000, 25_000),
+        all_vs_all_bits=(64, 256),
+        all_vs_all_dim=384,
         repeat=5,
         study_repeat=3,
         min_sample_s=0.02,
@@ -146,6 +158,12 @@ BENCH_PLANS = {
         study_n=100_000,
         study_nq=500,
         study_dim=2048,
+        width_n=100_000,
+        width_bits=(192, 256, 384, 512, 768, 1024, 1536, 2048),
+        width_nqs=(1, 100),
+        all_vs_all_ns=(1000, 5000),
+        all_vs_all_bits=(64, 256),
+        all_vs_all_dim=384,
         repeat=3,
         study_repeat=3,
         min_sample_s=0.01,
@@ -178,6 +196,12 @@ BENCH_PLANS = {
         study_n=2_000,
         study_nq=20,
         study_dim=2048,
+        width_n=1_000,
+        width_bits=(192, 256, 384, 512),
+        width_nqs=(1, 10),
+        all_vs_all_ns=(200, 500),
+        all_vs_all_bits=(64, 256),
+        all_vs_all_dim=384,
         repeat=1,
         study_repeat=1,
         min_sample_s=0.0,
@@ -257,6 +281,8 @@ def fit_plan(plan, max_size, available):
         storage_n=min(plan.storage_n, max_size),
         recall_n=min(plan.recall_n, max_size),
         study_n=study_n,
+        width_n=min(plan.width_n, max_size),
+        all_vs_all_ns=tuple(sorted({min(n, max_size) for n in plan.all_vs_all_ns})),
     )
     gb = capped.float_top * capped.float_dim * 4 / 1e9
     why = "the scale's limit"

@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass, field
 
 from .._files import json_default
+from .contenders import BINARY
 from .machine import format_machine
 from .sections import K, STUDY_RATIO_TEXT
 
@@ -91,6 +92,8 @@ class BenchReport:
         parts += _study_markdown(self)
         parts += _sweep_markdown(self, "hamming")
         parts += _sweep_markdown(self, "float")
+        parts += _widths_markdown(self)
+        parts += _all_vs_all_markdown(self)
         parts += _storage_markdown(self)
         parts += _recall_markdown(self)
         parts += _cascade_markdown(self)
@@ -252,6 +255,124 @@ def _sweep_markdown(report, section):
     rate = ("codes scanned per second" if binary
             else "GB/s streamed for one query, GFLOP/s for batches")
     return [title, "", f"Rate: {rate}.", ""] + markdown_table(header, table) + [""]
+
+
+def _by_engine(report, section, key):
+    """``{key(row): {engine: row}}`` of a section's measurements, and the engines' names."""
+    rows = report.rows(section)
+    groups = {}
+    for r in rows:
+        groups.setdefault(key(r), {})[r["engine"]] = r
+    return groups, engine_names(rows)
+
+
+def _skipped_keys(report, section, key):
+    return {key(s) + (s["engine"],) for s in report.skipped if s["section"] == section}
+
+
+def _peer_cells(group, names, skipped, key):
+    """Time of every peer and its ratio to cofisearch's, or why there is none."""
+    cofi = group.get("cofisearch")
+    cells = []
+    for name in names:
+        if name == "cofisearch":
+            continue
+        if name in group:
+            cells.append(seconds_text(group[name]["median_s"]))
+            cells.append(ratio_text(group[name]["median_s"] / cofi["median_s"]) if cofi else "—")
+        else:
+            cells += ["skipped" if key + (name,) in skipped else "—", "—"]
+    return cells
+
+
+def _next_power_of_two(bits):
+    return 1 << (bits - 1).bit_length()
+
+
+def _widths_markdown(report):
+    def key(r):
+        return (r["n"], r["nq"], r["bits"])
+
+    groups, names = _by_engine(report, "widths", key)
+    if not groups:
+        return []
+    skipped = _skipped_keys(report, "widths", key)
+    peers = [n for n in names if n != "cofisearch"]
+    header = ["n", "queries", "bits", "cofisearch", "cofisearch rate",
+              "time per code / linear from the next power of two"]
+    for name in peers:
+        header += [name, f"{name} / cofisearch"]
+    table = []
+    for n, nq, bits in sorted(groups):
+        g = groups[(n, nq, bits)]
+        cofi = g.get("cofisearch")
+        power = groups.get((n, nq, _next_power_of_two(bits)), {}).get("cofisearch")
+        cost = None
+        if cofi and power and power["bits"] != bits:
+            cost = (cofi["median_s"] / power["median_s"]) / (bits / power["bits"])
+        table.append([count_text(n), nq, bits,
+                      seconds_text(cofi["median_s"]) if cofi else "—",
+                      _rate(cofi, True) if cofi else "—",
+                      f"{cost:.3g}" if cost is not None else "—"]
+                     + _peer_cells(g, names, skipped, (n, nq, bits)))
+    return [
+        "## Hamming top-k at every code width",
+        "",
+        ("One database size, every width: 384 bits is what MiniLM-sized models' binary "
+         "embeddings give, 768 BERT-base sized ones. The cost column is the time per code "
+         "over what linear-in-bits from the next power of two predicts (1: as cheap per bit "
+         "as the power of two; issue 12 asks for at most 1.15 at 1,000 queries)."),
+        "",
+    ] + markdown_table(header, table) + [""]
+
+
+def _all_vs_all_markdown(report):
+    def key(r):
+        return (r["kind"], r.get("bits") or r.get("dim"), r["n"], r["nq"])
+
+    groups, names = _by_engine(report, "all_vs_all", key)
+    if not groups:
+        return []
+    skipped = _skipped_keys(report, "all_vs_all", key)
+    peers = [n for n in names if n != "cofisearch"]
+    header = ["data", "shape", "cofisearch", "cofisearch rate", "share of the batch rate"]
+    for name in peers:
+        header += [name, f"{name} / cofisearch"]
+    batch_rate = {}
+    for (kind, width, n, nq), g in groups.items():
+        if nq != n and "cofisearch" in g:
+            batch_rate[(kind, width)] = _work_rate(g["cofisearch"])
+    table = []
+    # The batch first, then the all-vs-all sizes, per kind and width.
+    for kind, width, n, nq in sorted(groups, key=lambda t: (t[0], t[1], t[3] == t[2], t[2])):
+        g = groups[(kind, width, n, nq)]
+        cofi = g.get("cofisearch")
+        binary = kind == BINARY
+        share = "—"
+        if cofi and nq == n and (kind, width) in batch_rate:
+            share = f"{_work_rate(cofi) / batch_rate[(kind, width)]:.3g}"
+        table.append([
+            f"{width} bits" if binary else f"float d={width}",
+            f"{count_text(n)} x {count_text(n)}, all-vs-all" if nq == n
+            else f"{nq:,} queries over {count_text(n)} (batch)",
+            seconds_text(cofi["median_s"]) if cofi else "—",
+            _rate(cofi, binary) if cofi else "—",
+            share,
+        ] + _peer_cells(g, names, skipped, (kind, width, n, nq)))
+    return [
+        "## All-vs-all: a database searched by itself (the evaluation shape)",
+        "",
+        (f"n queries over the same n items, top-{K}, one thread, beside a large batch of the "
+         "same width; the share column is the all-vs-all rate over the batch's (issue 12 "
+         "asks for at least 0.5 at n = 5,000 and 25,000)."),
+        "",
+    ] + markdown_table(header, table) + [""]
+
+
+def _work_rate(row):
+    # Codes compared, or multiply-adds, per second: comparable across shapes.
+    per_pair = 1 if row["kind"] == BINARY else row["dim"]
+    return row["n"] * row["nq"] * per_pair / row["median_s"]
 
 
 def _rate(row, binary):

@@ -30,7 +30,16 @@ from .measure import BLAS_SETTLE_S, compare
 from .plans import BENCH_PLANS, check_max_size, check_memory, check_scale, fit_plan
 from .plots import matplotlib_available, save_plots
 from .report import BenchReport
-from .sections import K, EqualStorage, FloatSweep, HammingSweep, RecallAndCascade, Table7
+from .sections import (
+    K,
+    AllVsAll,
+    CodeWidths,
+    EqualStorage,
+    FloatSweep,
+    HammingSweep,
+    RecallAndCascade,
+    Table7,
+)
 
 __all__ = ["Runner", "check_run", "run", "save"]
 
@@ -94,6 +103,8 @@ def run(*, scale="default", max_size=10_000_000, show_progress_bar=True, out=Non
         EqualStorage(plan, seed),
         RecallAndCascade(plan, seed),
         Table7(plan, seed),
+        CodeWidths(plan, seed),
+        AllVsAll(plan, seed),
     ]
     t0 = time.perf_counter()
     # One BLAS thread outside the timed calls (each contender sets its own count there):
@@ -141,7 +152,8 @@ class Runner:
         self.report = report
         self._bar = _progress_bar(total_steps, show_progress_bar)
         self._in_step = False
-        # (engine, kind, nq) -> work units per second, from its latest (largest) group.
+        # (engine, kind, nq or rate_key) -> work units per second, from its latest
+        # (largest) group.
         self._rates = {}
 
     def __enter__(self):
@@ -181,11 +193,16 @@ class Runner:
         return rows
 
     def group(self, section, kind, engines, database, queries, k, threads, *,
-              budget=True, repeat=None, extra=None):
+              budget=True, repeat=None, extra=None, rate_key=None, always=()):
         """Times every engine on one (database, queries, k, threads) and checks the
-        results; returns ``{engine: measurement}``."""
+        results; returns ``{engine: measurement}``. With ``budget``, an engine predicted
+        over the plan's time per call is skipped (unless named in ``always``); its time
+        is predicted from its latest rate for the same kind and number of queries, or
+        for the same ``rate_key`` when given (groups whose work compares across batch
+        sizes)."""
         n = database.shape[0]
         nq = queries.shape[0]
+        rate_key = nq if rate_key is None else rate_key
         width_key, width = _width(kind, database)
         work = n * nq * database.shape[1] * database.itemsize
         params = {"kind": kind, "n": n, width_key: width, "nq": nq, "k": k,
@@ -195,8 +212,9 @@ class Runner:
         labels = {}
         with contextlib.ExitStack() as stack:
             for name, engine in engines.items():
-                predicted = self._predict(name, kind, nq, work)
-                if budget and predicted is not None and predicted > self.plan.max_call_s:
+                predicted = self._predict(name, kind, rate_key, work)
+                over = predicted is not None and predicted > self.plan.max_call_s
+                if budget and over and name not in always:
                     self.report.skipped.append({
                         "section": section, "engine": name, **params,
                         "predicted_s": predicted, "budget_s": self.plan.max_call_s,
@@ -212,12 +230,12 @@ class Runner:
                       if threads > 1 and name in ("numpy", "faiss")}
             rows = self.time(section, fns, labels, repeat=repeat, settle=settle)
         for name, row in rows.items():
-            self._rates[(name, kind, nq)] = work / row["median_s"]
+            self._rates[(name, kind, rate_key)] = work / row["median_s"]
         self._check(section, kind, database, queries, k, results, params)
         return rows
 
-    def _predict(self, name, kind, nq, work):
-        rate = self._rates.get((name, kind, nq))
+    def _predict(self, name, kind, rate_key, work):
+        rate = self._rates.get((name, kind, rate_key))
         return None if rate is None else work / rate
 
     def _check(self, section, kind, database, queries, k, results, params):

@@ -16,6 +16,11 @@ checks and records:
    rerank) at several ``n_candidates``.
 5. :class:`Table7`: the FiCo-ITR study's Table 7 comparison, :func:`table7`, which
    ``bench/targets.py`` runs too.
+6. :class:`CodeWidths`: one database size at every code width from 192 to 2048 bits,
+   the widths real embeddings have (384: MiniLM's ``ubinary``; 768: BERT-base sized
+   models) beside the powers of two, so that a width off the fast path shows.
+7. :class:`AllVsAll`: the evaluation shape, a database searched by itself (codes and
+   d = 384 floats), beside a large batch of the same width.
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ __all__ = [
     "RECALL_DIM",
     "STUDY_RATIO_TEXT",
     "STUDY_TABLE7",
+    "AllVsAll",
+    "CodeWidths",
     "EqualStorage",
     "FloatSweep",
     "HammingSweep",
@@ -360,6 +367,69 @@ class Table7:
 
         runner.report.study = table7(time_group, n=p.study_n, nq=p.study_nq, dim=p.study_dim,
                                      seed=self.seed)
+
+
+class CodeWidths:
+    title = "code widths"
+
+    def __init__(self, plan, seed):
+        self.plan = plan
+        self.seed = seed
+
+    def steps(self):
+        return len(self.plan.width_bits)
+
+    def run(self, runner):
+        p = self.plan
+        for bits in p.width_bits:
+            runner.step(f"widths: n={p.width_n:,} {bits} bits")
+            db = make_codes(p.width_n, bits, seed=self.seed)
+            queries = make_codes(max(p.width_nqs), bits, seed=self.seed, stream=1)
+            # NumPy would take seconds a call at the wide codes and says nothing new here.
+            engines = open_engines(BINARY, db, ["cofisearch", "faiss"])
+            for nq in p.width_nqs:
+                runner.group("widths", BINARY, engines, db, queries[:nq], K, 1)
+            del engines, db
+
+
+class AllVsAll:
+    title = "all-vs-all"
+
+    def __init__(self, plan, seed):
+        self.plan = plan
+        self.seed = seed
+
+    def _widths(self):
+        return [(BINARY, bits) for bits in self.plan.all_vs_all_bits] + [
+            (FLOAT, self.plan.all_vs_all_dim)]
+
+    def steps(self):
+        return len(self._widths()) * (1 + len(self.plan.all_vs_all_ns))
+
+    def run(self, runner):
+        p = self.plan
+        make = {BINARY: make_codes, FLOAT: make_vectors}
+        # The rate the all-vs-all rows are read against: the widths section's size and
+        # largest batch, on the same width.
+        n_batch, nq_batch = p.width_n, max(p.width_nqs)
+        for kind, width in self._widths():
+            what = f"{width} bits" if kind == BINARY else f"d={width}"
+            runner.step(f"all-vs-all: {what}, batch of {nq_batch} over {n_batch:,}")
+            db = make[kind](n_batch, width, seed=self.seed)
+            queries = make[kind](nq_batch, width, seed=self.seed, stream=1)
+            runner.group("all_vs_all", kind, open_engines(kind, db, ["cofisearch"]), db,
+                         queries, K, 1, budget=False, extra={"shape": "batch"})
+            del db, queries
+            for n in p.all_vs_all_ns:
+                runner.step(f"all-vs-all: {what}, n={n:,}")
+                db = make[kind](n, width, seed=self.seed, stream=2)
+                # Peers predicted from their previous all-vs-all (work grows as n
+                # squared; the batch size changes with n, so rates by batch size would
+                # never apply); cofisearch's row is what the section is for.
+                runner.group("all_vs_all", kind, open_engines(kind, db, ["cofisearch", "faiss"]),
+                             db, db, K, 1, extra={"shape": "all-vs-all"}, rate_key="all-vs-all",
+                             always=("cofisearch",))
+                del db
 
 
 # ---- data helpers ---------------------------------------------------------------------------
