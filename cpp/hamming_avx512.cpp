@@ -334,15 +334,59 @@ inline void transpose8(__m512i* r) {
   }
 }
 
+// Packs the full groups of codes of W whole words (W <= 4): a group's 8 codes are W
+// registers back to back, word j of code l at lane l * W + j, and each output register
+// gathers its lanes with one two-register permute per pair of registers. Returns the
+// number of groups packed.
+template <int W>
+sz pack_whole_words(const u8* codes, sz n, u64* panel) {
+  constexpr int kPairs = (W + 1) / 2;
+  __m512i index[W];
+  __mmask8 pair_lanes[W][kPairs] = {};
+  for (int j = 0; j < W; ++j) {
+    alignas(64) long long lanes[8];
+    for (int l = 0; l < 8; ++l) {
+      const int flat = l * W + j;
+      lanes[l] = flat % 16;
+      pair_lanes[j][flat / 16] = static_cast<__mmask8>(pair_lanes[j][flat / 16] | (1u << l));
+    }
+    index[j] = _mm512_load_si512(lanes);
+  }
+  const sz groups = n / 8;
+  for (sz g = 0; g < groups; ++g) {
+    const u8* src = codes + g * 64 * W;
+    __m512i r[2 * kPairs];
+    for (int v = 0; v < 2 * kPairs; ++v)
+      r[v] = v < W ? _mm512_loadu_si512(src + 64 * v) : _mm512_setzero_si512();
+    for (int j = 0; j < W; ++j) {
+      __m512i out = _mm512_maskz_permutex2var_epi64(pair_lanes[j][0], r[0], index[j], r[1]);
+      for (int p = 1; p < kPairs; ++p)
+        out = _mm512_or_si512(out, _mm512_maskz_permutex2var_epi64(pair_lanes[j][p], r[2 * p],
+                                                                   index[j], r[2 * p + 1]));
+      _mm512_storeu_si512(panel + (g * W + j) * 8, out);
+    }
+  }
+  return groups;
+}
+
 }  // namespace
 
 void hamming_b8_pack_avx512(const std::uint8_t* codes, std::size_t n, std::size_t nbytes,
                             std::uint64_t* panel) {
-  // Eight codes' next 64 bytes each make an 8 x 8 block of words, transposed in
-  // registers: a third of the instructions of moving the words one by one. Masked
-  // byte loads zero the bytes past a code's end and the codes past n.
+  // Narrow codes of whole words are gathered by permutes; other codes' next 64 bytes
+  // each make an 8 x 8 block of words, transposed in registers (a third of the
+  // instructions of moving the words one by one, but wasted on a block of 2 words).
+  // Masked byte loads zero the bytes past a code's end and the codes past n.
   const sz words = (nbytes + 7) / 8;
-  for (sz g = 0; g * 8 < n; ++g) {
+  sz done = 0;
+  switch (nbytes) {
+    case 8: done = pack_whole_words<1>(codes, n, panel); break;
+    case 16: done = pack_whole_words<2>(codes, n, panel); break;
+    case 24: done = pack_whole_words<3>(codes, n, panel); break;
+    case 32: done = pack_whole_words<4>(codes, n, panel); break;
+    default: break;
+  }
+  for (sz g = done; g * 8 < n; ++g) {
     const sz rows = n - 8 * g < 8 ? n - 8 * g : 8;
     u64* out = panel + g * words * 8;
     for (sz b = 0; 64 * b < nbytes; ++b) {
@@ -353,8 +397,11 @@ void hamming_b8_pack_avx512(const std::uint8_t* codes, std::size_t n, std::size_
         r[l] = l < rows ? _mm512_maskz_loadu_epi8(m, codes + (8 * g + l) * nbytes + 64 * b)
                         : _mm512_setzero_si512();
       transpose8(r);
+      // Constant register indices (the compiler unrolls this): indexed by a run-time
+      // count, the registers went through the stack and a string copy.
       const sz wb = words - 8 * b < 8 ? words - 8 * b : 8;
-      for (sz j = 0; j < wb; ++j) _mm512_storeu_si512(out + (8 * b + j) * 8, r[j]);
+      for (int j = 0; j < 8; ++j)
+        if (static_cast<sz>(j) < wb) _mm512_storeu_si512(out + (8 * b + j) * 8, r[j]);
     }
   }
 }

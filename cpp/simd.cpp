@@ -49,20 +49,21 @@ constexpr std::size_t kNoPanels = std::numeric_limits<std::size_t>::max();
 
 // Code panels pay once their per-query saving over the level's stored-codes kernel covers
 // packing each block. Measured, one thread, k = 10, 200k codes (AVX-512) and 100k (AVX2),
-// time of the panel over codes as stored: AVX-512 16 bytes 2.2 at 8 queries, 1.3 at 32,
-// 0.87 at 1,000; 32 bytes 2.5 / 1.1 / 0.81; 128 bytes 1.4 / 0.8 at 8 / 32; 24, 48 and 96
-// bytes 0.6 to 1.3 at 4 queries and 0.3 to 0.7 at 16. AVX2 counts codes of up to 32 bytes
-// with the scalar POPCNT, which the panel's nibble lookup never beats (1.2 to 1.5 at 500
-// queries); wider codes 0.6 to 0.9 from 4 queries. 8-byte codes as stored already are a
-// panel (one word per code, 8 codes per register), so they are never packed.
+// time of the panel over codes as stored: AVX-512 16 bytes 1.1 at 8 queries, 0.93 at 32,
+// 0.87 at 1,000; 32 bytes 1.06 / 1.0 at 8 / 32, 0.81 at 1,000; 64 bytes 1.0 / 0.78 at 4 /
+// 8; 128 bytes 1.06 / 0.6 at 4 / 16; 24 and 48 bytes 0.9 at 3 queries, 0.5 to 0.9 at 4.
+// AVX2 counts codes of up to 32 bytes with the scalar POPCNT, which the panel's nibble
+// lookup never beats (1.2 to 1.5 at 500 queries); wider codes 0.6 to 0.9 from 4 queries.
+// 8-byte codes as stored already are a panel (one word per code, 8 codes per register),
+// so they are never packed.
 std::size_t hamming_panels_never(std::size_t) { return kNoPanels; }
 
 std::size_t hamming_panels_avx2(std::size_t nbytes) { return nbytes <= 32 ? kNoPanels : 4; }
 
 std::size_t hamming_panels_avx512(std::size_t nbytes) {
   if (nbytes == 8) return kNoPanels;
-  if (nbytes == 16 || nbytes == 32) return 64;
-  return nbytes % 64 == 0 ? 16 : 4;
+  if (nbytes == 16 || nbytes == 32) return 32;
+  return nbytes % 64 == 0 ? 8 : 4;
 }
 
 constexpr KernelSet kScalar = {hamming_b8_scan_scalar,     hamming_b8_pack_scalar,
