@@ -3,13 +3,12 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
-#include <exception>
 #include <memory>
 #include <stdexcept>
-#include <thread>
 #include <type_traits>
 #include <vector>
 
+#include "pool.h"
 #include "simd.h"
 #include "topk.h"
 
@@ -60,34 +59,6 @@ std::size_t next_block_rows(std::size_t step, std::size_t full) { return std::mi
 
 // The path dot_search takes whatever the batch size, for tests; automatic when unset.
 std::atomic<int> forced_dot_path{static_cast<int>(DotPath::automatic)};
-
-template <class Fn>
-void run_parallel(int nthreads, Fn&& fn) {
-  if (nthreads <= 1) {
-    fn(0);
-    return;
-  }
-  std::vector<std::exception_ptr> errors(static_cast<std::size_t>(nthreads));
-  auto guarded = [&](int t) {
-    try {
-      fn(t);
-    } catch (...) {
-      errors[static_cast<std::size_t>(t)] = std::current_exception();
-    }
-  };
-  std::vector<std::thread> workers;
-  workers.reserve(static_cast<std::size_t>(nthreads - 1));
-  try {
-    for (int t = 1; t < nthreads; ++t) workers.emplace_back(guarded, t);
-  } catch (...) {
-    for (auto& w : workers) w.join();
-    throw;
-  }
-  guarded(0);
-  for (auto& w : workers) w.join();
-  for (auto& e : errors)
-    if (e) std::rethrow_exception(e);
-}
 
 int threads_for(int requested, std::size_t work, std::size_t max_parts) {
   std::size_t by_work = work / kMinWorkPerThread;
