@@ -199,3 +199,19 @@ def test_search_memory_does_not_grow_with_the_database():
     index.search(queries, 40, num_threads=1)  # warm-up: first-call allocations
     grew = _peak_rss_growth(lambda: index.search(queries, 40, num_threads=2))
     assert grew < 6 << 20, f"peak memory grew by {grew / 2**20:.1f} MiB"
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux /proc")
+def test_batch_selection_memory_is_bounded_beside_the_output():
+    # 4,000 queries at k = 1,000 return 48 MB; selecting them all at once held about
+    # 33 bytes per query x k more (130 MB). The threads now select a bounded chunk of
+    # queries at a time.
+    rng = np.random.default_rng(22)
+    db = rng.integers(0, 256, (20_000, 8), dtype=np.uint8)
+    queries = rng.integers(0, 256, (4_000, 8), dtype=np.uint8)
+    index = cofisearch.BinaryIndex(64)
+    index.add(db)
+    index.search(queries[:100], 1_000, num_threads=2)  # warm-up: first-call allocations
+    output = queries.shape[0] * 1_000 * (4 + 8)
+    grew = _peak_rss_growth(lambda: index.search(queries, 1_000, num_threads=2))
+    assert grew < output + (24 << 20), f"peak memory grew by {grew / 2**20:.1f} MiB"

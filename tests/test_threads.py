@@ -1,5 +1,5 @@
 """The native thread pool: shared by concurrent callers, fork-safe, quiet at exit, and
-raising what a thread raised."""
+exact at every split of the work (query chunks, row parts) that it runs."""
 
 import multiprocessing
 import os
@@ -128,6 +128,54 @@ def test_concurrent_callers_share_the_pool_and_get_their_own_results():
     for t in threads:
         t.join()
     assert not errors, errors
+
+
+@pytest.mark.parametrize("threads", [1, 2, 5])
+def test_batches_cut_into_many_query_chunks_match_the_reference(simd, threads):
+    # k = 600 makes a chunk hold few queries (its selectors are large), so a batch of 150
+    # runs as many chunks, claimed by threads as they come free; 1,000-bit codes take the
+    # heap selector, 64-bit codes the counting one.
+    rng = np.random.default_rng(3)
+    for nbytes in (8, 128):
+        db = _codes(rng, 3_000, nbytes)
+        db[::5] = db[1]  # ties across chunks and parts
+        queries = np.concatenate([db[1:2], _codes(rng, 149, nbytes)])
+        d, i = cofisearch.hamming_knn(db, queries, 600, num_threads=threads)
+        want = hamming_reference(db, queries, 600)
+        np.testing.assert_array_equal(d, want[0])
+        np.testing.assert_array_equal(i, want[1])
+
+
+@pytest.mark.parametrize("k", [1, 7, 300])
+def test_row_parts_merge_exactly(simd, k):
+    # A lone query over enough rows is cut into parts of rows; ties straddle every part.
+    rng = np.random.default_rng(4)
+    db = _codes(rng, 500_000)
+    db[::3] = db[0]
+    query = db[:1].copy()
+    query[0, 0] ^= 1
+    want = hamming_reference(db, query, k)
+    for threads in (2, 3, 8):
+        d, i = cofisearch.hamming_knn(db, query, k, num_threads=threads)
+        np.testing.assert_array_equal(d, want[0])
+        np.testing.assert_array_equal(i, want[1])
+
+
+def test_float_and_rerank_chunks_match_one_thread():
+    rng = np.random.default_rng(5)
+    index = cofisearch.FloatIndex(48)
+    index.add(rng.standard_normal((30_000, 48)))
+    queries = rng.standard_normal((301, 48)).astype(np.float32)
+    one = index.search(queries, 20, num_threads=1)
+    cand = rng.integers(-1, 30_000, (301, 500))
+    rerank_one = index.search(queries, 20, candidates=cand, num_threads=1)
+    for threads in (2, 7):
+        got = index.search(queries, 20, num_threads=threads)
+        np.testing.assert_array_equal(got.ids, one.ids)
+        np.testing.assert_array_equal(got.distances, one.distances)
+        got = index.search(queries, 20, candidates=cand, num_threads=threads)
+        np.testing.assert_array_equal(got.ids, rerank_one.ids)
+        np.testing.assert_array_equal(got.distances, rerank_one.distances)
 
 
 def test_interpreter_exits_cleanly_with_the_pool_running():
