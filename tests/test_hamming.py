@@ -12,16 +12,16 @@ NBITS = [8, 64, 72, 128, 256, 520, 1024, 1032]
 
 def _sizes(nbytes, nq):
     """Tails, and row counts on either side of the block edges the driver reports: the
-    first edge (64 rows), then the start and the end of the first full-size block (blocks
-    double from 64 rows up to the full size)."""
+    first edge, then the start and the end of the first full-size block (blocks double
+    from the first one up to the full size)."""
     full = block_rows("hamming", nbytes, nq)
     blocks = cofisearch._core._scan_blocks("hamming", nbytes, nq, 4 * full)
-    start = sum(blocks[: blocks.index(full)])
+    first, start = blocks[0], sum(blocks[: blocks.index(full)])
     # The driver's own cut: one row past each edge is a block of one row.
-    assert cofisearch._core._scan_blocks("hamming", nbytes, nq, 65)[-2:] == [64, 1]
+    assert cofisearch._core._scan_blocks("hamming", nbytes, nq, first + 1)[-2:] == [first, 1]
     assert cofisearch._core._scan_blocks("hamming", nbytes, nq, start + 1)[-1] == 1
     assert cofisearch._core._scan_blocks("hamming", nbytes, nq, start + full + 1)[-2:] == [full, 1]
-    edges = (64, start, start + full)
+    edges = (first, start, start + full)
     return sorted({1, 7, 8, 9} | {e + d for e in edges for d in (-1, 0, 1)})
 
 
