@@ -18,8 +18,8 @@ namespace {
 // How long a thread busy-waits before it sleeps: a worker for the next job after it ran a
 // part, a caller for its job's last parts. Long enough to catch back-to-back searches
 // (a Python loop over batches spends a few microseconds between calls) without a futex
-// wake-up, which costs tens of microseconds here; short because these machines are
-// shared and a spinning thread takes a core from someone else.
+// wake-up, which costs tens of microseconds here; short because machines are shared and
+// a spinning thread takes a core from someone else.
 constexpr auto kSpin = std::chrono::microseconds(30);
 
 // More workers than this are never started: a larger num_threads still works, its parts
@@ -34,7 +34,12 @@ inline void cpu_relax() {
 #endif
 }
 
-// Spins until pred() holds or kSpin has passed; returns pred().
+// Spins until pred() holds or kSpin has passed; returns pred(). The spin yields the core
+// every microsecond or so: when the other cores are busy (other processes), a woken
+// worker often shares the caller's core, and one that spun there without yielding kept
+// the caller from its own parts. Measured on 2 vCPUs with another process running, one
+// query over 1M 64-bit codes, 2 threads against 1: 0.83-0.88x spinning on pause alone,
+// 0.95-1.00x yielding (0.90-1.07x not spinning at all).
 template <class Pred>
 bool spin_until(Pred pred) {
   const auto stop = std::chrono::steady_clock::now() + kSpin;
@@ -44,6 +49,7 @@ bool spin_until(Pred pred) {
       cpu_relax();
     }
     if (std::chrono::steady_clock::now() >= stop) return pred();
+    std::this_thread::yield();
   }
 }
 
