@@ -356,7 +356,8 @@ std::size_t query_chunk(const Selector& one, std::size_t row_bytes, std::size_t 
   const std::size_t by_cache = kChunkCacheBytes / per_query;
   const std::size_t floor = std::min(kMinChunkQueries, kChunkMemoryBytes / per_query);
   const auto T = static_cast<std::size_t>(threads);
-  const std::size_t by_balance = (nq + kChunksPerThread * T - 1) / (kChunksPerThread * T);
+  const std::size_t by_balance =
+      T > 1 ? (nq + kChunksPerThread * T - 1) / (kChunksPerThread * T) : nq;
   // Never below a whole query tile, nor below a thread's share where that is smaller: a
   // chunk of one query streams the database for that query alone, at a fraction of the
   // rate of a tile of them.
