@@ -15,10 +15,17 @@
 namespace cofisearch {
 namespace {
 
-// Below this much scanning per thread (rows x queries x bytes per row), starting a thread
-// costs more than it saves: one query over 1M 64-bit codes (8 MB, ~80 µs) ran slower on
-// two freshly started threads than on one.
-constexpr std::size_t kMinWorkPerThread = std::size_t(8) << 20;
+// Scanning per thread (rows x queries x bytes per row) below which another thread does
+// not pay. Measured on 2 vCPUs (Intel Xeon @2.80GHz, another process busy on them), 2
+// threads against 1:
+// - a batch split by queries is compute-bound, and the pool wakes a worker in
+//   microseconds: 64-bit codes, 16,000 rows, 16 / 32 / 64 queries (2 / 4 / 8 MB of work)
+//   ran 1.12x / 1.10-1.32x / 1.18x faster split;
+// - a few queries split by rows stream the database, and a second thread found no more
+//   memory bandwidth (two threads read 64 MB at 9.7 GB/s, one at 9.6): one query over
+//   1M 64-bit codes split in two ran 0.93-0.96x, over 250k 256-bit codes 0.94x.
+constexpr std::size_t kMinWorkPerThread = std::size_t(1) << 20;
+constexpr std::size_t kMinRowWorkPerThread = std::size_t(8) << 20;
 
 // A batch split by queries is scanned in chunks of queries (query_chunk): a chunk's
 // selectors and queries should fit in about an L2 (measured: 512 KiB to 1 MiB ran alike,
@@ -81,8 +88,9 @@ std::size_t next_block_rows(std::size_t step, std::size_t full) { return std::mi
 // The path dot_search takes whatever the batch size, for tests; automatic when unset.
 std::atomic<int> forced_dot_path{static_cast<int>(DotPath::automatic)};
 
-int threads_for(int requested, std::size_t work, std::size_t max_parts) {
-  std::size_t by_work = work / kMinWorkPerThread;
+int threads_for(int requested, std::size_t work, std::size_t max_parts,
+                std::size_t min_work = kMinWorkPerThread) {
+  std::size_t by_work = work / min_work;
   std::size_t t = std::min<std::size_t>({static_cast<std::size_t>(std::max(requested, 1)),
                                          std::max<std::size_t>(by_work, 1), max_parts});
   return static_cast<int>(std::max<std::size_t>(t, 1));
@@ -451,12 +459,14 @@ void search(const S& s, const typename S::Elem* rows, std::size_t n,
     std::fill(out_id, out_id + nq * k, -1);
     return;
   }
+  // Queries are split only four or more per thread; rows, in 64-row steps.
   const std::size_t work = n * nq * s.row_bytes();
-  const int wanted = threads_for(nthreads, work, std::max<std::size_t>(nq, n / 64));
-  if (wanted <= 1 || nq >= 4 * static_cast<std::size_t>(wanted))
-    search_by_queries(s, rows, n, queries, nq, k, cap, wanted, sentinel, out_v, out_id);
+  const int by_queries = threads_for(nthreads, work, nq / 4);
+  const int by_rows = threads_for(nthreads, work, n / 64, kMinRowWorkPerThread);
+  if (by_rows > by_queries)
+    search_by_rows(s, rows, n, queries, nq, k, cap, by_rows, sentinel, out_v, out_id);
   else
-    search_by_rows(s, rows, n, queries, nq, k, cap, wanted, sentinel, out_v, out_id);
+    search_by_queries(s, rows, n, queries, nq, k, cap, by_queries, sentinel, out_v, out_id);
 }
 
 }  // namespace

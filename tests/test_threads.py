@@ -107,15 +107,16 @@ def test_fork_while_other_threads_search_does_not_hang_the_child():
 def test_concurrent_callers_share_the_pool_and_get_their_own_results():
     # Jobs of several callers interleave on the same workers; each caller also runs a
     # share itself, so no caller waits for another's job.
+    # 32 MB of codes: a lone query is split by rows too.
     rng = np.random.default_rng(2)
-    db = _codes(rng, 400_000)
-    batches = [_codes(rng, nq) for nq in (1, 3, 40, 200, 2, 17)]
+    db = _codes(rng, 1_000_000, 32)
+    batches = [_codes(rng, nq, 32) for nq in (1, 3, 40, 100, 2, 17)]
     want = [cofisearch.hamming_knn(db, q, 12, num_threads=1) for q in batches]
     errors = []
 
     def search(slot):
         try:
-            for _ in range(5):
+            for _ in range(4):
                 d, i = cofisearch.hamming_knn(db, batches[slot], 12, num_threads=3)
                 np.testing.assert_array_equal(d, want[slot].distances)
                 np.testing.assert_array_equal(i, want[slot].ids)
@@ -148,9 +149,10 @@ def test_batches_cut_into_many_query_chunks_match_the_reference(simd, threads):
 
 @pytest.mark.parametrize("k", [1, 7, 300])
 def test_row_parts_merge_exactly(simd, k):
-    # A lone query over enough rows is cut into parts of rows; ties straddle every part.
+    # A lone query over enough rows (32 MB) is cut into parts of rows, up to four per
+    # thread at small k; ties straddle every part.
     rng = np.random.default_rng(4)
-    db = _codes(rng, 500_000)
+    db = _codes(rng, 1_000_000, 32)
     db[::3] = db[0]
     query = db[:1].copy()
     query[0, 0] ^= 1
