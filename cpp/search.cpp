@@ -4,23 +4,45 @@
 #include <atomic>
 #include <cmath>
 #include <cstring>
-#include <exception>
 #include <memory>
 #include <stdexcept>
-#include <thread>
 #include <type_traits>
 #include <vector>
 
+#include "pool.h"
 #include "simd.h"
 #include "topk.h"
 
 namespace cofisearch {
 namespace {
 
-// Below this much scanning per thread (rows x queries x bytes per row), starting a thread
-// costs more than it saves: one query over 1M 64-bit codes (8 MB, ~80 µs) ran slower on
-// two freshly started threads than on one.
-constexpr std::size_t kMinWorkPerThread = std::size_t(8) << 20;
+// Scanning per thread (rows x queries x bytes per row) below which another thread does
+// not pay. Measured on 2 vCPUs (Intel Xeon @2.80GHz, another process busy on them), 2
+// threads against 1:
+// - a batch split by queries is compute-bound, and the pool wakes a worker in
+//   microseconds: 64-bit codes, 16,000 rows, 16 / 32 / 64 queries (2 / 4 / 8 MB of work)
+//   ran 1.12x / 1.10-1.32x / 1.18x faster split;
+// - a few queries split by rows stream the database, and a second thread found no more
+//   memory bandwidth (two threads read 64 MB at 9.7 GB/s, one at 9.6): one query over
+//   1M 64-bit codes split in two ran 0.93-0.96x, over 250k 256-bit codes 0.94x.
+constexpr std::size_t kMinWorkPerThread = std::size_t(1) << 20;
+constexpr std::size_t kMinRowWorkPerThread = std::size_t(8) << 20;
+
+// A batch split by queries is scanned in chunks of queries (query_chunk): a chunk's
+// selectors and queries should fit in about an L2 (measured: 512 KiB to 1 MiB ran alike,
+// 4 MiB a fifth slower on 64-bit codes), a chunk should hold enough queries that reading
+// the database once per chunk costs little, unless its selectors alone would take more
+// than kChunkMemoryBytes, and each thread should get a few chunks to claim.
+constexpr std::size_t kChunkCacheBytes = std::size_t(1) << 20;
+constexpr std::size_t kMinChunkQueries = 64;
+constexpr std::size_t kChunkMemoryBytes = std::size_t(64) << 20;
+constexpr std::size_t kChunksPerThread = 4;
+
+// A search of few queries split by rows cuts the rows into up to kRowPartsPerThread
+// parts per thread, each of at least kRowsPerSelected rows per selected row (see
+// row_parts).
+constexpr std::size_t kRowPartsPerThread = 4;
+constexpr std::size_t kRowsPerSelected = 2048;
 
 // Rows per cache block: a block is scanned by every query tile before the next block is
 // touched, so it should sit in L2 while the queries cycle through L1.
@@ -55,44 +77,22 @@ std::size_t full_block_rows(ScanKind kind, std::size_t row_bytes, std::size_t nq
 // A kernel compares against the thresholds it was given for its whole block, and they
 // are open until the heaps fill: one full first block would turn every one of its rows
 // into a heap insertion for every query. Doubling the block from a small start keeps
-// the insertions near k * log(block) per query.
-std::size_t first_block_rows(std::size_t full) { return std::min<std::size_t>(full, 64); }
+// the insertions near k * log(block) per query. Over a small database those insertions
+// are much of a Hamming search's cost, and a start of 16 rows rather than 64 saved 10-20%
+// of a 5,000 x 5,000 all-vs-all at k = 10 (a quarter fewer insertions); float rows cost
+// far more to scan than to insert, and a packed block should fill whole 32-row strips.
+std::size_t first_block_rows(ScanKind kind, std::size_t full) {
+  return std::min<std::size_t>(full, kind == ScanKind::hamming ? 16 : 64);
+}
 std::size_t next_block_rows(std::size_t step, std::size_t full) { return std::min(2 * step, full); }
 
 // The paths the searches take whatever the batch size, for tests; automatic when unset.
 std::atomic<int> forced_dot_path{static_cast<int>(DotPath::automatic)};
 std::atomic<int> forced_hamming_path{static_cast<int>(HammingPath::automatic)};
 
-template <class Fn>
-void run_parallel(int nthreads, Fn&& fn) {
-  if (nthreads <= 1) {
-    fn(0);
-    return;
-  }
-  std::vector<std::exception_ptr> errors(static_cast<std::size_t>(nthreads));
-  auto guarded = [&](int t) {
-    try {
-      fn(t);
-    } catch (...) {
-      errors[static_cast<std::size_t>(t)] = std::current_exception();
-    }
-  };
-  std::vector<std::thread> workers;
-  workers.reserve(static_cast<std::size_t>(nthreads - 1));
-  try {
-    for (int t = 1; t < nthreads; ++t) workers.emplace_back(guarded, t);
-  } catch (...) {
-    for (auto& w : workers) w.join();
-    throw;
-  }
-  guarded(0);
-  for (auto& w : workers) w.join();
-  for (auto& e : errors)
-    if (e) std::rethrow_exception(e);
-}
-
-int threads_for(int requested, std::size_t work, std::size_t max_parts) {
-  std::size_t by_work = work / kMinWorkPerThread;
+int threads_for(int requested, std::size_t work, std::size_t max_parts,
+                std::size_t min_work = kMinWorkPerThread) {
+  std::size_t by_work = work / min_work;
   std::size_t t = std::min<std::size_t>({static_cast<std::size_t>(std::max(requested, 1)),
                                          std::max<std::size_t>(by_work, 1), max_parts});
   return static_cast<int>(std::max<std::size_t>(t, 1));
@@ -245,27 +245,42 @@ Value<S> tighter(Value<S> own, const std::vector<Value<S>>& ceiling, std::size_t
   return O::better(ceiling[q], 0, own, 0) ? ceiling[q] : own;
 }
 
+// One thread's buffers for scan_range, kept from one call to the next: a batch over a
+// small database makes many short calls, and a fresh hit buffer per call (over a
+// megabyte, from mmap) cost more than scanning the rows.
+template <class S>
+struct ScanBuffers {
+  std::vector<Value<S>> thresh;
+  std::unique_ptr<typename S::Hit[]> hits;  // uninitialised: zeroing it cost more than the scan
+  std::size_t hit_capacity = 0;
+  typename S::Workspace workspace;
+
+  typename S::Hit* hit_room(std::size_t need) {
+    if (need > hit_capacity) {
+      hits.reset(new typename S::Hit[need]);
+      hit_capacity = need;
+    }
+    return hits.get();
+  }
+};
+
 // Offers rows [r0, r1) to the selectors of queries [0, nq). A row must also beat
 // ceiling[q] when ceilings are given.
 template <class S>
 void scan_range(const S& s, const typename S::Elem* rows, std::size_t r0, std::size_t r1,
                 const typename S::Elem* queries, std::size_t nq, typename S::Selector* heaps,
-                const std::vector<Value<S>>& ceiling) {
+                const std::vector<Value<S>>& ceiling, ScanBuffers<S>& buf) {
   const std::size_t block = full_block_rows(S::kKind, s.row_bytes(), nq);
-  std::vector<Value<S>> thresh(nq);
+  std::vector<Value<S>>& thresh = buf.thresh;
+  thresh.resize(nq);
   for (std::size_t i = 0; i < nq; ++i) thresh[i] = tighter<S>(heaps[i].threshold(), ceiling, i);
-  // Sized for the worst case of one kernel call on this range, and left uninitialised:
-  // zeroing a buffer of a megabyte or more cost more than searching a small database.
-  const std::size_t hit_rows = std::min(block, r1 - r0);
-  std::unique_ptr<typename S::Hit[]> hit_buffer(
-      new typename S::Hit[std::min(S::kTile, nq) * hit_rows]);
-  typename S::Hit* const hits = hit_buffer.get();
-  typename S::Workspace workspace;
-  s.prepare_queries(queries, nq, workspace);
-  for (std::size_t b = r0, step = first_block_rows(block); b < r1;
+  // Room for the worst case of one kernel call on this range.
+  typename S::Hit* const hits = buf.hit_room(std::min(S::kTile, nq) * std::min(block, r1 - r0));
+  s.prepare_queries(queries, nq, buf.workspace);
+  for (std::size_t b = r0, step = first_block_rows(S::kKind, block); b < r1;
        b += step, step = next_block_rows(step, block)) {
     const std::size_t nb = std::min(step, r1 - b);
-    const typename S::Block blk = s.prepare_block(rows + b * s.stride, nb, nq, workspace);
+    const typename S::Block blk = s.prepare_block(rows + b * s.stride, nb, nq, buf.workspace);
     for (std::size_t t = 0; t < nq; t += S::kTile) {
       const std::size_t nt = std::min(S::kTile, nq - t);
       const std::size_t h = s.run(queries, t, nt, blk, nb, thresh.data() + t, hits);
@@ -288,7 +303,7 @@ void scan_range(const S& s, const typename S::Elem* rows, std::size_t r0, std::s
 template <class S>
 std::vector<Value<S>> sample_ceilings(const S& s, const typename S::Elem* rows, std::size_t r0,
                                       std::size_t r1, const typename S::Elem* queries,
-                                      std::size_t nq, std::size_t k) {
+                                      std::size_t nq, std::size_t k, ScanBuffers<S>& buf) {
   constexpr std::size_t kChunk = 64;  // rows copied together, so the copy runs at memcpy speed
   const std::size_t n = r1 - r0;
   // Expected rows of the sample inside the top k: more make a tighter ceiling but a larger
@@ -317,7 +332,7 @@ std::vector<Value<S>> sample_ceilings(const S& s, const typename S::Elem* rows, 
     for (std::size_t c = 0; c < m; ++c)
       std::copy_n(rows + (r0 + (c0 + c) * chunk_step) * s.stride, kChunk * s.stride,
                   buffer.data() + c * kChunk * s.stride);
-    scan_range(s, buffer.data(), 0, m * kChunk, queries, nq, sel.data(), {});
+    scan_range(s, buffer.data(), 0, m * kChunk, queries, nq, sel.data(), {}, buf);
   }
   std::vector<Value<S>> ceiling(nq);
   std::vector<Entry<typename S::Order>> best(rank);
@@ -328,18 +343,20 @@ std::vector<Value<S>> sample_ceilings(const S& s, const typename S::Elem* rows, 
   return ceiling;
 }
 
+// Offers rows [r0, r1) to the fresh (or reset) selectors of queries [0, nq).
 template <class S>
 void scan_into(const S& s, const typename S::Elem* rows, std::size_t r0, std::size_t r1,
                const typename S::Elem* queries, std::size_t nq, typename S::Selector* sel,
-               std::size_t cap) {
+               std::size_t cap, ScanBuffers<S>& buf) {
   std::vector<Value<S>> ceiling;
-  if constexpr (S::kSampleCeiling) ceiling = sample_ceilings(s, rows, r0, r1, queries, nq, cap);
-  scan_range(s, rows, r0, r1, queries, nq, sel, ceiling);
+  if constexpr (S::kSampleCeiling)
+    ceiling = sample_ceilings(s, rows, r0, r1, queries, nq, cap, buf);
+  scan_range(s, rows, r0, r1, queries, nq, sel, ceiling, buf);
   if (ceiling.empty()) return;
   for (std::size_t q = 0; q < nq; ++q) {
     if (sel[q].full()) continue;
-    sel[q] = s.selector(cap);
-    scan_range(s, rows, r0, r1, queries + q * s.stride, 1, &sel[q], {});
+    sel[q].reset();
+    scan_range(s, rows, r0, r1, queries + q * s.stride, 1, &sel[q], {}, buf);
   }
 }
 
@@ -357,12 +374,112 @@ void write_sorted(const Entry<Order>* e, std::size_t m, std::size_t k,
   }
 }
 
+// Queries per chunk of a batch split by queries. A thread scans the whole database for
+// one chunk at a time with one reused set of selectors, so
+// - a chunk's selectors and queries stay in cache while the rows stream past: cycling
+//   every block through thousands of queries' selectors made a 5,000 x 5,000 all-vs-all
+//   over 64-bit codes take twice as long, a float one at d = 384 a fifth longer;
+// - selection memory is O(chunk * k) per thread, whatever the batch (the outputs still
+//   hold nq * k);
+// - threads claim chunks as they come free, so a thread that starts late or runs on a
+//   busy core holds up at most one chunk.
+// Each chunk reads the database once more; at kMinChunkQueries or more queries that is
+// a few percent of the scan even when the database comes from DRAM.
+template <class Selector>
+std::size_t query_chunk(const Selector& one, std::size_t row_bytes, std::size_t nq,
+                        std::size_t tile, int threads) {
+  const std::size_t per_query = one.footprint() + row_bytes;
+  const std::size_t by_cache = kChunkCacheBytes / per_query;
+  const std::size_t floor = std::min(kMinChunkQueries, kChunkMemoryBytes / per_query);
+  const auto T = static_cast<std::size_t>(threads);
+  const std::size_t by_balance =
+      T > 1 ? (nq + kChunksPerThread * T - 1) / (kChunksPerThread * T) : nq;
+  // Never below a whole query tile, nor below a thread's share where that is smaller: a
+  // chunk of one query streams the database for that query alone, at a fraction of the
+  // rate of a tile of them.
+  const std::size_t least = std::min(tile, (nq + T - 1) / T);
+  return std::max({std::min(std::max(by_cache, floor), by_balance), least, std::size_t(1)});
+}
+
+template <class S, class Out>
+void search_by_queries(const S& s, const typename S::Elem* rows, std::size_t n,
+                       const typename S::Elem* queries, std::size_t nq, std::size_t k,
+                       std::size_t cap, int wanted, Out sentinel, Out* out_v,
+                       std::int64_t* out_id) {
+  using E = Entry<typename S::Order>;
+  const std::size_t chunk = query_chunk(s.selector(cap), s.row_bytes(), nq, S::kTile, wanted);
+  const std::size_t chunks = (nq + chunk - 1) / chunk;
+  const int T = static_cast<int>(std::min<std::size_t>(static_cast<std::size_t>(wanted), chunks));
+  std::atomic<std::size_t> next{0};
+  run_parallel(T, [&](int) {
+    std::vector<typename S::Selector> sel;
+    ScanBuffers<S> buf;
+    std::vector<E> best(cap);
+    for (std::size_t c; (c = next.fetch_add(1)) < chunks;) {
+      const std::size_t q0 = c * chunk, m = std::min(chunk, nq - q0);
+      for (auto& x : sel) x.reset();
+      while (sel.size() < m) sel.push_back(s.selector(cap));
+      scan_into(s, rows, 0, n, queries + q0 * s.stride, m, sel.data(), cap, buf);
+      for (std::size_t q = 0; q < m; ++q) {
+        const std::size_t got = sel[q].take(best.data());
+        write_sorted(best.data(), got, k, sentinel, out_v + (q0 + q) * k, out_id + (q0 + q) * k);
+      }
+    }
+  });
+}
+
+// Few queries: the database is cut into parts of contiguous rows, each scanned for all
+// the queries; the parts' results merge. Threads claim parts as they come free, so that
+// a late or descheduled thread delays the search by one part rather than by half of it;
+// but every part fills its own selectors again (about k * log(rows / k) insertions per
+// query), so there are only as many parts per thread as keep that below the scan.
+std::size_t row_parts(std::size_t n, std::size_t cap, int threads) {
+  const auto T = static_cast<std::size_t>(threads);
+  const std::size_t per_thread = n / T / std::max<std::size_t>(kRowsPerSelected * cap, 1);
+  return T * std::clamp<std::size_t>(per_thread, 1, kRowPartsPerThread);
+}
+
+template <class S, class Out>
+void search_by_rows(const S& s, const typename S::Elem* rows, std::size_t n,
+                    const typename S::Elem* queries, std::size_t nq, std::size_t k,
+                    std::size_t cap, int wanted, Out sentinel, Out* out_v,
+                    std::int64_t* out_id) {
+  using E = Entry<typename S::Order>;
+  const std::size_t parts = row_parts(n, cap, wanted);
+  std::vector<E> storage(parts * nq * cap);
+  std::vector<std::size_t> sizes(parts * nq);
+  std::atomic<std::size_t> next{0};
+  run_parallel(wanted, [&](int) {
+    std::vector<typename S::Selector> sel;
+    ScanBuffers<S> buf;
+    for (std::size_t p; (p = next.fetch_add(1)) < parts;) {
+      const std::size_t r0 = n * p / parts / 64 * 64;
+      const std::size_t r1 = p + 1 == parts ? n : n * (p + 1) / parts / 64 * 64;
+      for (auto& x : sel) x.reset();
+      while (sel.size() < nq) sel.push_back(s.selector(cap));
+      scan_into(s, rows, r0, r1, queries, nq, sel.data(), cap, buf);
+      for (std::size_t q = 0; q < nq; ++q)
+        sizes[p * nq + q] = sel[q].take(storage.data() + (p * nq + q) * cap);
+    }
+  });
+  std::vector<E> merged;
+  merged.reserve(parts * cap);
+  for (std::size_t q = 0; q < nq; ++q) {
+    merged.clear();
+    for (std::size_t p = 0; p < parts; ++p) {
+      const E* first = storage.data() + (p * nq + q) * cap;
+      merged.insert(merged.end(), first, first + sizes[p * nq + q]);
+    }
+    const std::size_t m = std::min(cap, merged.size());
+    std::partial_sort(merged.begin(), merged.begin() + static_cast<std::ptrdiff_t>(m), merged.end());
+    write_sorted(merged.data(), m, k, sentinel, out_v + q * k, out_id + q * k);
+  }
+}
+
 template <class S, class Out>
 void search(const S& s, const typename S::Elem* rows, std::size_t n,
             const typename S::Elem* queries, std::size_t nq, std::size_t k, int nthreads,
             Out sentinel, Out* out_v, std::int64_t* out_id) {
-  using E = Entry<typename S::Order>;
-  using Selector = typename S::Selector;
   const std::size_t cap = std::min(k, n);
   if (nq == 0) return;
   if (cap == 0) {
@@ -370,57 +487,14 @@ void search(const S& s, const typename S::Elem* rows, std::size_t n,
     std::fill(out_id, out_id + nq * k, -1);
     return;
   }
+  // Queries are split only four or more per thread; rows, in 64-row steps.
   const std::size_t work = n * nq * s.row_bytes();
-  const int wanted = threads_for(nthreads, work, std::max<std::size_t>(nq, n / 64));
-  auto selectors = [&](std::size_t count) {
-    std::vector<Selector> out;
-    out.reserve(count);
-    for (std::size_t q = 0; q < count; ++q) out.push_back(s.selector(cap));
-    return out;
-  };
-
-  if (wanted <= 1 || nq >= 4 * static_cast<std::size_t>(wanted)) {
-    const int T = static_cast<int>(std::min<std::size_t>(static_cast<std::size_t>(wanted), nq));
-    run_parallel(T, [&](int t) {
-      const std::size_t q0 = nq * static_cast<std::size_t>(t) / static_cast<std::size_t>(T);
-      const std::size_t q1 = nq * static_cast<std::size_t>(t + 1) / static_cast<std::size_t>(T);
-      std::vector<Selector> sel = selectors(q1 - q0);
-      scan_into(s, rows, 0, n, queries + q0 * s.stride, q1 - q0, sel.data(), cap);
-      std::vector<E> best(cap);
-      for (std::size_t q = 0; q < q1 - q0; ++q) {
-        const std::size_t m = sel[q].take(best.data());
-        write_sorted(best.data(), m, k, sentinel, out_v + (q0 + q) * k, out_id + (q0 + q) * k);
-      }
-    });
-    return;
-  }
-
-  // Few queries: each thread scans a contiguous slice of the database for all of them.
-  const int T = wanted;
-  std::vector<std::vector<E>> storage(static_cast<std::size_t>(T), std::vector<E>(nq * cap));
-  std::vector<std::vector<std::size_t>> sizes(static_cast<std::size_t>(T),
-                                              std::vector<std::size_t>(nq));
-  run_parallel(T, [&](int t) {
-    const std::size_t r0 = n * static_cast<std::size_t>(t) / static_cast<std::size_t>(T) / 64 * 64;
-    const std::size_t r1 =
-        t + 1 == T ? n : n * static_cast<std::size_t>(t + 1) / static_cast<std::size_t>(T) / 64 * 64;
-    std::vector<Selector> sel = selectors(nq);
-    scan_into(s, rows, r0, r1, queries, nq, sel.data(), cap);
-    auto& st = storage[static_cast<std::size_t>(t)];
-    for (std::size_t q = 0; q < nq; ++q)
-      sizes[static_cast<std::size_t>(t)][q] = sel[q].take(st.data() + q * cap);
-  });
-  std::vector<E> merged;
-  merged.reserve(static_cast<std::size_t>(T) * cap);
-  for (std::size_t q = 0; q < nq; ++q) {
-    merged.clear();
-    for (std::size_t t = 0; t < static_cast<std::size_t>(T); ++t)
-      merged.insert(merged.end(), storage[t].begin() + static_cast<std::ptrdiff_t>(q * cap),
-                    storage[t].begin() + static_cast<std::ptrdiff_t>(q * cap + sizes[t][q]));
-    const std::size_t m = std::min(cap, merged.size());
-    std::partial_sort(merged.begin(), merged.begin() + static_cast<std::ptrdiff_t>(m), merged.end());
-    write_sorted(merged.data(), m, k, sentinel, out_v + q * k, out_id + q * k);
-  }
+  const int by_queries = threads_for(nthreads, work, nq / 4);
+  const int by_rows = threads_for(nthreads, work, n / 64, kMinRowWorkPerThread);
+  if (by_rows > by_queries)
+    search_by_rows(s, rows, n, queries, nq, k, cap, by_rows, sentinel, out_v, out_id);
+  else
+    search_by_queries(s, rows, n, queries, nq, k, cap, by_queries, sentinel, out_v, out_id);
 }
 
 }  // namespace
@@ -457,33 +531,37 @@ void dot_rerank(const float* rows, std::size_t dim, const float* queries, std::s
   using E = Entry<ScoreOrder>;
   DotGatherFn* const gather = kernels_for(current_simd_level()).dot_gather;
   const int T = threads_for(nthreads, nq * c * dim * sizeof(float), nq);
-  run_parallel(T, [&](int t) {
-    const std::size_t q0 = nq * static_cast<std::size_t>(t) / static_cast<std::size_t>(T);
-    const std::size_t q1 = nq * static_cast<std::size_t>(t + 1) / static_cast<std::size_t>(T);
+  // Threads claim chunks of queries as they come free (see query_chunk).
+  const std::size_t per_chunk = (nq + kChunksPerThread * static_cast<std::size_t>(T) - 1) /
+                                (kChunksPerThread * static_cast<std::size_t>(T));
+  std::atomic<std::size_t> next{0};
+  run_parallel(T, [&](int) {
     std::vector<std::int64_t> row_ids(c);
     std::vector<float> row_scores(c);
     std::vector<E> entries(c);
-    for (std::size_t q = q0; q < q1; ++q) {
-      const std::int64_t* cand = candidates + q * c;
-      std::size_t m = 0;
-      for (std::size_t j = 0; j < c; ++j)
-        if (cand[j] >= 0) row_ids[m++] = cand[j];
-      gather(queries + q * dim, rows, dim, row_ids.data(), m, row_scores.data());
-      for (std::size_t j = 0; j < m; ++j) entries[j] = {row_scores[j], row_ids[j]};
-      auto first = entries.begin();
-      auto last = first + static_cast<std::ptrdiff_t>(m);
-      std::size_t keep = std::min(k, m);
-      std::partial_sort(first, first + static_cast<std::ptrdiff_t>(keep), last);
-      // A repeated id scores identically, so repeats are adjacent once sorted. Screens
-      // rarely repeat ids: only then pay for a full sort and a dedup.
-      bool repeated = false;
-      for (std::size_t j = 1; j < keep && !repeated; ++j) repeated = entries[j].id == entries[j - 1].id;
-      if (repeated) {
-        std::sort(first, last);
-        last = std::unique(first, last, [](const E& a, const E& b) { return a.id == b.id; });
-        keep = std::min(k, static_cast<std::size_t>(last - first));
+    for (std::size_t q0; (q0 = next.fetch_add(per_chunk)) < nq;) {
+      for (std::size_t q = q0; q < std::min(nq, q0 + per_chunk); ++q) {
+        const std::int64_t* cand = candidates + q * c;
+        std::size_t m = 0;
+        for (std::size_t j = 0; j < c; ++j)
+          if (cand[j] >= 0) row_ids[m++] = cand[j];
+        gather(queries + q * dim, rows, dim, row_ids.data(), m, row_scores.data());
+        for (std::size_t j = 0; j < m; ++j) entries[j] = {row_scores[j], row_ids[j]};
+        auto first = entries.begin();
+        auto last = first + static_cast<std::ptrdiff_t>(m);
+        std::size_t keep = std::min(k, m);
+        std::partial_sort(first, first + static_cast<std::ptrdiff_t>(keep), last);
+        // A repeated id scores identically, so repeats are adjacent once sorted. Screens
+        // rarely repeat ids: only then pay for a full sort and a dedup.
+        bool repeated = false;
+        for (std::size_t j = 1; j < keep && !repeated; ++j) repeated = entries[j].id == entries[j - 1].id;
+        if (repeated) {
+          std::sort(first, last);
+          last = std::unique(first, last, [](const E& a, const E& b) { return a.id == b.id; });
+          keep = std::min(k, static_cast<std::size_t>(last - first));
+        }
+        write_sorted(entries.data(), keep, k, kScoreSentinel, scores + q * k, ids + q * k);
       }
-      write_sorted(entries.data(), keep, k, kScoreSentinel, scores + q * k, ids + q * k);
     }
   });
 }
@@ -496,7 +574,7 @@ std::vector<std::size_t> scan_blocks(ScanKind kind, std::size_t row_bytes, std::
                                      std::size_t n) {
   const std::size_t block = full_block_rows(kind, row_bytes, nq);
   std::vector<std::size_t> out;
-  for (std::size_t b = 0, step = first_block_rows(block); b < n;
+  for (std::size_t b = 0, step = first_block_rows(kind, block); b < n;
        b += step, step = next_block_rows(step, block))
     out.push_back(std::min(step, n - b));
   return out;

@@ -4,16 +4,18 @@
 // Contract shared by every entry point:
 // - the database is `n` rows packed back to back (codes of `nbytes` bytes, or float32
 //   vectors of `dim`), queries likewise; nothing is copied and the queries x database
-//   matrix is never formed: each thread keeps one heap of at most k entries per query;
+//   matrix is never formed: each thread selects for a bounded chunk of queries at a
+//   time, so selection memory is O(threads x chunk x k) beside the outputs;
 // - outputs are caller-owned `nq x k` arrays, each row sorted best-first (Hamming
 //   ascending, score descending, ties by smaller id); rows with fewer than k results are
 //   padded with id -1 and the sentinel value below;
-// - `nthreads` >= 1. Many queries are split across threads; few queries on a large
-//   database split the database instead and merge the per-thread heaps, so one query
-//   still uses every core. Results are identical for every thread count;
+// - `nthreads` >= 1. Many queries are split across threads in chunks; few queries on a
+//   large database split the database into parts instead and merge the parts' results.
+//   The threads are the process-wide pool of pool.h, and the calling thread runs a share
+//   itself. Results are identical for every thread count;
 // - the SIMD level is read once per call;
 // - no Python here, and no exception escapes a worker thread: the first one is rethrown
-//   on the calling thread after every worker has joined.
+//   on the calling thread after every part has finished.
 #pragma once
 
 #include <cstddef>

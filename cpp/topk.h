@@ -65,13 +65,19 @@ class HeapSelector {
   Value threshold() const { return size_ < cap_ ? Order::open() : data_[0].value; }
   bool full() const { return size_ == cap_; }
 
-  // Moves the kept entries, best first, to `out`; returns how many. The selector is
-  // unusable afterwards.
+  // Moves the kept entries, best first, to `out`; returns how many. The selector holds
+  // nothing usable afterwards until reset().
   std::size_t take(E* out) {
     std::sort(data_.begin(), data_.begin() + static_cast<std::ptrdiff_t>(size_));
     std::copy(data_.begin(), data_.begin() + static_cast<std::ptrdiff_t>(size_), out);
     return size_;
   }
+
+  // Empties the selector for another query, keeping its storage.
+  void reset() { size_ = 0; }
+
+  // Bytes the selector holds.
+  std::size_t footprint() const { return sizeof(*this) + cap_ * sizeof(E); }
 
  private:
   // Heap order: a parent is never better than its children (worst entry at the root).
@@ -111,17 +117,27 @@ class HeapSelector {
 // becomes the kernel's strict threshold. Admitting a hit costs an append and an
 // increment instead of a heap sift, and entries at or beyond the limit are dropped in
 // bulk. The final sort by (distance, id) restores the exact tie-break.
+//
+// A selector is reused from query to query (reset()): a batch over a small database
+// spends more on a fresh selector's allocations than on scanning the rows, so neither
+// reset() nor take() allocates once the buffers have grown to their working size.
 class CountingSelector {
  public:
   using Value = std::uint32_t;
   using E = Entry<HammingOrder>;
 
   CountingSelector(std::size_t capacity, std::uint32_t max_value)
-      : cap_(capacity), hist_(static_cast<std::size_t>(max_value) + 2, 0), limit_(max_value + 1) {}
+      : cap_(capacity), hist_(static_cast<std::size_t>(max_value) + 2, 0),
+        max_(max_value), limit_(max_value + 1) {}
 
   void push(Value d, std::int64_t id) {
     if (d >= limit_) return;  // admitted by a threshold that was stale for its block
-    entries_.push_back({d, id});
+    if (used_ == entries_.size()) entries_.resize(2 * used_ + 16);
+    // Field by field: a push_back of a whole entry was compiled into two narrow stores
+    // and one wide reload, which the processor cannot forward (a stall on every hit).
+    E& e = entries_[used_++];
+    e.value = d;
+    e.id = id;
     ++hist_[d];
     ++below_;
   }
@@ -132,44 +148,84 @@ class CountingSelector {
       hist_[limit_ - 1] = 0;
       --limit_;
     }
-    if (entries_.size() > 2 * cap_ + 64) compact();
+    if (used_ > 2 * cap_ + 64) compact();
     return below_ >= cap_ ? limit_ - 1 : HammingOrder::open();
   }
 
   bool full() const { return below_ >= cap_; }
 
   // Distances are small integers, so the final order comes from a counting sort by
-  // distance; only the distance groups that reach the output are then sorted by id
-  // (arrival order is nearly ascending, so those sorts are short).
+  // distance on the counts already kept; only the last distance that reaches the output
+  // is cut by id, and each distance's group is put in id order (arrival order is
+  // ascending in practice, so that is a check). The selector holds nothing usable
+  // afterwards until reset().
   std::size_t take(E* out) {
-    compact();
-    const std::size_t m = std::min(cap_, entries_.size());
-    std::vector<std::size_t> start(static_cast<std::size_t>(limit_) + 1, 0);
-    for (const E& e : entries_) ++start[e.value + 1];
-    for (std::size_t d = 1; d < start.size(); ++d) start[d] += start[d - 1];
-    std::vector<E> sorted(entries_.size());
-    std::vector<std::size_t> next(start.begin(), start.end() - 1);
-    for (const E& e : entries_) sorted[next[e.value]++] = e;
-    for (std::size_t d = 0; d + 1 < start.size() && start[d] < m; ++d)
-      std::sort(sorted.begin() + static_cast<std::ptrdiff_t>(start[d]),
-                sorted.begin() + static_cast<std::ptrdiff_t>(start[d + 1]));
-    std::copy(sorted.begin(), sorted.begin() + static_cast<std::ptrdiff_t>(m), out);
+    // hist_ counts exactly the below_ entries under limit_; the rest are skipped below.
+    const std::size_t m = std::min(cap_, below_);
+    if (m == 0) return 0;
+    // The distance `last` whose group is cut, and each shorter distance's output slot.
+    start_.resize(static_cast<std::size_t>(limit_) + 1);
+    std::size_t before = 0;
+    Value last = 0;
+    for (;; ++last) {
+      start_[last] = before;
+      if (before + hist_[last] >= m) break;
+      before += hist_[last];
+    }
+    ties_.clear();
+    for (std::size_t i = 0; i < used_; ++i) {
+      const E& e = entries_[i];
+      if (e.value < last)
+        out[start_[e.value]++] = e;
+      else if (e.value == last)
+        ties_.push_back(e);
+    }
+    // start_[d] is now the end of group d; the groups tile [0, before).
+    for (std::size_t d = 0, begin = 0; d < last; begin = start_[d++]) sort_group(out + begin, out + start_[d]);
+    const std::size_t need = m - before;
+    if (!std::is_sorted(ties_.begin(), ties_.end()))
+      std::partial_sort(ties_.begin(), ties_.begin() + static_cast<std::ptrdiff_t>(need), ties_.end());
+    std::copy_n(ties_.begin(), need, out + before);
     return m;
   }
 
+  // Empties the selector for another query, keeping its storage. Counts at and beyond
+  // limit_ are already zero.
+  void reset() {
+    std::fill(hist_.begin(), hist_.begin() + static_cast<std::ptrdiff_t>(limit_), 0);
+    limit_ = max_ + 1;
+    below_ = 0;
+    used_ = 0;
+  }
+
+  // Bytes the selector holds at its working size: entries are compacted once they pass
+  // 2 * capacity + 64, and take() needs a counter per distance and room for the ties.
+  std::size_t footprint() const {
+    return sizeof(*this) + 2 * hist_.size() * sizeof(std::size_t) + (3 * cap_ + 64) * sizeof(E);
+  }
+
  private:
+  static void sort_group(E* first, E* last) {
+    if (!std::is_sorted(first, last)) std::sort(first, last);
+  }
+
   void compact() {
     const Value limit = limit_;
-    entries_.erase(std::remove_if(entries_.begin(), entries_.end(),
-                                  [limit](const E& e) { return e.value >= limit; }),
-                   entries_.end());
+    used_ = static_cast<std::size_t>(
+        std::remove_if(entries_.begin(), entries_.begin() + static_cast<std::ptrdiff_t>(used_),
+                       [limit](const E& e) { return e.value >= limit; }) -
+        entries_.begin());
   }
 
   std::size_t cap_;
   std::vector<std::size_t> hist_;
+  Value max_;
   Value limit_;
   std::size_t below_ = 0;
-  std::vector<E> entries_;
+  std::vector<E> entries_;  // the first used_ are kept; the rest is room to grow into
+  std::size_t used_ = 0;
+  std::vector<std::size_t> start_;  // take()'s scratch, kept for the next query
+  std::vector<E> ties_;             // likewise
 };
 
 }  // namespace cofisearch

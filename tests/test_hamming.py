@@ -13,16 +13,16 @@ NBITS = [8, 24, 64, 72, 128, 192, 256, 384, 520, 640, 1024, 1032]
 
 def _sizes(nbytes, nq):
     """Tails, and row counts on either side of the block edges the driver reports: the
-    first edge (64 rows), then the start and the end of the first full-size block (blocks
-    double from 64 rows up to the full size)."""
+    first edge, then the start and the end of the first full-size block (blocks double
+    from the first one up to the full size)."""
     full = block_rows("hamming", nbytes, nq)
     blocks = cofisearch._core._scan_blocks("hamming", nbytes, nq, 4 * full)
-    start = sum(blocks[: blocks.index(full)])
+    first, start = blocks[0], sum(blocks[: blocks.index(full)])
     # The driver's own cut: one row past each edge is a block of one row.
-    assert cofisearch._core._scan_blocks("hamming", nbytes, nq, 65)[-2:] == [64, 1]
+    assert cofisearch._core._scan_blocks("hamming", nbytes, nq, first + 1)[-2:] == [first, 1]
     assert cofisearch._core._scan_blocks("hamming", nbytes, nq, start + 1)[-1] == 1
     assert cofisearch._core._scan_blocks("hamming", nbytes, nq, start + full + 1)[-2:] == [full, 1]
-    edges = (64, start, start + full)
+    edges = (first, start, start + full)
     return sorted({1, 7, 8, 9} | {e + d for e in edges for d in (-1, 0, 1)})
 
 
@@ -232,3 +232,19 @@ def test_search_memory_does_not_grow_with_the_database():
     index.search(queries, 40, num_threads=1)  # warm-up: first-call allocations
     grew = _peak_rss_growth(lambda: index.search(queries, 40, num_threads=2))
     assert grew < 6 << 20, f"peak memory grew by {grew / 2**20:.1f} MiB"
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux /proc")
+def test_batch_selection_memory_is_bounded_beside_the_output():
+    # 4,000 queries at k = 1,000 return 48 MB; selecting them all at once held about
+    # 33 bytes per query x k more (130 MB). The threads now select a bounded chunk of
+    # queries at a time.
+    rng = np.random.default_rng(22)
+    db = rng.integers(0, 256, (20_000, 8), dtype=np.uint8)
+    queries = rng.integers(0, 256, (4_000, 8), dtype=np.uint8)
+    index = cofisearch.BinaryIndex(64)
+    index.add(db)
+    index.search(queries[:100], 1_000, num_threads=2)  # warm-up: first-call allocations
+    output = queries.shape[0] * 1_000 * (4 + 8)
+    grew = _peak_rss_growth(lambda: index.search(queries, 1_000, num_threads=2))
+    assert grew < output + (24 << 20), f"peak memory grew by {grew / 2**20:.1f} MiB"
