@@ -84,7 +84,8 @@ def lay_out(a, layout):
 
 def block_edges(kind, row_bytes, nq):
     """Row counts up to MAX_ROWS on either side of every block edge of the driver's scan
-    (``_core._scan_blocks``: 64 rows, then doubling blocks up to the full size)."""
+    (``_core._scan_blocks``: a first block of 16 rows for codes or 64 for floats, then
+    doubling blocks up to the full size)."""
     blocks = cofisearch._core._scan_blocks(kind, row_bytes, nq, MAX_ROWS + 2)
     edges = np.cumsum(blocks)[:-1]
     return sorted({int(e) + d for e in edges for d in (-1, 0, 1)} & set(range(1, MAX_ROWS + 1)))
@@ -226,8 +227,8 @@ def test_binary_index_and_hamming_knn_match_the_reference(long_run):
 
 def test_every_code_width_up_to_1024_bits_and_some_to_4096():
     # A short hypothesis run skips most widths: every width up to 1024 bits (every kernel
-    # tail) is also run here, on both paths, with ties on both sides of the first block
-    # edge (64 rows).
+    # tail) is also run here, on both paths, with ties across the first block edges (16,
+    # 48 rows: 67 rows span three blocks).
     rng = np.random.default_rng(11)
     for nbytes in [*range(1, 129), 136, 192, 255, 256, 257, 384, 500, 511, 512]:
         db = rows_with_ties(rng, 67, lambda c, w=nbytes: random_codes(rng, c, w, "few"), "duplicates")
