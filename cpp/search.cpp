@@ -3,61 +3,22 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
-#include <cstring>
 #include <exception>
-#include <memory>
 #include <stdexcept>
 #include <thread>
-#include <type_traits>
 #include <vector>
 
+#include "scan.h"
 #include "simd.h"
 #include "topk.h"
 
 namespace cofisearch {
 namespace {
 
-// Below this much scanning per thread (rows x queries x bytes per row), starting a thread
-// costs more than it saves: one query over 1M 64-bit codes (8 MB, ~80 µs) ran slower on
-// two freshly started threads than on one.
-constexpr std::size_t kMinWorkPerThread = std::size_t(8) << 20;
-
-// Rows per cache block: a block is scanned by every query tile before the next block is
-// touched, so it should sit in L2 while the queries cycle through L1.
-constexpr std::size_t kBlockBytes = std::size_t(64) << 10;
-
-// Counting selection keeps a counter per possible distance for every query; wider codes
-// use a heap, so a search's memory stays O(queries * k) rather than O(queries * nbits).
-constexpr std::size_t kMaxCountingBits = 1024;
+using namespace drivers;
 
 // Largest copy of sampled rows that sample_ceilings holds at once.
 constexpr std::size_t kSampleBufferBytes = std::size_t(1) << 20;
-
-// Batches of up to kQueryPanelMax queries may pack the queries into a query panel rather
-// than pack each block of rows (see DotScan::path).
-constexpr std::size_t kQueryPanelMax = 256;
-
-// Bytes of rows per cache block (a block is scanned by every query tile before the next
-// block is touched). A batch cycles its queries over a block, which must then stay in L2;
-// a few queries (or a query panel) read a block once or twice, and longer blocks keep
-// the software prefetch running ahead.
-std::size_t block_bytes(ScanKind kind, std::size_t nq) {
-  return kind == ScanKind::dot && nq <= kQueryPanelMax ? 8 * kBlockBytes : kBlockBytes;
-}
-
-// Rows per full block: a multiple of a packed strip, so that only the last block of a
-// range has padding.
-std::size_t full_block_rows(ScanKind kind, std::size_t row_bytes, std::size_t nq) {
-  return std::max<std::size_t>(64, block_bytes(kind, nq) / std::max<std::size_t>(row_bytes, 1)) /
-         kPanelRows * kPanelRows;
-}
-
-// A kernel compares against the thresholds it was given for its whole block, and they
-// are open until the heaps fill: one full first block would turn every one of its rows
-// into a heap insertion for every query. Doubling the block from a small start keeps
-// the insertions near k * log(block) per query.
-std::size_t first_block_rows(std::size_t full) { return std::min<std::size_t>(full, 64); }
-std::size_t next_block_rows(std::size_t step, std::size_t full) { return std::min(2 * step, full); }
 
 // The paths the searches take whatever the batch size, for tests; automatic when unset.
 std::atomic<int> forced_dot_path{static_cast<int>(DotPath::automatic)};
@@ -90,76 +51,6 @@ void run_parallel(int nthreads, Fn&& fn) {
   for (auto& e : errors)
     if (e) std::rethrow_exception(e);
 }
-
-int threads_for(int requested, std::size_t work, std::size_t max_parts) {
-  std::size_t by_work = work / kMinWorkPerThread;
-  std::size_t t = std::min<std::size_t>({static_cast<std::size_t>(std::max(requested, 1)),
-                                         std::max<std::size_t>(by_work, 1), max_parts});
-  return static_cast<int>(std::max<std::size_t>(t, 1));
-}
-
-// What the generic driver needs to know about one kind of scan.
-template <class Sel>
-struct HammingScan {
-  using Order = HammingOrder;
-  using Selector = Sel;
-  using Elem = std::uint8_t;
-  using Hit = HammingHit;
-  static constexpr std::size_t kTile = kMaxQueryTile;
-  static constexpr ScanKind kKind = ScanKind::hamming;
-  const KernelSet& k;
-  std::size_t stride;  // bytes per code
-  HammingPath forced;  // HammingPath::automatic outside tests
-  std::size_t row_bytes() const { return stride; }
-  std::size_t words() const { return (stride + 7) / 8; }
-
-  struct Block {
-    const Elem* rows;
-    const std::uint64_t* panel;   // null when the codes are read as stored
-    const std::uint64_t* qwords;
-  };
-  struct Workspace {
-    std::vector<std::uint64_t> qwords;
-    std::vector<std::uint64_t> panel;
-  };
-  // From the level's threshold for this width, packing a block costs less than what the
-  // panel kernel saves the queries (simd.cpp).
-  HammingPath path(std::size_t nq) const {
-    if (forced != HammingPath::automatic) return forced;
-    return nq >= k.hamming_panel_min_queries(stride) ? HammingPath::panel : HammingPath::stream;
-  }
-  void prepare_queries(const Elem* queries, std::size_t nq, Workspace& w) const {
-    if (path(nq) != HammingPath::panel) return;
-    const std::size_t nw = words();
-    w.qwords.assign(nq * nw, 0);
-    // The same little-endian words as the pack, zero past the code's bytes.
-    for (std::size_t q = 0; q < nq; ++q)
-      std::memcpy(w.qwords.data() + q * nw, queries + q * stride, stride);
-  }
-  Block prepare_block(const Elem* rows, std::size_t n, std::size_t nq, Workspace& w) const {
-    if (path(nq) != HammingPath::panel) return {rows, nullptr, nullptr};
-    const std::size_t need = (n + kCodeGroup - 1) / kCodeGroup * kCodeGroup * words();
-    if (w.panel.size() < need) w.panel.resize(need);
-    k.hamming_pack(rows, n, stride, w.panel.data());
-    return {rows, w.panel.data(), w.qwords.data()};
-  }
-  std::size_t run(const Elem* queries, std::size_t t, std::size_t nt, const Block& b,
-                  std::size_t n, const Order::Value* thresh, Hit* hits) const {
-    if (b.panel)
-      return k.hamming_scan_packed(b.qwords + t * words(), nt, b.panel, n, words(), thresh, hits);
-    return k.hamming_scan(queries + t * stride, nt, b.rows, n, stride, thresh, hits);
-  }
-  static Order::Value value(const Hit& h) { return h.distance; }
-  // Distances are integers: "at most d" is "below d + 1".
-  static Order::Value ceiling_from(Order::Value d) { return d + 1; }
-  static constexpr bool kSampleCeiling = true;
-  Selector selector(std::size_t cap) const {
-    if constexpr (std::is_same_v<Selector, CountingSelector>)
-      return Selector(cap, static_cast<std::uint32_t>(stride * 8));
-    else
-      return Selector(cap);
-  }
-};
 
 struct DotScan {
   using Order = ScoreOrder;
@@ -234,50 +125,6 @@ struct DotScan {
   Selector selector(std::size_t cap) const { return Selector(cap); }
 };
 
-template <class S>
-using Value = typename S::Order::Value;
-
-// The threshold to hand a kernel: the selector's own, or the ceiling where that is tighter.
-template <class S>
-Value<S> tighter(Value<S> own, const std::vector<Value<S>>& ceiling, std::size_t q) {
-  if (ceiling.empty()) return own;
-  using O = typename S::Order;
-  return O::better(ceiling[q], 0, own, 0) ? ceiling[q] : own;
-}
-
-// Offers rows [r0, r1) to the selectors of queries [0, nq). A row must also beat
-// ceiling[q] when ceilings are given.
-template <class S>
-void scan_range(const S& s, const typename S::Elem* rows, std::size_t r0, std::size_t r1,
-                const typename S::Elem* queries, std::size_t nq, typename S::Selector* heaps,
-                const std::vector<Value<S>>& ceiling) {
-  const std::size_t block = full_block_rows(S::kKind, s.row_bytes(), nq);
-  std::vector<Value<S>> thresh(nq);
-  for (std::size_t i = 0; i < nq; ++i) thresh[i] = tighter<S>(heaps[i].threshold(), ceiling, i);
-  // Sized for the worst case of one kernel call on this range, and left uninitialised:
-  // zeroing a buffer of a megabyte or more cost more than searching a small database.
-  const std::size_t hit_rows = std::min(block, r1 - r0);
-  std::unique_ptr<typename S::Hit[]> hit_buffer(
-      new typename S::Hit[std::min(S::kTile, nq) * hit_rows]);
-  typename S::Hit* const hits = hit_buffer.get();
-  typename S::Workspace workspace;
-  s.prepare_queries(queries, nq, workspace);
-  for (std::size_t b = r0, step = first_block_rows(block); b < r1;
-       b += step, step = next_block_rows(step, block)) {
-    const std::size_t nb = std::min(step, r1 - b);
-    const typename S::Block blk = s.prepare_block(rows + b * s.stride, nb, nq, workspace);
-    for (std::size_t t = 0; t < nq; t += S::kTile) {
-      const std::size_t nt = std::min(S::kTile, nq - t);
-      const std::size_t h = s.run(queries, t, nt, blk, nb, thresh.data() + t, hits);
-      for (std::size_t i = 0; i < h; ++i)
-        heaps[t + hits[i].query].push(S::value(hits[i]),
-                                      static_cast<std::int64_t>(b + hits[i].row));
-      for (std::size_t j = 0; j < nt; ++j)
-        thresh[t + j] = tighter<S>(heaps[t + j].threshold(), ceiling, t + j);
-    }
-  }
-}
-
 // With k large, most of a streaming top-k's work is the k * log(n / k) rows per query
 // that beat a threshold still on its way down. A sample of the range (evenly spaced
 // chunks), searched for a proportionally smaller k with a safety margin, gives each
@@ -343,20 +190,6 @@ void scan_into(const S& s, const typename S::Elem* rows, std::size_t r0, std::si
   }
 }
 
-template <class Order>
-void write_sorted(const Entry<Order>* e, std::size_t m, std::size_t k,
-                  typename Order::Value sentinel, typename Order::Value* out_v,
-                  std::int64_t* out_id) {
-  for (std::size_t i = 0; i < m; ++i) {
-    out_v[i] = e[i].value;
-    out_id[i] = e[i].id;
-  }
-  for (std::size_t i = m; i < k; ++i) {
-    out_v[i] = sentinel;
-    out_id[i] = -1;
-  }
-}
-
 template <class S, class Out>
 void search(const S& s, const typename S::Elem* rows, std::size_t n,
             const typename S::Elem* queries, std::size_t nq, std::size_t k, int nthreads,
@@ -410,17 +243,7 @@ void search(const S& s, const typename S::Elem* rows, std::size_t n,
     for (std::size_t q = 0; q < nq; ++q)
       sizes[static_cast<std::size_t>(t)][q] = sel[q].take(st.data() + q * cap);
   });
-  std::vector<E> merged;
-  merged.reserve(static_cast<std::size_t>(T) * cap);
-  for (std::size_t q = 0; q < nq; ++q) {
-    merged.clear();
-    for (std::size_t t = 0; t < static_cast<std::size_t>(T); ++t)
-      merged.insert(merged.end(), storage[t].begin() + static_cast<std::ptrdiff_t>(q * cap),
-                    storage[t].begin() + static_cast<std::ptrdiff_t>(q * cap + sizes[t][q]));
-    const std::size_t m = std::min(cap, merged.size());
-    std::partial_sort(merged.begin(), merged.begin() + static_cast<std::ptrdiff_t>(m), merged.end());
-    write_sorted(merged.data(), m, k, sentinel, out_v + q * k, out_id + q * k);
-  }
+  merge_parts(storage, sizes, nq, cap, k, sentinel, out_v, out_id);
 }
 
 }  // namespace
@@ -429,7 +252,7 @@ void hamming_search(const std::uint8_t* codes, std::size_t n, std::size_t nbytes
                     const std::uint8_t* queries, std::size_t nq, std::size_t k, int nthreads,
                     std::int32_t* distances, std::int64_t* ids) {
   const KernelSet& kernels = kernels_for(current_simd_level());
-  const auto forced = static_cast<HammingPath>(forced_hamming_path.load());
+  const HammingPath forced = hamming_path_override();
   // Distances fit in int32 (the bindings cap code widths far below 2^31 bits), and the
   // unsigned and signed forms of one type may alias.
   auto* dist = reinterpret_cast<std::uint32_t*>(distances);
@@ -518,6 +341,10 @@ HammingPath hamming_path(std::size_t nq, std::size_t nbytes) {
 
 void force_hamming_path(HammingPath path) {
   forced_hamming_path.store(static_cast<int>(path));
+}
+
+HammingPath drivers::hamming_path_override() {
+  return static_cast<HammingPath>(forced_hamming_path.load());
 }
 
 }  // namespace cofisearch
