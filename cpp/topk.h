@@ -163,6 +163,20 @@ class CountingSelector {
     entries_.erase(std::remove_if(entries_.begin(), entries_.end(),
                                   [limit](const E& e) { return e.value >= limit; }),
                    entries_.end());
+    if (below_ < cap_ || entries_.size() <= 2 * cap_ + 64) return;
+    // Entries tied at the k-th distance past the `need` smallest ids can never reach the
+    // top k (a tie goes to the smaller id). A driver that offers rows out of id order (the
+    // inverted lists) must admit ties, and without this they would pile up.
+    const Value last = limit - 1;
+    const std::size_t need = cap_ - (below_ - hist_[last]);
+    const auto ties = std::partition(entries_.begin(), entries_.end(),
+                                     [last](const E& e) { return e.value != last; });
+    if (static_cast<std::size_t>(entries_.end() - ties) <= need) return;
+    const auto keep = ties + static_cast<std::ptrdiff_t>(need);
+    std::nth_element(ties, keep, entries_.end(), [](const E& a, const E& b) { return a.id < b.id; });
+    entries_.erase(keep, entries_.end());
+    hist_[last] = need;
+    below_ = cap_;
   }
 
   std::size_t cap_;
