@@ -321,8 +321,9 @@ class IVFBinaryIndex:
             0 if routing is None or routing.kind == "codes" else routing.centroids.shape[1],
             lists.ntotal,
         )
-        centroids = None if routing is None else routing.centroids
-        return settings, centroids, lists.size.copy(), lists.ids[rows], lists.codes[rows]
+        if routing is None:
+            return settings, None, None, None, None
+        return settings, routing.centroids, lists.size.copy(), lists.ids[rows], lists.codes[rows]
 
     def save(self, path):
         """Writes the index to ``path`` atomically (see :func:`cofisearch.load_index`)."""
@@ -348,21 +349,38 @@ def _check_vectors(vectors, name, dim, rows):
 
 def _route(routing, codes, vectors, name, nprobe, threads):
     """The ``nprobe`` lists nearest to each item or query (``(n, nprobe)`` int64)."""
-    nlist = routing.centroids.shape[0]
     if routing.kind == "codes":
         if vectors is not None:
             raise ValueError(
                 f"{name} must not be given: this index was trained on codes and routes by "
                 "them; train on vectors to route by vectors"
             )
-        return _core.hamming_search(routing.centroids, nlist, codes, nprobe, threads)[1]
+        return _nearest(_core.hamming_search, routing.centroids, codes, nprobe, threads)
     if vectors is None:
         raise ValueError(
             f"{name} is required: this index was trained on vectors and routes each code by "
             "its vector"
         )
     v = _check_vectors(vectors, name, routing.centroids.shape[1], codes.shape[0])
-    return _core.dot_search(routing.centroids, nlist, v, nprobe, threads, routing.norm_bound)[1]
+    return _nearest(_core.dot_search, routing.centroids, v, nprobe, threads, routing.norm_bound)
+
+
+# Queries per thread and call of a search over the centroids. The engine keeps a selector
+# per query of a call and revisits them all for every block of the (small) centroid table,
+# so a call's selectors should stay in cache: 1,024 centroids of 256 bits, one thread,
+# 200k queries took 7.7 us per query in one call, 6.8 in calls of 2,048, 2.8 in calls of 256.
+_QUERIES_PER_THREAD = 256
+
+
+def _nearest(search, centroids, queries, nprobe, threads, *bound):
+    """Ids of the ``nprobe`` nearest centroids of each query, by the engine's ``search``."""
+    nlist, chunk = centroids.shape[0], _QUERIES_PER_THREAD * threads
+    if queries.shape[0] <= chunk:
+        return search(centroids, nlist, queries, nprobe, threads, *bound)[1]
+    out = np.empty((queries.shape[0], nprobe), dtype=np.int64)
+    for a in range(0, queries.shape[0], chunk):
+        out[a : a + chunk] = search(centroids, nlist, queries[a : a + chunk], nprobe, threads, *bound)[1]
+    return out
 
 
 # ---- training ---------------------------------------------------------------------------
@@ -381,24 +399,31 @@ def _cluster_sums(rows_of, n, assign, nlist, width, dtype):
         part = assign[a:b]
         order = np.argsort(part, kind="stable")
         sorted_part = part[order]
-        starts = np.flatnonzero(np.r_[True, sorted_part[1:] != sorted_part[:-1]])
-        sums[sorted_part[starts]] += np.add.reduceat(rows_of(a, b)[order], starts, axis=0, dtype=dtype)
+        bounds = np.flatnonzero(np.r_[True, sorted_part[1:] != sorted_part[:-1], True])
+        rows = rows_of(a, b)[order]
+        # One sum per cluster present: np.add.reduceat over the rows (axis 0) ran 20x
+        # slower than these slices.
+        for s, e in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+            sums[sorted_part[s]] += rows[s:e].sum(axis=0, dtype=dtype)
     return sums, np.bincount(assign, minlength=nlist)
 
 
 def _refill_empty(counts, assign, rng):
     """For each empty cluster, ascending: (cluster, member) where member is a point of the
-    currently largest cluster (ties by the smaller number), chosen by ``rng``, which
-    becomes its centroid; the donor's count is split with it, so that several empty
-    clusters spread over the large ones."""
-    counts = counts.copy()
+    largest cluster (ties by the smaller number), chosen by ``rng``, which becomes its
+    centroid. Each donation halves the donor's count for the next choice, so that several
+    empty clusters spread over the large ones."""
+    empty = np.flatnonzero(counts == 0)
+    if empty.size == 0:
+        return []
+    order = np.argsort(assign, kind="stable")
+    first = np.cumsum(counts) - counts
+    left = np.where(counts > 0, counts, -1)
     out = []
-    for e in np.flatnonzero(counts == 0):
-        donor = int(np.argmax(counts))
-        members = np.flatnonzero(assign == donor)
-        out.append((int(e), int(members[rng.integers(members.size)])))
-        counts[e] = counts[donor] // 2
-        counts[donor] -= counts[e]
+    for e in empty.tolist():
+        donor = int(np.argmax(left))
+        out.append((e, int(order[first[donor] + rng.integers(counts[donor])])))
+        left[donor] -= left[donor] // 2
     return out
 
 
@@ -408,9 +433,9 @@ def _train_codes(codes, nlist, niter, rng, threads):
     centroids = np.ascontiguousarray(codes[np.sort(rng.choice(n, nlist, replace=False))])
     nbits = codes.shape[1] * 8
     for _ in range(niter):
-        assign = _core.hamming_search(centroids, nlist, codes, 1, threads)[1][:, 0]
+        assign = _nearest(_core.hamming_search, centroids, codes, 1, threads)[:, 0]
         ones, counts = _cluster_sums(
-            lambda a, b: np.unpackbits(codes[a:b], axis=1), n, assign, nlist, nbits, np.int64
+            lambda a, b: np.unpackbits(codes[a:b], axis=1), n, assign, nlist, nbits, np.int32
         )
         twice, size = 2 * ones, counts[:, None]
         bits = np.where(twice > size, 1, np.where(twice < size, 0, np.unpackbits(centroids, axis=1)))
@@ -426,7 +451,7 @@ def _train_vectors(vectors, nlist, niter, rng, threads):
     n, dim = x.shape
     centroids = np.ascontiguousarray(x[np.sort(rng.choice(n, nlist, replace=False))])
     for _ in range(niter):
-        assign = _core.dot_search(centroids, nlist, x, 1, threads, _norm_bound(centroids))[1][:, 0]
+        assign = _nearest(_core.dot_search, centroids, x, 1, threads, _norm_bound(centroids))[:, 0]
         sums, counts = _cluster_sums(lambda a, b: x[a:b], n, assign, nlist, dim, np.float64)
         centroids = unit_rows(sums).astype(np.float32)
         for cluster, member in _refill_empty(counts, assign, rng):
@@ -656,7 +681,7 @@ def _parts_problem(s, arrays):
             return f"{name} must not be a masked array (its mask would be ignored)"
         if not isinstance(a, np.ndarray) or a.dtype != dtype or a.shape != shape:
             got = f"{a.dtype} {a.shape}" if isinstance(a, np.ndarray) else type(a).__name__
-            return f"{name} must be a {dtype} array of shape {shape}, got {got}"
+            return f"{name} must be a {shape} array of {dtype}, got {got}"
     centroids, sizes, ids, _ = arrays
     if s.routing == 2:
         if not np.isfinite(centroids).all():
