@@ -415,7 +415,7 @@ def test_properties_and_repr():
     assert repr(index) == "IVFBinaryIndex(nbits=64, nlist=6, nprobe=2, routing='vectors', ntotal=300)"
     fresh = cofisearch.IVFBinaryIndex(64, 64)
     assert (fresh.nprobe, fresh.routing, fresh.dim, fresh.centroids, fresh.is_trained) == (
-        2, None, None, None, False)
+        4, None, None, None, False)
 
 
 # ---- persistence ----------------------------------------------------------------------------

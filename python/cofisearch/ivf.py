@@ -117,8 +117,9 @@ class IVFBinaryIndex:
         ``sqrt(ntotal)``.
     nprobe:
         Lists each query scans unless :meth:`search` says otherwise (the ``nprobe``
-        attribute, settable at any time); default ``max(1, nlist // 32)``. Values above
-        ``nlist`` scan every list.
+        attribute, settable at any time); default ``max(1, nlist // 16)``, about 6% of
+        the items (on 256-bit ITQ codes of cross-modal data it kept 0.8 of the exhaustive
+        Hamming top-10, bench/ivf_scale.py). Values above ``nlist`` scan every list.
     seed, niter, max_points_per_centroid:
         Training: the seed of the sampling and initialisation, the number of k-means
         (k-majority) iterations and the largest sample per centroid.
@@ -135,7 +136,7 @@ class IVFBinaryIndex:
             raise ValueError(f"nbits must be at most {MAX_NBITS}, got {nbits}")
         self._nbits = nbits
         self._nlist = check_int(nlist, "nlist", minimum=1, maximum=MAX_ROWS)
-        self.nprobe = max(1, self._nlist // 32) if nprobe is None else nprobe
+        self.nprobe = max(1, self._nlist // 16) if nprobe is None else nprobe
         self._seed = check_int(seed, "seed", minimum=0, maximum=2**63 - 1)
         self._niter = check_int(niter, "niter", minimum=1, maximum=2**31 - 1)
         self._max_points = check_int(
