@@ -1,7 +1,7 @@
 """Every benchmark script once at its tiny scale: each path runs and every result check
 passes, so that the scripts cannot rot between the runs that time them.
 
-``targets.py`` and ``cascade_scale.py`` run in this process; ``bench_distributed.py``
+``targets.py``, ``cascade_scale.py`` and ``ivf_scale.py`` run in this process; ``bench_distributed.py``
 runs in a subprocess, so that Ray's workers and settings stay out of the test process.
 """
 
@@ -66,6 +66,18 @@ def test_cascade_scale_tiny_passes_its_checks(tmp_path):
     assert report["problems"] == []
     assert set(report["directions"]) == {"i2t", "t2i"}
     assert all({"hash", "itq"} <= set(d) for d in report["directions"].values())
+
+
+def test_ivf_scale_tiny_passes_its_checks(tmp_path):
+    pytest.importorskip("faiss")
+    from . import ivf_scale
+
+    out = tmp_path / "ivf.json"
+    assert ivf_scale.main(["--scale", "tiny", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["problems"] == []
+    assert {"float", "hamming", "ivf-codes", "ivf-vectors", "faiss-ivf"} == {
+        row["index"] for row in report["rows"]}
 
 
 def test_bench_distributed_tiny_finds_identical_results():

@@ -211,10 +211,23 @@ class CountingSelector {
 
   void compact() {
     const Value limit = limit_;
-    used_ = static_cast<std::size_t>(
-        std::remove_if(entries_.begin(), entries_.begin() + static_cast<std::ptrdiff_t>(used_),
-                       [limit](const E& e) { return e.value >= limit; }) -
-        entries_.begin());
+    const auto begin = entries_.begin();
+    const auto end = std::remove_if(begin, begin + static_cast<std::ptrdiff_t>(used_),
+                                    [limit](const E& e) { return e.value >= limit; });
+    used_ = static_cast<std::size_t>(end - begin);
+    if (below_ < cap_ || used_ <= 2 * cap_ + 64) return;
+    // Entries tied at the k-th distance past the `need` smallest ids can never reach the
+    // top k (a tie goes to the smaller id). A driver that offers rows out of id order (the
+    // inverted lists) must admit ties, and without this they would pile up.
+    const Value last = limit - 1;
+    const std::size_t need = cap_ - (below_ - hist_[last]);
+    const auto ties = std::partition(begin, end, [last](const E& e) { return e.value != last; });
+    if (static_cast<std::size_t>(end - ties) <= need) return;
+    const auto keep = ties + static_cast<std::ptrdiff_t>(need);
+    std::nth_element(ties, keep, end, [](const E& a, const E& b) { return a.id < b.id; });
+    used_ = static_cast<std::size_t>(keep - begin);
+    hist_[last] = need;
+    below_ = cap_;
   }
 
   std::size_t cap_;

@@ -29,6 +29,7 @@ from ._index import (
     hamming_knn,
     load_index,
 )
+from .ivf import IVFBinaryIndex
 
 __version__ = _core.__version__
 
@@ -39,6 +40,7 @@ __all__ = [
     "Cascade",
     "CascadeResult",
     "FloatIndex",
+    "IVFBinaryIndex",
     "SearchResult",
     "__version__",
     "available_simd_levels",

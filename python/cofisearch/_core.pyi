@@ -36,6 +36,16 @@ def dot_rerank(
     k: int,
     num_threads: int,
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]: ...
+def ivf_search(
+    codes: npt.NDArray[np.uint8],
+    ids: npt.NDArray[np.int64],
+    list_start: npt.NDArray[np.int64],
+    list_size: npt.NDArray[np.int64],
+    queries: npt.NDArray[np.uint8],
+    probes: npt.NDArray[np.int64],
+    k: int,
+    num_threads: int,
+) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int64]]: ...
 
 # Private, for the tests: what the scan drivers decide (cpp/search.h).
 def _block_rows(kind: str, row_bytes: int, nq: int) -> int: ...

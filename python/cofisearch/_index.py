@@ -402,6 +402,7 @@ _MAGIC = b"COFISRCH"
 _VERSION = 1
 _KIND_BINARY = 1
 _KIND_FLOAT = 2
+_KIND_IVF_BINARY = 3  # laid out by cofisearch.ivf
 _HEAD = struct.Struct("<8sIIQQIIQ")
 _HEADER_SIZE = 64
 _CHUNK = 1 << 24
@@ -523,7 +524,8 @@ def index_file_checksum(path):
 
 
 def load_index(path, *, mmap=False):
-    """Loads an index written by ``save``.
+    """Loads an index written by ``save``: a :class:`BinaryIndex`, a :class:`FloatIndex` or
+    an :class:`~cofisearch.IVFBinaryIndex`.
 
     With ``mmap=True`` the rows are memory-mapped read-only instead of read into memory
     (the operating system pages them in as searches touch them); adding to such an index
@@ -552,6 +554,11 @@ def load_index(path, *, mmap=False):
         raise bad(f"wrong magic {magic!r} (expected {_MAGIC!r})")
     if version != _VERSION:
         raise bad(f"format version {version} is not supported (this build reads {_VERSION})")
+    if kind == _KIND_IVF_BINARY:
+        # An inverted-file index: the same container, its own layout (cofisearch.ivf).
+        from .ivf import load_ivf_index
+
+        return load_ivf_index(path, mmap=mmap)
     (stored_crc,) = struct.unpack_from("<I", header, _HEAD.size)
     if kind not in (_KIND_BINARY, _KIND_FLOAT) or metric not in (0, 1) or width == 0:
         raise bad(f"corrupt header (kind {kind}, width {width}, metric {metric})")

@@ -1,7 +1,8 @@
 """The coarse-to-fine cascade proposed by the FiCo-ITR study, built and timed.
 
-Stage 1 screens the whole database with cheap Hamming distances on binary codes and keeps
-``n_candidates`` per query; stage 2 rescores only those candidates exactly with the float
+Stage 1 screens the database with cheap Hamming distances on binary codes (all of it, or
+with an :class:`~cofisearch.IVFBinaryIndex` only the inverted lists each query probes) and
+keeps ``n_candidates`` per query; stage 2 rescores only those candidates exactly with the float
 embeddings (O(nq * n_candidates * dim), whatever the database size); an optional stage 3
 hands the best ``n_rerank`` of them to a heavier reranker, such as a cross-attention model,
 whose cost is then bounded by ``n_rerank`` instead of the database size.
@@ -32,6 +33,7 @@ from ._checks import (
 )
 from ._index import BinaryIndex, FloatIndex, SearchResult
 from ._reference import merge_topk
+from .ivf import IVFBinaryIndex
 
 __all__ = ["Cascade", "CascadeResult", "feature_reranker"]
 
@@ -127,7 +129,11 @@ class Cascade:
     Parameters
     ----------
     coarse:
-        A :class:`BinaryIndex` over the database items.
+        A :class:`BinaryIndex` over the database items, or an :class:`IVFBinaryIndex`
+        (a sub-linear screen of the lists each query probes, at the index's ``nprobe``).
+        An IVF index trained on vectors routes each query by its ``query_vectors`` row,
+        and :meth:`add` routes the items by their vectors; it must then have the fine
+        index's dimension. The ``"coarse"`` timing includes the probe.
     fine:
         A :class:`FloatIndex` over the same items in the same order (id ``i`` is the same
         item in both).
@@ -150,10 +156,13 @@ class Cascade:
     """
 
     def __init__(self, coarse, fine, n_candidates=100, reranker=None, n_rerank=None):
-        if not isinstance(coarse, BinaryIndex):
-            raise TypeError(f"coarse must be a BinaryIndex, got {type(coarse).__name__}")
+        if not isinstance(coarse, (BinaryIndex, IVFBinaryIndex)):
+            raise TypeError(
+                f"coarse must be a BinaryIndex or an IVFBinaryIndex, got {type(coarse).__name__}"
+            )
         if not isinstance(fine, FloatIndex):
             raise TypeError(f"fine must be a FloatIndex, got {type(fine).__name__}")
+        _check_routing_dim(coarse, fine)
         self.coarse = coarse
         self.fine = fine
         self.n_candidates, self.n_rerank = check_stages(n_candidates, reranker, n_rerank)
@@ -190,9 +199,18 @@ class Cascade:
                     f"coarse and fine must index the same items before adding {n}: coarse "
                     f"holds {self.coarse.ntotal}, fine holds {self.fine.ntotal}"
                 )
+            routed = _routed_by_vectors(self.coarse)
+            if isinstance(self.coarse, IVFBinaryIndex):
+                # What the IVF add could refuse, refused before fine changes.
+                if not self.coarse.is_trained:
+                    raise ValueError("coarse is an untrained IVFBinaryIndex: train it before adding")
+                _check_routing_dim(self.coarse, self.fine)
             # Fine first: a search that sees the new codes also sees their vectors.
             self.fine.add(vectors)
-            self.coarse.add(codes)
+            if routed:
+                self.coarse.add(codes, vectors)
+            else:
+                self.coarse.add(codes)
 
     def search(self, query_codes, query_vectors, k, *, rerank_queries=None, num_threads=None):
         """Top-``k`` per query through the stages; query ``i`` is ``query_codes[i]`` for the
@@ -218,6 +236,18 @@ class Cascade:
         return run_last_stage(
             first, k=k, reranker=self.reranker, n_rerank=self.n_rerank,
             query_vectors=query_vectors, rerank_queries=rerank_queries, started=started,
+        )
+
+
+def _routed_by_vectors(coarse):
+    return isinstance(coarse, IVFBinaryIndex) and coarse.routing == "vectors"
+
+
+def _check_routing_dim(coarse, fine):
+    if _routed_by_vectors(coarse) and coarse.dim != fine.dim:
+        raise ValueError(
+            f"coarse routes by vectors of dim {coarse.dim}, but fine holds vectors of dim "
+            f"{fine.dim}: the cascade routes each query by its fine query vector"
         )
 
 
@@ -295,13 +325,19 @@ def run_first_stages(coarse, fine, query_codes, query_vectors, *, n_candidates, 
                      num_threads):
     """Stage 1 then stage 2, each timed.
 
-    ``coarse`` and ``fine`` are a :class:`BinaryIndex` and a :class:`FloatIndex` of the
-    same items, or stand-ins with the same ``search`` signature and answers (best first,
-    ties by the smaller id, ``-1`` as padding), such as the sharded cascade's screen
-    merged over every shard.
+    ``coarse`` and ``fine`` are a :class:`BinaryIndex` (or an :class:`IVFBinaryIndex`,
+    routed by ``query_vectors`` when it was trained on vectors) and a :class:`FloatIndex`
+    of the same items, or stand-ins with the same ``search`` signature and answers (best
+    first, ties by the smaller id, ``-1`` as padding), such as the sharded cascade's
+    screen merged over every shard.
     """
     t0 = time.perf_counter()
-    screened, candidates = coarse.search(query_codes, n_candidates, num_threads=num_threads)
+    if _routed_by_vectors(coarse):
+        screened, candidates = coarse.search(
+            query_codes, n_candidates, vectors=query_vectors, num_threads=num_threads
+        )
+    else:
+        screened, candidates = coarse.search(query_codes, n_candidates, num_threads=num_threads)
     t1 = time.perf_counter()
     scores, ids = fine.search(query_vectors, depth, candidates=candidates, num_threads=num_threads)
     t2 = time.perf_counter()

@@ -1,0 +1,42 @@
+// Inverted-file probe driver (layer 4 of STYLE.md): exact Hamming top-k of each query over
+// the items of the inverted lists it probes, with the selection fused into the scan.
+//
+// Contract:
+// - the lists share one buffer of codes of `nbytes` bytes, packed back to back; list l is
+//   rows [start[l], start[l] + size[l]) of it, contiguous, so that the level's kernels
+//   scan it as they scan a whole database; ids[r] is the id that row r reports. Rows
+//   outside every list (room left for later adds) are never read. The caller checks that
+//   every list lies inside the buffer;
+// - probes is nq x nprobe list numbers, row q naming the lists query q scans; -1 entries
+//   are skipped and a list named twice is scanned once;
+// - outputs as in search.h: caller-owned nq x k arrays, each row the exact top-k of the
+//   items of the probed lists, best-first (distance ascending, ties by the smaller id),
+//   padded with id -1 and kHammingSentinel;
+// - the batch is scanned list-major: each probed list is read once for all the queries
+//   that probe it (in query tiles, packed into a code panel when they are enough to repay
+//   it, as hamming_search decides), each hit going to its query's selector with the
+//   list's ids. Many queries are split across threads; few split the probed lists and
+//   merge. Results are identical for every thread count and SIMD level;
+// - the SIMD level is read once per call; no Python here, and no exception escapes a
+//   worker: the first one is rethrown on the calling thread.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace cofisearch {
+
+struct InvertedLists {
+  const std::uint8_t* codes;  // rows of nbytes bytes
+  const std::int64_t* ids;    // one per row
+  const std::int64_t* start;  // nlist first rows
+  const std::int64_t* size;   // nlist row counts
+  std::size_t nlist;
+  std::size_t nbytes;
+};
+
+void ivf_hamming_search(const InvertedLists& lists, const std::uint8_t* queries, std::size_t nq,
+                        const std::int64_t* probes, std::size_t nprobe, std::size_t k,
+                        int nthreads, std::int32_t* distances, std::int64_t* ids);
+
+}  // namespace cofisearch
