@@ -4,6 +4,9 @@
 // here are the last line of defence so that no call from Python can reach a kernel with a
 // wrong dtype, layout or size. Arrays are taken as they are: nothing is cast or copied.
 #include <pybind11/numpy.h>
+#include <cxxabi.h>
+#include <unistd.h>
+
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -20,6 +23,35 @@ namespace py = pybind11;
 using cofisearch::SimdLevel;
 
 namespace {
+
+// Takes the GIL back after a search. A daemon thread whose search ends while the
+// interpreter shuts down must not return into it: CPython (3.13 and earlier) ends such a
+// thread with pthread_exit inside PyEval_RestoreThread, having dropped the GIL, and the
+// forced unwind that starts there either crosses a noexcept destructor (std::terminate:
+// py::gil_scoped_release's destructor aborted the whole process at exit) or releases
+// Python objects without the GIL (a crash). The unwind is stopped here and the thread
+// parks inside the handler, never leaving it (leaving without rethrowing would abort);
+// it ends with the process, as CPython meant it to.
+void take_gil_back(PyThreadState* state) {
+  try {
+    PyEval_RestoreThread(state);
+  } catch (abi::__forced_unwind&) {
+    for (;;) pause();
+  }
+}
+
+// Runs fn with the GIL released.
+template <class Fn>
+void without_gil(Fn&& fn) {
+  PyThreadState* const state = PyEval_SaveThread();
+  try {
+    fn();
+  } catch (...) {
+    take_gil_back(state);
+    throw;
+  }
+  take_gil_back(state);
+}
 
 template <class T>
 void require(const py::array& a, const char* name, const char* dtype_name) {
@@ -93,10 +125,7 @@ py::tuple hamming_search(const py::array& codes, std::int64_t n, const py::array
   const auto* qp = static_cast<const std::uint8_t*>(queries.data());
   std::int32_t* dp = dist.mutable_data();
   std::int64_t* ip = ids.mutable_data();
-  {
-    py::gil_scoped_release release;
-    cofisearch::hamming_search(cp, rows, nbytes, qp, nq, kk, threads, dp, ip);
-  }
+  without_gil([&] { cofisearch::hamming_search(cp, rows, nbytes, qp, nq, kk, threads, dp, ip); });
   return out;
 }
 
@@ -121,10 +150,7 @@ py::tuple dot_search(const py::array& db, std::int64_t n, const py::array& queri
   const auto* qp = static_cast<const float*>(queries.data());
   float* sp = scores.mutable_data();
   std::int64_t* ip = ids.mutable_data();
-  {
-    py::gil_scoped_release release;
-    cofisearch::dot_search(dbp, rows, dim, row_norm, qp, nq, kk, threads, sp, ip);
-  }
+  without_gil([&] { cofisearch::dot_search(dbp, rows, dim, row_norm, qp, nq, kk, threads, sp, ip); });
   return out;
 }
 
@@ -157,10 +183,7 @@ py::tuple dot_rerank(const py::array& db, std::int64_t n, const py::array& queri
   const auto* qp = static_cast<const float*>(queries.data());
   float* sp = scores.mutable_data();
   std::int64_t* ip = ids.mutable_data();
-  {
-    py::gil_scoped_release release;
-    cofisearch::dot_rerank(dbp, dim, qp, nq, cand, c, kk, threads, sp, ip);
-  }
+  without_gil([&] { cofisearch::dot_rerank(dbp, dim, qp, nq, cand, c, kk, threads, sp, ip); });
   return out;
 }
 
@@ -214,10 +237,7 @@ py::tuple ivf_search(const py::array& codes, const py::array& ids, const py::arr
   const auto* qp = static_cast<const std::uint8_t*>(queries.data());
   std::int32_t* dp = dist.mutable_data();
   std::int64_t* ip = out_ids.mutable_data();
-  {
-    py::gil_scoped_release release;
-    cofisearch::ivf_hamming_search(lists, qp, nq, pp, nprobe, kk, threads, dp, ip);
-  }
+  without_gil([&] { cofisearch::ivf_hamming_search(lists, qp, nq, pp, nprobe, kk, threads, dp, ip); });
   return out;
 }
 
