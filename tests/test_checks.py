@@ -78,3 +78,15 @@ def test_result_size_reads_available_memory_only_for_large_results(monkeypatch):
     with pytest.raises(ValueError, match="k=100000000 for 2 queries"):
         c.check_result_size(2, 10**8, 100)
     assert reads == [1]
+
+
+def test_result_size_counts_selection_per_chunk_where_the_search_selects_in_chunks(monkeypatch):
+    # 10^6 queries at k=1000 over 10^6 rows: 12 GB of results either way, plus 40 GB of
+    # selection when every query selects at once, and a few MB per thread in chunks.
+    monkeypatch.setattr(c, "mem_available_bytes", lambda: 20 << 30)
+    with pytest.raises(ValueError, match="needs 48.4 GiB"):
+        c.check_result_size(10**6, 1000, 10**6)
+    c.check_result_size(10**6, 1000, 10**6, threads=2)
+    monkeypatch.setattr(c, "mem_available_bytes", lambda: 10 << 30)
+    with pytest.raises(ValueError, match="needs 11.2 GiB"):
+        c.check_result_size(10**6, 1000, 10**6, threads=2)

@@ -226,15 +226,27 @@ def mem_available_bytes():
 # returned, plus the native selection's entries while it runs (up to min(k, rows) each).
 _RESULT_BYTES = 12
 _SELECTION_BYTES = 40
+# Exhaustive scans and reranks select a chunk of queries at a time per thread
+# (cpp/search.cpp, query_chunk): a chunk is at most this many queries, or a megabyte of
+# selection where that holds more of them.
+_CHUNK_QUERIES = 64
+_CHUNK_BYTES = 1 << 20
 # Below this a search's results are not worth reading /proc/meminfo for: the read costs
 # more than a small search itself (60 us against 15 us for a top-4 over 6,000 codes).
 _SMALL_RESULT_BYTES = 1 << 26
 
 
-def check_result_size(nq, k, n):
+def check_result_size(nq, k, n, *, threads=None):
     """Refuses, before any work, a search whose results cannot fit in memory: ``nq x k``
-    results are returned (padded past ``n`` rows) and ``nq x min(k, n)`` are selected."""
-    need = nq * k * _RESULT_BYTES + nq * min(k, n) * _SELECTION_BYTES
+    results are returned (padded past ``n`` rows) and ``min(k, n)`` are selected per
+    query, for every query at once, or, where ``threads`` is given (a search that selects
+    in chunks of queries), for a chunk per thread."""
+    per_query = min(k, n) * _SELECTION_BYTES
+    if threads is None:
+        selection = nq * per_query
+    else:
+        selection = threads * min(nq * per_query, max(_CHUNK_QUERIES * per_query, _CHUNK_BYTES))
+    need = nq * k * _RESULT_BYTES + selection
     if need <= _SMALL_RESULT_BYTES:
         return
     available = mem_available_bytes()

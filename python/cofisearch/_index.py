@@ -198,7 +198,7 @@ class BinaryIndex:
         buffer, n = self._store.snapshot
         if n == 0:
             raise ValueError("the index is empty: add codes before searching")
-        check_result_size(q.shape[0], k, n)
+        check_result_size(q.shape[0], k, n, threads=threads)
         d, i = _core.hamming_search(buffer, n, q, k, threads)
         return SearchResult(d, i)
 
@@ -301,12 +301,12 @@ class FloatIndex:
         if n == 0:
             raise ValueError("the index is empty: add vectors before searching")
         if candidates is None:
-            check_result_size(q.shape[0], k, n)
+            check_result_size(q.shape[0], k, n, threads=threads)
             # The bound is read after the snapshot, so it covers every row of it.
             s, i = _core.dot_search(buffer, n, q, k, threads, self._store.norm_bound())
             return SearchResult(s, i)
         cand = check_candidates(candidates, q.shape[0], n)
-        check_result_size(q.shape[0], k, cand.shape[1])
+        check_result_size(q.shape[0], k, cand.shape[1], threads=threads)
         s, i = _core.dot_rerank(buffer, n, q, cand, k, threads)
         return SearchResult(s, i)
 
@@ -361,7 +361,7 @@ def hamming_knn(database, queries, k, *, num_threads=None):
         raise ValueError("database must hold at least one code, got 0 rows")
     if db.shape[1] == 0:
         raise ValueError("database codes must have at least 1 byte (8 bits), got 0 bytes")
-    check_result_size(q.shape[0], k, db.shape[0])
+    check_result_size(q.shape[0], k, db.shape[0], threads=threads)
     return SearchResult(*_core.hamming_search(db, db.shape[0], q, k, threads))
 
 
@@ -379,7 +379,7 @@ def dot_knn(database, queries, k, *, num_threads=None):
         raise ValueError("database must hold at least one vector, got 0 rows")
     if db.shape[1] == 0:
         raise ValueError("database vectors must have at least 1 dimension, got 0 columns")
-    check_result_size(q.shape[0], k, db.shape[0])
+    check_result_size(q.shape[0], k, db.shape[0], threads=threads)
     return SearchResult(*_core.dot_search(db, db.shape[0], q, k, threads))
 
 
