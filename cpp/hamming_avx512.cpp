@@ -216,6 +216,12 @@ sz scan_wide(const u8* queries, sz nq, const u8* codes, sz n, sz nbytes, const u
     const __m512i qlast = _mm512_maskz_loadu_epi8(last, qp + 64 * (regs - 1));
     for (sz i = 0; i < n; i += 8) {
       const sz rem = n - i < 8 ? n - i : 8;
+      // One query streams the codes; as for narrow codes, the hardware prefetcher alone
+      // leaves memory bandwidth unused (one query over 1M codes of 48 or 96 bytes, caches
+      // flushed: 9.1-9.9 GB/s without, 11.1-11.9 with, 4 to 8 KB ahead).
+      for (sz line = 0; line < nbytes / 8; ++line)
+        _mm_prefetch(reinterpret_cast<const char*>(codes + i * nbytes + 64 * line + kPrefetchBytes),
+                     _MM_HINT_T0);
       __m512i p[8];
       for (sz c = 0; c < 8; ++c) {
         // Missing codes of a tail group repeat the last one and are masked out below.
