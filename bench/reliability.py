@@ -56,7 +56,7 @@ def main(argv=None):
         files = [os.path.join(TESTS, "test_fuzz.py")]
         extra = []
         if args.scale == "full":
-            # Two Ray nodes started on this machine: about two minutes.
+            # Two Ray nodes started on this machine: about a minute.
             files.append(os.path.join(TESTS, "test_cluster_faults.py"))
             extra = ["--long"]
         code = pytest.main(["-q", "-s", "-p", "no:cacheprovider", *files, *extra])

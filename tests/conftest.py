@@ -33,7 +33,7 @@ def pytest_addoption(parser):
     parser.addoption(
         "--cluster", action="store_true", default=False,
         help="run the node-fault tests on a two-node Ray cluster started on this machine "
-        "(tests/test_cluster_faults.py, about two minutes); --long runs them too",
+        "(tests/test_cluster_faults.py, about a minute); --long runs them too",
     )
 
 

@@ -27,8 +27,8 @@ processes only (never ``ray stop``, which would stop every Ray on the machine).
 The driver runs in a child process, so that its Ray connection, environment and crashes
 stay apart from the pytest process (which other modules give a local Ray of their own);
 it reports what it saw as JSON lines. Starting the cluster and a node restart take seconds
-each: about two minutes in all on 2 cores, so these tests run under ``--long`` or
-``--cluster`` only.
+each: about a minute in all on 2 cores (50-75 s here), so the cluster tests run under
+``--long`` or ``--cluster`` only; the one-node regression test below runs by default.
 """
 
 import json
@@ -214,7 +214,7 @@ class Cluster:
 def cluster(request):
     """The cluster for the module; the drivers' reports print at the end (``-s``)."""
     if not (request.config.getoption("--long") or request.config.getoption("--cluster")):
-        pytest.skip("starts a two-node Ray cluster (about two minutes): run with --cluster or --long")
+        pytest.skip("starts a two-node Ray cluster (about a minute): run with --cluster or --long")
     c = Cluster()
     try:
         try:
