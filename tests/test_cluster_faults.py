@@ -508,12 +508,13 @@ def scenario_node_lost(args):
     from cofisearch.distributed import ShardedCascade, ShardedIndex, load_sharded
 
     codes, vectors, query_codes, query_vectors = _data()
-    # A short start timeout: the pinned shards' replacements can never be placed.
+    # Time for replacements to die on the dead node until Ray knows it is dead.
     soft = ShardedIndex(
         cofisearch.BinaryIndex(64), N_SHARDS, actor_options=_soft_options(), start_timeout_s=60
     )
     soft.add(codes)
     soft.save(os.path.join(args["save"], "soft"))
+    # A short start timeout: the pinned shards' replacements can never be placed.
     pinned = ShardedCascade(
         cofisearch.BinaryIndex(64), cofisearch.FloatIndex(16), N_SHARDS,
         n_candidates=N_CANDIDATES, screen="global", actor_options=_pinned_options(),
