@@ -1,15 +1,17 @@
-"""Reliability figures: the concurrency stress campaigns and the fuzz targets, with counts.
+"""Reliability figures: the concurrency stress campaigns, the fuzz targets and the
+cluster fault tests, with counts.
 
 Run from the repository root::
 
-    PYTHONPATH=python python bench/reliability.py --scale tiny   # ~40 s, the CI sizes
-    PYTHONPATH=python python bench/reliability.py --scale full   # ~20 min on 2 cores
+    PYTHONPATH=python python bench/reliability.py --scale tiny   # ~1 min, the CI sizes
+    PYTHONPATH=python python bench/reliability.py --scale full   # ~45 min on 2 cores
 
-The campaigns are the test suite's own (``tests/test_stress.py``, ``tests/test_fuzz.py``,
-the latter through pytest, whose ``--long`` option sizes it); this script prints each
-stress campaign's counters (duration, adds, searches, saves, inconsistencies, spurious
-errors, rows lost) and the fuzz targets' outcome counts, and exits non-zero if anything
-failed.
+The campaigns are the test suite's own (``tests/test_stress.py``; ``tests/test_fuzz.py``
+and, at the full scale, ``tests/test_cluster_faults.py``, both through pytest, whose
+``--long`` option sizes them); this script prints each stress campaign's counters
+(duration, adds, searches, saves, inconsistencies, spurious errors, rows lost), each fuzz
+target's outcome counts with its duration and CPU time (and the seed that replays it),
+and each cluster fault scenario's report, and exits non-zero if anything failed.
 """
 
 import argparse
@@ -31,7 +33,10 @@ STRESS = {
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", choices=sorted(STRESS), default="tiny")
-    parser.add_argument("--skip-fuzz", action="store_true", help="run the stress campaigns only")
+    parser.add_argument(
+        "--skip-fuzz", action="store_true",
+        help="run the stress campaigns only (no fuzzing, no cluster faults)",
+    )
     args = parser.parse_args(argv)
 
     sys.path.insert(0, TESTS)
@@ -48,10 +53,13 @@ def main(argv=None):
         failed |= c.problems() > 0
     print(f"stress: {total} searches in all", flush=True)
     if not args.skip_fuzz:
-        extra = ["--long"] if args.scale == "full" else []
-        code = pytest.main(
-            ["-q", "-s", "-p", "no:cacheprovider", os.path.join(TESTS, "test_fuzz.py"), *extra]
-        )
+        files = [os.path.join(TESTS, "test_fuzz.py")]
+        extra = []
+        if args.scale == "full":
+            # Two Ray nodes started on this machine: about a minute.
+            files.append(os.path.join(TESTS, "test_cluster_faults.py"))
+            extra = ["--long"]
+        code = pytest.main(["-q", "-s", "-p", "no:cacheprovider", *files, *extra])
         failed |= code != 0
     return 1 if failed else 0
 

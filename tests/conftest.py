@@ -55,6 +55,11 @@ def pytest_addoption(parser):
         help="run the long reliability campaigns (fuzzing, stress, cluster faults) at full "
         "size; without it they run a short, bounded version that CI can afford",
     )
+    parser.addoption(
+        "--cluster", action="store_true", default=False,
+        help="run the node-fault tests on a two-node Ray cluster started on this machine "
+        "(tests/test_cluster_faults.py, about a minute); --long runs them too",
+    )
 
 
 @pytest.fixture(scope="session")

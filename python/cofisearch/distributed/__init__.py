@@ -31,7 +31,10 @@ How it works
   is retried once on a fresh actor restored from the shard's last save, if the shard was
   saved and nothing was added to it since; otherwise :class:`ShardLostError` names the
   lost shards, and the index refuses every later call. Results are never assembled from
-  the surviving shards alone.
+  the surviving shards alone. The fresh actor goes where ``actor_options`` allow: a shard
+  pinned to a node that died waits for that node to come back, up to
+  ``start_timeout_s``, then is lost; a replacement that dies on arrival (placed on a node
+  Ray does not know yet to be dead) is followed by another until ``start_timeout_s``.
 - **Persistence.** ``save(directory)`` has each shard write its own file(s) in the
   engine's format (see :func:`cofisearch.load_index`), then writes ``manifest.json``
   atomically; files of the previous save in that directory are removed only after the new
@@ -55,7 +58,10 @@ on every node, then::
     # on every other node, with the address the head printed
     ray start --address=HEAD_IP:6379
 
-and run the driver on any node of the cluster::
+(A head runs with token authentication whenever ``~/.ray/auth_token`` exists, and then
+refuses nodes and drivers that lack the token: give every node and the driver the same
+token, as ``RAY_AUTH_MODE=token`` plus ``RAY_AUTH_TOKEN`` or that file, e.g. from
+``ray get-auth-token --generate`` on the head.) Then run the driver on any node of the cluster::
 
     import cofisearch
     from cofisearch.distributed import ShardedIndex
@@ -69,9 +75,13 @@ and run the driver on any node of the cluster::
 names one. ``ray stop`` on each node shuts the cluster down. By default shards are
 spread over the nodes (Ray's ``"SPREAD"`` strategy); ``actor_options`` changes that,
 either one dict for every shard (e.g. ``{"num_cpus": 4}`` to reserve cores, or
-``{"resources": {"big_memory": 1}}``) or a list with one dict per shard (e.g. a
-``NodeAffinitySchedulingStrategy`` each, to pin shard ``s`` to a node and its per-node
-save directory). Several shards per node are fine.
+``{"resources": {"big_memory": 1}, "num_cpus": 0}``) or a list with one dict per shard
+(e.g. a custom resource that only one node has, or a
+``NodeAffinitySchedulingStrategy``, to pin shard ``s`` to a node and its per-node save
+directory; ``soft=True`` lets a lost shard be restored elsewhere). Several shards per node
+are fine. Ray's rule: an actor that names any resource also holds one CPU for its
+lifetime unless ``num_cpus`` says otherwise, so without ``"num_cpus": 0`` a node places
+no more such shards than it has CPUs.
 
 Modules: :mod:`.index` holds :class:`ShardedIndex`, :mod:`.cascade`
 :class:`ShardedCascade`; the private ``_sharded`` (actors, calls, faults, saving),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import uuid
 
 import numpy as np
@@ -26,6 +27,8 @@ from ._shard import ShardActor, empty_like
 # object store is cheaper than one serialised copy per shard.
 _PUT_BYTES = 64 << 10
 _DEFAULT_ACTOR_OPTIONS = {"scheduling_strategy": "SPREAD"}
+# Between two replacement actors for one shard, when the first died on arrival.
+_RETRY_PAUSE_S = 0.5
 
 
 class ShardLostError(RuntimeError):
@@ -130,7 +133,8 @@ class Sharded:
             raise TimeoutError(
                 f"the {self._n_shards} shard actors were not all running after "
                 f"{self._start_timeout_s:g} s: the cluster may lack the resources that "
-                f"actor_options asks for ({self._options[0]}); see ray.cluster_resources()"
+                f"actor_options asks for ({self._options[0]}; an actor that names a resource "
+                "also holds a CPU unless num_cpus is given); see ray.cluster_resources()"
             ) from None
 
     # -- public bits shared by every sharded class
@@ -255,22 +259,37 @@ class Sharded:
                 why = "it was never saved"
             return f"{reason}, and it cannot be restored: {why}"
         paths, mmap, checksums = saved
-        try:
-            ray.kill(self._actors[s], no_restart=True)
-        except Exception:  # already dead, which is the usual case here
-            pass
-        self._actors[s] = self._new_actor(s)
-        try:
-            count, problem = ray.get(
-                self._actors[s].load.remote(paths, mmap, checksums), timeout=self._start_timeout_s
-            )
-        except ray.exceptions.GetTimeoutError:
-            return (
-                f"{reason}, and no replacement actor was running after "
-                f"{self._start_timeout_s:g} s"
-            )
-        except ray.exceptions.RayActorError as exc:
-            return f"{reason}, and its replacement actor died too ({type(exc).__name__})"
+        # A node that has just died is still alive to Ray's scheduler until its health
+        # checks lapse (seconds): a replacement may be placed there and die at once.
+        # Another one is tried, until the start timeout, rather than giving up a shard
+        # that the rest of the cluster could hold.
+        deadline = time.monotonic() + self._start_timeout_s
+        attempts = 0
+        while True:
+            try:
+                ray.kill(self._actors[s], no_restart=True)
+            except Exception:  # already dead, which is the usual case here
+                pass
+            self._actors[s] = self._new_actor(s)
+            attempts += 1
+            try:
+                count, problem = ray.get(
+                    self._actors[s].load.remote(paths, mmap, checksums),
+                    timeout=max(deadline - time.monotonic(), 0.0),
+                )
+                break
+            except ray.exceptions.GetTimeoutError:
+                return (
+                    f"{reason}, and no replacement actor was running after "
+                    f"{self._start_timeout_s:g} s"
+                )
+            except ray.exceptions.RayActorError as exc:
+                if time.monotonic() + _RETRY_PAUSE_S >= deadline:
+                    tried = "its replacement actor" if attempts == 1 else (
+                        f"its {attempts} replacement actors"
+                    )
+                    return f"{reason}, and {tried} died too ({type(exc).__name__})"
+                time.sleep(_RETRY_PAUSE_S)
         if problem is not None:
             return f"{reason}, and restoring it from its save failed: {problem}"
         if count != self._counts[s]:
