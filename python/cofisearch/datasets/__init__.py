@@ -8,12 +8,20 @@
   :mod:`cofisearch.metrics`.
 * :mod:`.fashion_mnist` -- :func:`load_fashion_mnist`: real images and labels from
   Debian's ``dataset-fashion-mnist`` package, with the IDX reader :func:`read_idx`.
+* :mod:`.debian` -- :func:`load_debian_descriptions`: Debian's package summaries,
+  long descriptions and sections from apt's lists (real text, offline).
 
 A new source is a new module here whose public names are re-exported below.
 """
 
 from __future__ import annotations
 
+from .debian import (
+    APT_LISTS_DIR,
+    APT_UPDATE_COMMAND,
+    DebianDescriptions,
+    load_debian_descriptions,
+)
 from .fashion_mnist import (
     FASHION_MNIST_CLASSES,
     FASHION_MNIST_DIR,
@@ -46,4 +54,8 @@ __all__ = [
     "FASHION_MNIST_DIR",
     "load_fashion_mnist",
     "read_idx",
+    "DebianDescriptions",
+    "APT_LISTS_DIR",
+    "APT_UPDATE_COMMAND",
+    "load_debian_descriptions",
 ]
