@@ -160,8 +160,7 @@ def main(argv=None):
     p.add_argument("--nprobe", help="comma-separated nprobe values")
     p.add_argument("--candidates", help="comma-separated cascade depths")
     p.add_argument("--threads", type=int, default=1,
-                   help="threads for every contender (default 1: the IVF driver runs its "
-                   "lists on one thread until the shared pool lands)")
+                   help="threads for every contender (default 1)")
     p.add_argument("--no-faiss", action="store_true")
     p.add_argument("--seed", type=int, default=SEED)
     p.add_argument("--json", default=None)
