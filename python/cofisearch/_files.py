@@ -10,7 +10,7 @@ import stat
 
 import numpy as np
 
-__all__ = ["atomic_write", "atomic_write_json", "json_default"]
+__all__ = ["atomic_write", "atomic_write_json", "byte_chunks", "json_default"]
 
 
 def atomic_write(path, write, *, mode="wb", prefix=".cofisearch-"):
@@ -98,6 +98,13 @@ def _sync_directory(directory):
         pass
     finally:
         os.close(fd)
+
+
+def byte_chunks(flat, chunk=1 << 24):
+    """Successive slices of at most ``chunk`` bytes of the 1-D uint8 array ``flat``: a
+    large index is checksummed and written without one call holding all of it."""
+    for start in range(0, flat.size, chunk):
+        yield flat[start : start + chunk]
 
 
 def json_default(value):

@@ -26,7 +26,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import _core
-from ._files import atomic_write
+from ._files import atomic_write, byte_chunks
 from ._reference import unit_rows
 from ._checks import (
     as_numpy,
@@ -405,7 +405,6 @@ _KIND_FLOAT = 2
 _KIND_IVF_BINARY = 3  # laid out by cofisearch.ivf
 _HEAD = struct.Struct("<8sIIQQIIQ")
 _HEADER_SIZE = 64
-_CHUNK = 1 << 24
 _CHUNK_ROWS = 1 << 16
 
 
@@ -417,9 +416,8 @@ def _row_layout(kind, width):
 
 def _checksum(head, payload):
     crc = zlib.crc32(head)
-    flat = payload.reshape(-1).view(np.uint8)
-    for start in range(0, flat.size, _CHUNK):
-        crc = zlib.crc32(flat[start : start + _CHUNK], crc)
+    for chunk in byte_chunks(payload.reshape(-1).view(np.uint8)):
+        crc = zlib.crc32(chunk, crc)
     return crc & 0xFFFFFFFF
 
 
@@ -436,9 +434,8 @@ def _save(path, kind, width, metric, rows):
 
     def write(f):
         f.write(header)
-        flat = rows.reshape(-1).view(np.uint8)
-        for start in range(0, flat.size, _CHUNK):
-            f.write(flat[start : start + _CHUNK])
+        for chunk in byte_chunks(rows.reshape(-1).view(np.uint8)):
+            f.write(chunk)
 
     # Written beside the target, then renamed over it: a crash mid-save leaves the old file.
     atomic_write(path, write)

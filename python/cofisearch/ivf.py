@@ -55,7 +55,7 @@ from ._checks import (
     check_positive_int,
     check_result_size,
 )
-from ._files import atomic_write
+from ._files import atomic_write, byte_chunks
 from ._index import MAX_NBITS, MAX_ROWS, SearchResult
 from ._reference import unit_rows
 
@@ -366,22 +366,10 @@ def _route(routing, codes, vectors, name, nprobe, threads):
     return _nearest(_core.dot_search, routing.centroids, v, nprobe, threads, routing.norm_bound)
 
 
-# Queries per thread and call of a search over the centroids. The engine keeps a selector
-# per query of a call and revisits them all for every block of the (small) centroid table,
-# so a call's selectors should stay in cache: 1,024 centroids of 256 bits, one thread,
-# 200k queries took 7.7 us per query in one call, 6.8 in calls of 2,048, 2.8 in calls of 256.
-_QUERIES_PER_THREAD = 256
-
-
 def _nearest(search, centroids, queries, nprobe, threads, *bound):
-    """Ids of the ``nprobe`` nearest centroids of each query, by the engine's ``search``."""
-    nlist, chunk = centroids.shape[0], _QUERIES_PER_THREAD * threads
-    if queries.shape[0] <= chunk:
-        return search(centroids, nlist, queries, nprobe, threads, *bound)[1]
-    out = np.empty((queries.shape[0], nprobe), dtype=np.int64)
-    for a in range(0, queries.shape[0], chunk):
-        out[a : a + chunk] = search(centroids, nlist, queries[a : a + chunk], nprobe, threads, *bound)[1]
-    return out
+    """Ids of the ``nprobe`` nearest centroids of each query, by the engine's ``search``
+    (which selects in cache-sized chunks of queries itself)."""
+    return search(centroids, centroids.shape[0], queries, nprobe, threads, *bound)[1]
 
 
 # ---- training ---------------------------------------------------------------------------
@@ -551,7 +539,6 @@ _HEAD = struct.Struct("<8sIIQQIIQIIQQQQQ")
 _HEADER_SIZE = 128
 _CRC_OFFSET = 48
 _ALIGN = 64
-_CRC_CHUNK = 1 << 24
 
 
 class _Settings(NamedTuple):
@@ -593,31 +580,30 @@ def _payload_size(s):
     return sum(_padded(int(np.prod(shape)) * dtype.itemsize) for dtype, shape in _sections(s))
 
 
-def _checksum(settings, arrays):
-    crc = zlib.crc32(_header(settings, _payload_size(settings)))
+def _payload(arrays):
+    """The payload's bytes in order, each array padded with zeros to the alignment."""
     for a in arrays:
         if a is None:
             continue
         flat = np.ascontiguousarray(a).reshape(-1).view(np.uint8)
-        for start in range(0, flat.size, _CRC_CHUNK):
-            crc = zlib.crc32(flat[start : start + _CRC_CHUNK], crc)
-        crc = zlib.crc32(b"\0" * (_padded(flat.size) - flat.size), crc)
+        yield from byte_chunks(flat)
+        yield b"\0" * (_padded(flat.size) - flat.size)
+
+
+def _checksum(settings, arrays):
+    crc = zlib.crc32(_header(settings, _payload_size(settings)))
+    for chunk in _payload(arrays):
+        crc = zlib.crc32(chunk, crc)
     return crc & 0xFFFFFFFF
 
 
 def _save(path, settings, *arrays):
-    payload = _payload_size(settings)
-    header = _header(settings, payload, _checksum(settings, arrays))
+    header = _header(settings, _payload_size(settings), _checksum(settings, arrays))
 
     def write(f):
         f.write(header)
-        for a in arrays:
-            if a is None:
-                continue
-            flat = np.ascontiguousarray(a).reshape(-1).view(np.uint8)
-            for start in range(0, flat.size, _CRC_CHUNK):
-                f.write(flat[start : start + _CRC_CHUNK])
-            f.write(b"\0" * (_padded(flat.size) - flat.size))
+        for chunk in _payload(arrays):
+            f.write(chunk)
 
     # Written beside the target, then renamed over it: a crash mid-save leaves the old file.
     atomic_write(path, write)
@@ -741,11 +727,12 @@ def load_ivf_index(path, *, mmap=False):
         raise bad(f"corrupt header (payload {payload} bytes, the settings need {_payload_size(s)})")
     if info.st_size != _HEADER_SIZE + payload:
         raise bad(f"file is {info.st_size} bytes, expected {_HEADER_SIZE + payload} (truncated or padded)")
-    arrays, offset = [], _HEADER_SIZE
+    arrays, offset, padding_ok = [], _HEADER_SIZE, True
     try:
         with open(path, "rb") as f:
             for dtype, shape in _sections(s):
                 count = int(np.prod(shape))
+                used = count * dtype.itemsize
                 if mmap and count:
                     a = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
                 else:
@@ -754,9 +741,12 @@ def load_ivf_index(path, *, mmap=False):
                     if f.readinto(a.reshape(-1).view(np.uint8)) != a.nbytes:
                         raise bad("payload ended early")
                 arrays.append(a)
-                offset += _padded(count * dtype.itemsize)
-            # The padding between sections is part of the checksum: read it too.
-            padding_ok = _zero_padding(f, s)
+                # The padding after a section is part of the checksum: read it too.
+                pad = _padded(used) - used
+                if pad:
+                    f.seek(offset + used)
+                    padding_ok &= f.read(pad) == b"\0" * pad
+                offset += _padded(used)
     except OSError as exc:
         raise ValueError(f"cannot read index file {path!r}: {exc.strerror or exc}") from exc
     if not padding_ok or _checksum(s, arrays) != stored_crc:
@@ -767,15 +757,3 @@ def load_ivf_index(path, *, mmap=False):
         raise bad(problem)
     return _build(s, *arrays)
 
-
-def _zero_padding(f, s):
-    offset = _HEADER_SIZE
-    for dtype, shape in _sections(s):
-        used = int(np.prod(shape)) * dtype.itemsize
-        pad = _padded(used) - used
-        if pad:
-            f.seek(offset + used)
-            if f.read(pad) != b"\0" * pad:
-                return False
-        offset += _padded(used)
-    return True
