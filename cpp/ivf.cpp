@@ -27,23 +27,22 @@ struct TieAdmitting : Sel {
   }
 };
 
-// The queries of [q0, q1) that probe each list, list-major: a counting sort of the
-// (query, list) pairs. List l's queries are query[begin[l] .. end[l]), ascending.
+// The queries that probe each list, list-major: a counting sort of the (query, list)
+// pairs. List l's queries are query[begin[l] .. end[l]), ascending.
 struct Buckets {
   std::vector<std::size_t> begin, end, query;
 };
 
-Buckets invert(const std::int64_t* probes, std::size_t nprobe, std::size_t q0, std::size_t q1,
-               std::size_t nlist) {
+Buckets invert(const std::int64_t* probes, std::size_t nprobe, std::size_t nq, std::size_t nlist) {
   Buckets b;
   b.begin.assign(nlist + 1, 0);
-  for (std::size_t q = q0; q < q1; ++q)
+  for (std::size_t q = 0; q < nq; ++q)
     for (std::size_t j = 0; j < nprobe; ++j)
       if (probes[q * nprobe + j] >= 0) ++b.begin[static_cast<std::size_t>(probes[q * nprobe + j]) + 1];
   for (std::size_t l = 0; l < nlist; ++l) b.begin[l + 1] += b.begin[l];
   b.query.resize(b.begin[nlist]);
   b.end.assign(b.begin.begin(), b.begin.end() - 1);
-  for (std::size_t q = q0; q < q1; ++q)
+  for (std::size_t q = 0; q < nq; ++q)
     for (std::size_t j = 0; j < nprobe; ++j) {
       const std::int64_t l = probes[q * nprobe + j];
       if (l < 0) continue;
@@ -101,13 +100,7 @@ void probe_search(const S& s, const InvertedLists& lists, const std::uint8_t* qu
     std::fill(out_id, out_id + nq * k, -1);
     return;
   }
-  auto selectors = [&](std::size_t count) {
-    std::vector<Selector> out;
-    out.reserve(count);
-    for (std::size_t q = 0; q < count; ++q) out.push_back(s.selector(cap));
-    return out;
-  };
-  const Buckets all = invert(probes, nprobe, 0, nq, lists.nlist);
+  const Buckets all = invert(probes, nprobe, nq, lists.nlist);
   // Bytes scanned per probed list (its rows once per query probing it), for the split.
   std::vector<std::size_t> active;
   std::vector<std::size_t> work_before{0};
@@ -124,13 +117,17 @@ void probe_search(const S& s, const InvertedLists& lists, const std::uint8_t* qu
     run_parallel(T, [&](int t) {
       const std::size_t q0 = nq * static_cast<std::size_t>(t) / static_cast<std::size_t>(T);
       const std::size_t q1 = nq * static_cast<std::size_t>(t + 1) / static_cast<std::size_t>(T);
-      const Buckets mine = T == 1 ? Buckets{} : invert(probes, nprobe, q0, q1, lists.nlist);
-      const Buckets& b = T == 1 ? all : mine;
-      std::vector<Selector> sel = selectors(q1 - q0);
+      std::vector<Selector> sel;
+      fresh_selectors(s, sel, q1 - q0, cap);
       Scratch<S> w;
-      for (std::size_t l : active)
-        scan_list(s, lists, l, b.query.data() + b.begin[l], b.end[l] - b.begin[l], queries,
-                  sel.data(), q0, w);
+      // A list's queries ascend, so this thread's are one run of them.
+      for (std::size_t l : active) {
+        const std::size_t* first = all.query.data() + all.begin[l];
+        const std::size_t* last = all.query.data() + all.end[l];
+        const std::size_t* mine = std::lower_bound(first, last, q0);
+        scan_list(s, lists, l, mine, static_cast<std::size_t>(std::lower_bound(mine, last, q1) - mine),
+                  queries, sel.data(), q0, w);
+      }
       std::vector<E> best(cap);
       for (std::size_t q = 0; q < q1 - q0; ++q) {
         const std::size_t m = sel[q].take(best.data());
@@ -153,7 +150,8 @@ void probe_search(const S& s, const InvertedLists& lists, const std::uint8_t* qu
           std::lower_bound(work_before.begin(), work_before.end() - 1, goal) - work_before.begin());
     };
     const std::size_t a0 = first_at(t), a1 = t + 1 == T ? active.size() : first_at(t + 1);
-    std::vector<Selector> sel = selectors(nq);
+    std::vector<Selector> sel;
+    fresh_selectors(s, sel, nq, cap);
     Scratch<S> w;
     for (std::size_t a = a0; a < a1; ++a) {
       const std::size_t l = active[a];

@@ -213,6 +213,15 @@ void scan_range(const S& s, const typename S::Elem* rows, std::size_t r0, std::s
   }
 }
 
+// Makes sel hold m empty selectors of capacity cap for the scan s, reusing (reset) the
+// ones it already holds: a thread keeps one set from one chunk or part to the next.
+template <class S>
+void fresh_selectors(const S& s, std::vector<typename S::Selector>& sel, std::size_t m,
+                     std::size_t cap) {
+  for (auto& x : sel) x.reset();
+  while (sel.size() < m) sel.push_back(s.selector(cap));
+}
+
 template <class Order>
 void write_sorted(const Entry<Order>* e, std::size_t m, std::size_t k,
                   typename Order::Value sentinel, typename Order::Value* out_v,

@@ -225,8 +225,7 @@ void search_by_queries(const S& s, const typename S::Elem* rows, std::size_t n,
     std::vector<E> best(cap);
     for (std::size_t c; (c = next.fetch_add(1)) < chunks;) {
       const std::size_t q0 = c * chunk, m = std::min(chunk, nq - q0);
-      for (auto& x : sel) x.reset();
-      while (sel.size() < m) sel.push_back(s.selector(cap));
+      fresh_selectors(s, sel, m, cap);
       scan_into(s, rows, 0, n, queries + q0 * s.stride, m, sel.data(), cap, buf);
       for (std::size_t q = 0; q < m; ++q) {
         const std::size_t got = sel[q].take(best.data());
@@ -263,8 +262,7 @@ void search_by_rows(const S& s, const typename S::Elem* rows, std::size_t n,
     for (std::size_t p; (p = next.fetch_add(1)) < parts;) {
       const std::size_t r0 = n * p / parts / 64 * 64;
       const std::size_t r1 = p + 1 == parts ? n : n * (p + 1) / parts / 64 * 64;
-      for (auto& x : sel) x.reset();
-      while (sel.size() < nq) sel.push_back(s.selector(cap));
+      fresh_selectors(s, sel, nq, cap);
       scan_into(s, rows, r0, r1, queries, nq, sel.data(), cap, buf);
       for (std::size_t q = 0; q < nq; ++q)
         sizes[p * nq + q] = sel[q].take(storage.data() + (p * nq + q) * cap);
