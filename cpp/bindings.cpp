@@ -253,7 +253,7 @@ std::size_t non_negative(std::int64_t v, const char* name) {
 }
 
 constexpr const char* kDotPathNames[] = {"auto", "stream", "query_panel", "row_panel"};
-constexpr const char* kHammingPathNames[] = {"auto", "stream", "panel"};
+constexpr const char* kHammingPathNames[] = {"auto", "stream", "panel", "dense"};
 
 SimdLevel parse_level(const std::string& name) {
   try {
@@ -331,17 +331,19 @@ PYBIND11_MODULE(_core, m) {
   }, py::arg("path"),
         "Test hook: makes every dot_search take this path whatever the batch size; 'auto' "
         "restores the choice by batch size.");
-  m.def("_hamming_path", [](std::int64_t nq, std::int64_t nbytes) {
-    return std::string(kHammingPathNames[static_cast<int>(
-        cofisearch::hamming_path(non_negative(nq, "nq"), non_negative(nbytes, "nbytes")))]);
-  }, py::arg("nq"), py::arg("nbytes"),
-        "Kernel hamming_search runs for nq queries of nbytes-byte codes at the current SIMD "
-        "level: 'stream' or 'panel'.");
+  m.def("_hamming_path", [](std::int64_t nq, std::int64_t nbytes, std::int64_t n) {
+    return std::string(kHammingPathNames[static_cast<int>(cofisearch::hamming_path(
+        non_negative(nq, "nq"), non_negative(nbytes, "nbytes"), non_negative(n, "n")))]);
+  }, py::arg("nq"), py::arg("nbytes"), py::arg("n") = std::int64_t(1) << 31,
+        "Kernel hamming_search runs for nq queries over n codes of nbytes bytes (by default "
+        "a database too large for 'dense') at the current SIMD level: 'stream', 'panel' or "
+        "'dense'.");
   m.def("_force_hamming_path", [](const std::string& path) {
-    for (int p = 0; p < 3; ++p)
+    for (int p = 0; p < 4; ++p)
       if (path == kHammingPathNames[p])
         return cofisearch::force_hamming_path(static_cast<cofisearch::HammingPath>(p));
-    throw py::value_error("path must be 'auto', 'stream' or 'panel', got '" + path + "'");
+    throw py::value_error("path must be 'auto', 'stream', 'panel' or 'dense', got '" + path +
+                          "'");
   }, py::arg("path"),
         "Test hook: makes every hamming_search take this path whatever the batch size; "
         "'auto' restores the choice by batch size.");

@@ -147,6 +147,34 @@ HammingHit* packed_group(const u64* qwords, sz q0, const u64* panel, sz n, sz wo
   return out;
 }
 
+// G queries' rows of byte distances (kernels.h), counted with the scalar POPCNT (faster
+// than the nibble lookup on the narrow codes that rows of distances are for); each loaded
+// word serves the G queries.
+template <int G>
+void dist_group(const u64* qwords, sz q0, const u64* panel, sz n, sz words, u8* dist, sz ld) {
+  const u64* qw = qwords + q0 * words;
+  for (sz r = 0; r < ld; r += 8, panel += 8 * words) {
+    // Lane l of this group holds code first + 8l (kernels.h).
+    const sz first = (r & ~sz(63)) | (r >> 3 & 7);
+    u32 d[G][8] = {};
+    for (sz w = 0; w < words; ++w)
+      for (sz l = 0; l < 8; ++l) {
+        const u64 c = panel[8 * w + l];
+        for (int j = 0; j < G; ++j) d[j][l] += static_cast<u32>(_mm_popcnt_u64(c ^ qw[j * words + w]));
+      }
+    for (int j = 0; j < G; ++j)
+      for (sz l = 0; l < 8; ++l) {
+        const u32 v = first + 8 * l < n ? d[j][l] : kByteDistanceMax;
+        dist[(q0 + j) * ld + first + 8 * l] = static_cast<u8>(v < kByteDistanceMax ? v : kByteDistanceMax);
+      }
+  }
+}
+
+// Bytes v <= t, as a bit per byte.
+inline u32 le_mask(__m256i v, __m256i t) {
+  return static_cast<u32>(_mm256_movemask_epi8(_mm256_cmpeq_epi8(_mm256_min_epu8(v, t), v)));
+}
+
 }  // namespace
 
 std::size_t hamming_b8_scan_packed_avx2(const std::uint64_t* qwords, std::size_t nq,
@@ -169,6 +197,60 @@ std::size_t hamming_b8_scan_avx2(const std::uint8_t* queries, std::size_t nq,
     case 24: return scan_words<3>(queries, nq, codes, n, thresh, hits);
     case 32: return scan_words<4>(queries, nq, codes, n, thresh, hits);
     default: return scan_any(queries, nq, codes, n, nbytes, thresh, hits);
+  }
+}
+
+void hamming_b8_dist_packed_avx2(const std::uint64_t* qwords, std::size_t nq,
+                                 const std::uint64_t* panel, std::size_t n, std::size_t words,
+                                 std::uint8_t* dist, std::size_t ld) {
+  sz q = 0;
+  for (; q + kQueryGroup <= nq; q += kQueryGroup)
+    dist_group<kQueryGroup>(qwords, q, panel, n, words, dist, ld);
+  for (; q < nq; ++q) dist_group<1>(qwords, q, panel, n, words, dist, ld);
+}
+
+std::size_t hamming_u8_count_avx2(const std::uint8_t* d, std::size_t ld, const std::uint8_t* t,
+                                  std::uint32_t* counts, std::uint32_t* blocks) {
+  const __m256i t0 = _mm256_set1_epi8(static_cast<char>(t[0])),
+                t1 = _mm256_set1_epi8(static_cast<char>(t[1])),
+                t2 = _mm256_set1_epi8(static_cast<char>(t[2])),
+                t3 = _mm256_set1_epi8(static_cast<char>(t[3]));
+  u64 c0 = 0, c1 = 0, c2 = 0, c3 = 0;
+  sz nb = 0;
+  for (sz i = 0; i < ld; i += 64) {
+    const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(d + i));
+    const __m256i hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(d + i + 32));
+    c0 += static_cast<u64>(_mm_popcnt_u32(le_mask(lo, t0)) + _mm_popcnt_u32(le_mask(hi, t0)));
+    c1 += static_cast<u64>(_mm_popcnt_u32(le_mask(lo, t1)) + _mm_popcnt_u32(le_mask(hi, t1)));
+    c2 += static_cast<u64>(_mm_popcnt_u32(le_mask(lo, t2)) + _mm_popcnt_u32(le_mask(hi, t2)));
+    const u32 top = le_mask(lo, t3), top_hi = le_mask(hi, t3);
+    c3 += static_cast<u64>(_mm_popcnt_u32(top) + _mm_popcnt_u32(top_hi));
+    blocks[nb] = static_cast<u32>(i);
+    nb += (top | top_hi) != 0;
+  }
+  counts[0] = static_cast<u32>(c0);
+  counts[1] = static_cast<u32>(c1);
+  counts[2] = static_cast<u32>(c2);
+  counts[3] = static_cast<u32>(c3);
+  return nb;
+}
+
+void hamming_u8_collect_avx2(const std::uint8_t* d, const std::uint32_t* blocks, std::size_t nb,
+                             std::uint8_t t, std::size_t ties, std::uint32_t* lt,
+                             std::uint32_t* eq) {
+  const __m256i tv = _mm256_set1_epi8(static_cast<char>(t));
+  for (sz b = 0; b < nb; ++b) {
+    const sz i = blocks[b];
+    const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(d + i));
+    const __m256i hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(d + i + 32));
+    const u64 le = le_mask(lo, tv) | static_cast<u64>(le_mask(hi, tv)) << 32;
+    const u64 same = static_cast<u32>(_mm256_movemask_epi8(_mm256_cmpeq_epi8(lo, tv))) |
+                     static_cast<u64>(static_cast<u32>(_mm256_movemask_epi8(_mm256_cmpeq_epi8(hi, tv))))
+                         << 32;
+    for (u64 m = le & ~same; m; m &= m - 1)
+      *lt++ = static_cast<u32>(i + static_cast<sz>(__builtin_ctzll(m)));
+    for (u64 m = ties ? same : 0; m && ties; m &= m - 1, --ties)
+      *eq++ = static_cast<u32>(i + static_cast<sz>(__builtin_ctzll(m)));
   }
 }
 

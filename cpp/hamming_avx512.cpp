@@ -241,10 +241,49 @@ sz scan_wide(const u8* queries, sz nq, const u8* codes, sz n, sz nbytes, const u
   return static_cast<sz>(out - hits);
 }
 
-// G queries against a panel; W > 0 fixes the words per code at compile time, W == 0
-// reads `words` at run time (wide codes, where the loop costs little beside G popcounts).
-// Query words are broadcast from memory as operands rather than held in registers, so
-// G accumulators and G thresholds fit in the register file at any width.
+// Adds to acc[j] the distances of query j (words at qw + j * nw) to the 8 codes of a
+// panel group. W > 0 fixes the words per code at compile time, W == 0 reads nw at run
+// time (wide codes, where the loop costs little beside the popcounts). Query words are
+// broadcast from memory as operands rather than held in registers, so G accumulators
+// (and a caller's G thresholds) fit in the register file at any width.
+template <int G, int W>
+inline void add_distances(const u64* qw, const u64* group, sz nw, __m512i* acc) {
+  // With many query words the compiler would hoist every broadcast out of the caller's
+  // loop into registers it does not have and spill them; hiding the pointer's value
+  // keeps them as memory operands. Few words fit, and stay hoisted.
+  if constexpr (W == 0 || G * W > 16) __asm__("" : "+r"(qw));
+  {
+    const __m512i c = _mm512_loadu_si512(group);
+    for (int j = 0; j < G; ++j)
+      acc[j] = _mm512_add_epi64(acc[j],
+                                popxor(c, _mm512_set1_epi64(static_cast<long long>(qw[j * nw]))));
+  }
+  sz w = 1;
+  if constexpr (W == 0) {
+    // Two words per step: half the loop overhead, and shorter add chains. Unrolled
+    // further, the compiler computes every popcount of the group before adding any
+    // and spills them.
+#pragma GCC unroll 1
+    for (; w + 2 <= nw; w += 2) {
+      const __m512i c0 = _mm512_loadu_si512(group + 8 * w);
+      const __m512i c1 = _mm512_loadu_si512(group + 8 * w + 8);
+      for (int j = 0; j < G; ++j)
+        acc[j] = _mm512_add_epi64(
+            acc[j],
+            _mm512_add_epi64(
+                popxor(c0, _mm512_set1_epi64(static_cast<long long>(qw[j * nw + w]))),
+                popxor(c1, _mm512_set1_epi64(static_cast<long long>(qw[j * nw + w + 1])))));
+    }
+  }
+  for (; w < nw; ++w) {
+    const __m512i c = _mm512_loadu_si512(group + 8 * w);
+    for (int j = 0; j < G; ++j)
+      acc[j] = _mm512_add_epi64(
+          acc[j], popxor(c, _mm512_set1_epi64(static_cast<long long>(qw[j * nw + w]))));
+  }
+}
+
+// G queries against a panel.
 //
 // Each accumulator starts at minus its query's threshold, so it ends at distance minus
 // threshold, negative exactly for a hit (both are below 2^32). One OR of all G
@@ -259,40 +298,9 @@ HammingHit* packed_group(const u64* qwords, sz q0, const u64* panel, sz n, sz wo
   for (int j = 0; j < G; ++j)
     start[j] = _mm512_set1_epi64(-static_cast<long long>(thresh[q0 + j]));
   for (sz i = 0; i < n; i += 8, panel += 8 * nw) {
-    // With many query words the compiler would hoist every broadcast out of this loop
-    // into registers it does not have and spill them; hiding the pointer's value keeps
-    // them as memory operands. Few words fit, and stay hoisted.
-    if constexpr (W == 0 || G * W > 16) __asm__("" : "+r"(qw));
     __m512i acc[G];
-    {
-      const __m512i c = _mm512_loadu_si512(panel);
-      for (int j = 0; j < G; ++j)
-        acc[j] = _mm512_add_epi64(
-            start[j], popxor(c, _mm512_set1_epi64(static_cast<long long>(qw[j * nw]))));
-    }
-    sz w = 1;
-    if constexpr (W == 0) {
-      // Two words per step: half the loop overhead, and shorter add chains. Unrolled
-      // further, the compiler computes every popcount of the group before adding any
-      // and spills them.
-#pragma GCC unroll 1
-      for (; w + 2 <= nw; w += 2) {
-        const __m512i c0 = _mm512_loadu_si512(panel + 8 * w);
-        const __m512i c1 = _mm512_loadu_si512(panel + 8 * w + 8);
-        for (int j = 0; j < G; ++j)
-          acc[j] = _mm512_add_epi64(
-              acc[j],
-              _mm512_add_epi64(
-                  popxor(c0, _mm512_set1_epi64(static_cast<long long>(qw[j * nw + w]))),
-                  popxor(c1, _mm512_set1_epi64(static_cast<long long>(qw[j * nw + w + 1])))));
-      }
-    }
-    for (; w < nw; ++w) {
-      const __m512i c = _mm512_loadu_si512(panel + 8 * w);
-      for (int j = 0; j < G; ++j)
-        acc[j] = _mm512_add_epi64(
-            acc[j], popxor(c, _mm512_set1_epi64(static_cast<long long>(qw[j * nw + w]))));
-    }
+    for (int j = 0; j < G; ++j) acc[j] = start[j];
+    add_distances<G, W>(qw, panel, nw, acc);
     __m512i signs = acc[0];
     for (int j = 1; j < G; ++j) signs = _mm512_or_si512(signs, acc[j]);
     const __mmask8 valid =
@@ -306,6 +314,65 @@ HammingHit* packed_group(const u64* qwords, sz q0, const u64* panel, sz n, sz wo
     }
   }
   return out;
+}
+
+// G queries' rows of byte distances (kernels.h), a block of 64 codes (8 panel groups) at
+// a time: the block's 8 registers of distances per query merge into one with shifts (at
+// most 255 each, saturated first where the width allows more), one store per block and
+// query. Converting each register to bytes instead (VPMOVUSQB) cost two shuffle-port
+// operations per 8 codes and query, as much again as the popcounts.
+template <int G, int W>
+void dist_group(const u64* qwords, sz q0, const u64* panel, sz n, sz words, u8* dist, sz ld) {
+  const sz nw = W > 0 ? static_cast<sz>(W) : words;
+  const u64* qw = qwords + q0 * nw;
+  const __m512i top = _mm512_set1_epi64(kByteDistanceMax);
+  for (sz g0 = 0; 8 * g0 < n; g0 += 8) {
+    __m512i acc[8][G];
+    if (8 * g0 + 64 <= n) {
+      // A whole block: unrolled, so that the accumulators stay in registers (indexed by
+      // a loop counter, they went through the stack).
+#pragma GCC unroll 8
+      for (sz u = 0; u < 8; ++u) {
+        for (int j = 0; j < G; ++j) acc[u][j] = _mm512_setzero_si512();
+        add_distances<G, W>(qw, panel + (g0 + u) * 8 * nw, nw, acc[u]);
+        if (W == 0 || W >= 4)
+          for (int j = 0; j < G; ++j) acc[u][j] = _mm512_min_epu64(acc[u][j], top);
+      }
+    } else {
+      // The last block, with codes past n: group u's lane l holds code 8 * g0 + 8l + u.
+      const sz left = n - 8 * g0;
+      for (sz u = 0; u < 8; ++u) {
+        for (int j = 0; j < G; ++j) acc[u][j] = top;
+        if (u >= left) continue;
+        __m512i d[G];
+        for (int j = 0; j < G; ++j) d[j] = _mm512_setzero_si512();
+        add_distances<G, W>(qw, panel + (g0 + u) * 8 * nw, nw, d);
+        const sz lanes = (left - u + 7) / 8;
+        const __mmask8 in = static_cast<__mmask8>((1u << lanes) - 1);
+        for (int j = 0; j < G; ++j) acc[u][j] = _mm512_mask_min_epu64(top, in, d[j], top);
+      }
+    }
+    for (int j = 0; j < G; ++j) {
+      const __m512i a = _mm512_ternarylogic_epi64(acc[0][j], _mm512_slli_epi64(acc[1][j], 8),
+                                                  _mm512_slli_epi64(acc[2][j], 16), 0xFE);
+      const __m512i b = _mm512_ternarylogic_epi64(_mm512_slli_epi64(acc[3][j], 24),
+                                                  _mm512_slli_epi64(acc[4][j], 32),
+                                                  _mm512_slli_epi64(acc[5][j], 40), 0xFE);
+      const __m512i c = _mm512_ternarylogic_epi64(_mm512_slli_epi64(acc[6][j], 48),
+                                                  _mm512_slli_epi64(acc[7][j], 56), a, 0xFE);
+      _mm512_storeu_si512(dist + (q0 + j) * ld + 8 * g0, _mm512_or_si512(b, c));
+    }
+  }
+}
+
+template <int W>
+void dist_packed(const u64* qwords, sz nq, const u64* panel, sz n, sz words, u8* dist, sz ld) {
+  // Two queries share each loaded code where their 16 accumulators leave room for the
+  // query words; from 4 words they spilled (256-bit codes ran at half speed).
+  constexpr int G = W > 0 && W < 4 ? 2 : 1;
+  sz q = 0;
+  for (; q + G <= nq; q += G) dist_group<G, W>(qwords, q, panel, n, words, dist, ld);
+  for (; q < nq; ++q) dist_group<1, W>(qwords, q, panel, n, words, dist, ld);
 }
 
 template <int W>
@@ -449,6 +516,72 @@ std::size_t hamming_b8_scan_packed_avx512(const std::uint64_t* qwords, std::size
     case 5: return scan_packed<5>(qwords, nq, panel, n, words, thresh, hits);
     case 6: return scan_packed<6>(qwords, nq, panel, n, words, thresh, hits);
     default: return scan_packed<0>(qwords, nq, panel, n, words, thresh, hits);
+  }
+}
+
+void hamming_b8_dist_packed_avx512(const std::uint64_t* qwords, std::size_t nq,
+                                   const std::uint64_t* panel, std::size_t n, std::size_t words,
+                                   std::uint8_t* dist, std::size_t ld) {
+  switch (words) {
+    case 1: return dist_packed<1>(qwords, nq, panel, n, words, dist, ld);
+    case 2: return dist_packed<2>(qwords, nq, panel, n, words, dist, ld);
+    case 3: return dist_packed<3>(qwords, nq, panel, n, words, dist, ld);
+    case 4: return dist_packed<4>(qwords, nq, panel, n, words, dist, ld);
+    case 5: return dist_packed<5>(qwords, nq, panel, n, words, dist, ld);
+    case 6: return dist_packed<6>(qwords, nq, panel, n, words, dist, ld);
+    default: return dist_packed<0>(qwords, nq, panel, n, words, dist, ld);
+  }
+}
+
+std::size_t hamming_u8_count_avx512(const std::uint8_t* d, std::size_t ld, const std::uint8_t* t,
+                                    std::uint32_t* counts, std::uint32_t* blocks) {
+  static_assert(kCountSpan == 4, "one register and one counter per threshold");
+  const __m512i t0 = _mm512_set1_epi8(static_cast<char>(t[0])),
+                t1 = _mm512_set1_epi8(static_cast<char>(t[1])),
+                t2 = _mm512_set1_epi8(static_cast<char>(t[2])),
+                t3 = _mm512_set1_epi8(static_cast<char>(t[3]));
+  // Named counters: with an array of them, the compiler stored every counter every step.
+  u64 c0 = 0, c1 = 0, c2 = 0, c3 = 0;
+  sz nb = 0;
+  for (sz i = 0; i < ld; i += 64) {
+    const __m512i v = _mm512_loadu_si512(d + i);
+    c0 += static_cast<u64>(__builtin_popcountll(_mm512_cmple_epu8_mask(v, t0)));
+    c1 += static_cast<u64>(__builtin_popcountll(_mm512_cmple_epu8_mask(v, t1)));
+    c2 += static_cast<u64>(__builtin_popcountll(_mm512_cmple_epu8_mask(v, t2)));
+    const u64 top = _mm512_cmple_epu8_mask(v, t3);
+    c3 += static_cast<u64>(__builtin_popcountll(top));
+    // A row's few bytes at or below the thresholds lie in a few blocks at random: a
+    // branch per block on whether it holds any mispredicted about once per hit, which
+    // cost more than the rest of the selection. The list is written without one.
+    blocks[nb] = static_cast<u32>(i);
+    nb += top != 0;
+  }
+  counts[0] = static_cast<u32>(c0);
+  counts[1] = static_cast<u32>(c1);
+  counts[2] = static_cast<u32>(c2);
+  counts[3] = static_cast<u32>(c3);
+  return nb;
+}
+
+void hamming_u8_collect_avx512(const std::uint8_t* d, const std::uint32_t* blocks, std::size_t nb,
+                               std::uint8_t t, std::size_t ties, std::uint32_t* lt,
+                               std::uint32_t* eq) {
+  const __m512i tv = _mm512_set1_epi8(static_cast<char>(t));
+  for (sz b = 0; b < nb; ++b) {
+    const sz i = blocks[b];
+    const __m512i v = _mm512_loadu_si512(d + i);
+    const u64 same = _mm512_cmpeq_epu8_mask(v, tv);
+    u64 m = _mm512_cmplt_epu8_mask(v, tv);
+    // Two positions unconditionally (past the last one, into the slack kernels.h grants,
+    // or overwritten by the next), the rest in a loop: a block holds one or two.
+    for (int r = 0; r < 2; ++r) {
+      *lt = static_cast<u32>(i + static_cast<sz>(__builtin_ctzll(m | (1ull << 63))));
+      lt += m != 0;
+      m &= m - 1;
+    }
+    for (; m; m &= m - 1) *lt++ = static_cast<u32>(i + static_cast<sz>(__builtin_ctzll(m)));
+    for (u64 e = ties ? same : 0; e && ties; e &= e - 1, --ties)
+      *eq++ = static_cast<u32>(i + static_cast<sz>(__builtin_ctzll(e)));
   }
 }
 

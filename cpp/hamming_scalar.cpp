@@ -2,6 +2,7 @@
 // fallback on processors (or architectures) without AVX2. Compiled with the baseline
 // flags only, so __builtin_popcountll may become a library call; that is the price of
 // running anywhere.
+#include <algorithm>
 #include <cstring>
 
 #include "kernels.h"
@@ -90,6 +91,56 @@ std::size_t hamming_b8_scan_scalar(const std::uint8_t* queries, std::size_t nq,
     }
   }
   return h;
+}
+
+void hamming_b8_dist_packed_scalar(const std::uint64_t* qwords, std::size_t nq,
+                                   const std::uint64_t* panel, std::size_t n, std::size_t words,
+                                   std::uint8_t* dist, std::size_t ld) {
+  for (std::size_t q = 0; q < nq; ++q) {
+    const std::uint64_t* qw = qwords + q * words;
+    std::uint8_t* row = dist + q * ld;
+    for (std::size_t r = 0; r < ld; ++r) {
+      // Panel row r (group r / 8, lane r % 8) holds code i (kernels.h).
+      const std::size_t i = (r & ~std::size_t(63)) | (r & 7) << 3 | (r >> 3 & 7);
+      std::uint32_t d = kByteDistanceMax;
+      if (i < n) {
+        const std::uint64_t* group = panel + r / kCodeGroup * words * kCodeGroup + r % kCodeGroup;
+        d = 0;
+        for (std::size_t j = 0; j < words; ++j)
+          d += static_cast<std::uint32_t>(__builtin_popcountll(group[j * kCodeGroup] ^ qw[j]));
+      }
+      row[i] = static_cast<std::uint8_t>(d < kByteDistanceMax ? d : kByteDistanceMax);
+    }
+  }
+}
+
+std::size_t hamming_u8_count_scalar(const std::uint8_t* d, std::size_t ld, const std::uint8_t* t,
+                                    std::uint32_t* counts, std::uint32_t* blocks) {
+  for (std::size_t j = 0; j < kCountSpan; ++j) {
+    std::uint32_t c = 0;
+    for (std::size_t i = 0; i < ld; ++i) c += d[i] <= t[j];
+    counts[j] = c;
+  }
+  std::size_t nb = 0;
+  for (std::size_t b = 0; b < ld; b += kDistBlock)
+    if (*std::min_element(d + b, d + b + kDistBlock) <= t[kCountSpan - 1])
+      blocks[nb++] = static_cast<std::uint32_t>(b);
+  return nb;
+}
+
+void hamming_u8_collect_scalar(const std::uint8_t* d, const std::uint32_t* blocks, std::size_t nb,
+                               std::uint8_t t, std::size_t ties, std::uint32_t* lt,
+                               std::uint32_t* eq) {
+  for (std::size_t b = 0; b < nb; ++b)
+    for (std::size_t i = blocks[b]; i < blocks[b] + kDistBlock; ++i) {
+      const std::uint8_t v = d[i];
+      if (v < t) {
+        *lt++ = static_cast<std::uint32_t>(i);
+      } else if (v == t && ties) {
+        *eq++ = static_cast<std::uint32_t>(i);
+        --ties;
+      }
+    }
 }
 
 }  // namespace cofisearch

@@ -81,6 +81,44 @@ using HammingPackedScanFn = std::size_t(const std::uint64_t* qwords, std::size_t
                                       std::size_t words, const std::uint32_t* thresh,
                                       HammingHit* hits);
 
+// Rows of byte distances, for many queries over a small database: the driver selects
+// each query's top k from its whole row (HammingCountFn, HammingCollectFn) instead of
+// admitting hits one by one against a threshold still on its way down.
+//
+// A row holds code i's distance, saturated at kByteDistanceMax, at byte i, and
+// kByteDistanceMax in its padding up to ld = n rounded up to kDistBlock. The codes come
+// as a panel (HammingPackFn) of ld codes in which each block of 64 is transposed: group
+// 8b + u, lane l holds code 64b + 8l + u (panel rows past n are ignored). A kernel then
+// computes 8 registers of distances whose merge into one register with shifts (lane l of
+// register u to byte 8l + u) puts every code at its own byte, with no byte shuffle.
+constexpr std::size_t kDistBlock = 64;
+constexpr std::uint32_t kByteDistanceMax = 255;
+
+// Writes row q of nq queries (words as for HammingPackedScanFn) to dist + q * ld.
+using HammingDistFn = void(const std::uint64_t* qwords, std::size_t nq,
+                           const std::uint64_t* panel, std::size_t n, std::size_t words,
+                           std::uint8_t* dist, std::size_t ld);
+
+// Thresholds counted in one pass over a row.
+constexpr std::size_t kCountSpan = 4;
+
+// counts[j] = the number of bytes of row d (ld bytes, a multiple of kDistBlock) that are
+// <= t[j], for j < kCountSpan, with t ascending and below kByteDistanceMax (so padding
+// never counts). Also lists, in blocks, the offsets of the blocks of kDistBlock bytes
+// that hold a byte <= t[kCountSpan - 1], and returns their number: the only blocks a
+// collect at that threshold or below needs to read.
+using HammingCountFn = std::size_t(const std::uint8_t* d, std::size_t ld, const std::uint8_t* t,
+                                   std::uint32_t* counts, std::uint32_t* blocks);
+
+// Of the nb blocks of row d at offsets blocks[0, nb) (ascending), writes in ascending
+// order the codes whose distance is < t to lt, and the `ties` smallest codes at distance t
+// to eq; the blocks hold every code at distance t or below. lt has room for
+// kCollectSlack entries past the last: a kernel may write there rather than branch.
+constexpr std::size_t kCollectSlack = 2;
+using HammingCollectFn = void(const std::uint8_t* d, const std::uint32_t* blocks, std::size_t nb,
+                              std::uint8_t t, std::size_t ties, std::uint32_t* lt,
+                              std::uint32_t* eq);
+
 // Emits every pair whose inner product is > thresh[q], or unordered with it: a NaN
 // threshold therefore admits everything, which is how an unfilled heap is signalled.
 // row_norm is an upper bound on the Euclidean norm of every row, or NaN where the caller
@@ -119,6 +157,9 @@ using DotQueryPanelScanFn = std::size_t(const float* qpanel, std::size_t nq, con
 HammingScanFn hamming_b8_scan_scalar;
 HammingPackFn hamming_b8_pack_scalar;
 HammingPackedScanFn hamming_b8_scan_packed_scalar;
+HammingDistFn hamming_b8_dist_packed_scalar;
+HammingCountFn hamming_u8_count_scalar;
+HammingCollectFn hamming_u8_collect_scalar;
 DotScanFn dot_f32_scan_scalar;
 DotGatherFn dot_f32_gather_scalar;
 DotPackFn dot_f32_pack_scalar;
@@ -128,6 +169,9 @@ DotQueryPanelScanFn dot_f32_scan_qpanel_scalar;
 #if defined(COFISEARCH_X86)
 HammingScanFn hamming_b8_scan_avx2;
 HammingPackedScanFn hamming_b8_scan_packed_avx2;
+HammingDistFn hamming_b8_dist_packed_avx2;
+HammingCountFn hamming_u8_count_avx2;
+HammingCollectFn hamming_u8_collect_avx2;
 DotScanFn dot_f32_scan_avx2;
 DotGatherFn dot_f32_gather_avx2;
 DotPackFn dot_f32_pack_avx2;
@@ -137,6 +181,9 @@ DotQueryPanelScanFn dot_f32_scan_qpanel_avx2;
 HammingScanFn hamming_b8_scan_avx512;
 HammingPackFn hamming_b8_pack_avx512;
 HammingPackedScanFn hamming_b8_scan_packed_avx512;
+HammingDistFn hamming_b8_dist_packed_avx512;
+HammingCountFn hamming_u8_count_avx512;
+HammingCollectFn hamming_u8_collect_avx512;
 DotScanFn dot_f32_scan_avx512;
 DotGatherFn dot_f32_gather_avx512;
 DotPackFn dot_f32_pack_avx512;
@@ -152,6 +199,12 @@ struct KernelSet {
   HammingPackedScanFn* hamming_scan_packed;
   // The smallest batch of codes of nbytes bytes for which the driver packs blocks.
   std::size_t (*hamming_panel_min_queries)(std::size_t nbytes);
+  HammingDistFn* hamming_dist;
+  HammingCountFn* hamming_count;
+  HammingCollectFn* hamming_collect;
+  // The largest database of codes of nbytes bytes that a batch searches through rows of
+  // byte distances (0: never at this width).
+  std::size_t (*hamming_dense_max_rows)(std::size_t nbytes);
   DotScanFn* dot_scan;
   DotGatherFn* dot_gather;
   DotPackFn* dot_pack;

@@ -111,6 +111,9 @@ struct HammingScan {
   // From the level's threshold for this width, packing a block costs less than what the
   // panel kernel saves the queries (simd.cpp).
   HammingPath path(std::size_t nq) const {
+    // Rows of byte distances are a whole-search driver of their own (search.cpp); a scan
+    // of ranges forced onto them reads the same packed blocks.
+    if (forced == HammingPath::dense) return HammingPath::panel;
     if (forced != HammingPath::automatic) return forced;
     return nq >= k.hamming_panel_min_queries(stride) ? HammingPath::panel : HammingPath::stream;
   }

@@ -70,10 +70,12 @@ DotPath dot_path(std::size_t nq);
 // choice by size). For tests only: it applies to every search of the process.
 void force_dot_path(DotPath path);
 
-// Which kernel hamming_search runs for nq queries of nbytes-byte codes at the current
-// level: codes as stored (hamming_scan) or packed blocks (hamming_scan_packed).
-enum class HammingPath { automatic, stream, panel };
-HammingPath hamming_path(std::size_t nq, std::size_t nbytes);
+// Which kernel hamming_search runs for nq queries over n codes of nbytes bytes at the
+// current level: codes as stored (hamming_scan), packed blocks (hamming_scan_packed), or
+// whole rows of byte distances selected by counting (hamming_dist; many queries over a
+// small database).
+enum class HammingPath { automatic, stream, panel, dense };
+HammingPath hamming_path(std::size_t nq, std::size_t nbytes, std::size_t n);
 
 // The Hamming counterpart of force_dot_path, for tests only.
 void force_hamming_path(HammingPath path);

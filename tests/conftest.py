@@ -15,9 +15,10 @@ def simd(request):
     cofisearch.set_simd_level(before)
 
 
-# The Hamming driver reads codes as stored ("stream") or packs blocks for a batch
-# ("panel"), chosen by batch size and width per level (cpp/simd.cpp).
-HAMMING_PATHS = ["stream", "panel"]
+# The Hamming driver reads codes as stored ("stream"), packs blocks for a batch ("panel")
+# or, for many queries over a small database, selects from whole rows of byte distances
+# ("dense"), chosen by batch size, width and database size per level (cpp/simd.cpp).
+HAMMING_PATHS = ["stream", "panel", "dense"]
 
 
 @contextlib.contextmanager

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import cofisearch
-from conftest import block_rows, hamming_reference
+from conftest import block_rows, hamming_path_forced, hamming_reference
 
 # 1032 bits: the first width past the counting selector (a heap from there on). 24, 192,
 # 384 and 640 bits: widths between the powers of two, each with its own kernel loop.
@@ -98,6 +98,13 @@ def test_path_choice_by_batch_and_width():
     if cofisearch.simd_level() == "avx512":
         assert cofisearch._core._hamming_path(1, 48) == "stream"
         assert cofisearch._core._hamming_path(1000, 48) == "panel"
+        # Many queries over a small database: rows of byte distances, for codes whose
+        # distances fit a byte in practice.
+        assert cofisearch._core._hamming_path(1000, 8, 5000) == "dense"
+        assert cofisearch._core._hamming_path(1000, 32, 5000) == "dense"
+        assert cofisearch._core._hamming_path(8, 8, 5000) == "stream"
+        assert cofisearch._core._hamming_path(1000, 8, 1_000_000) == "stream"
+        assert cofisearch._core._hamming_path(1000, 48, 5000) == "panel"
     with pytest.raises(ValueError, match="path must be"):
         cofisearch._core._force_hamming_path("fastest")
     assert cofisearch._core._hamming_path(1000, 8) == "stream"
@@ -204,6 +211,47 @@ def test_misleading_sample_falls_back_to_a_full_search(simd, hamming_path):
     rd, ri = hamming_reference(db, query, 100)
     np.testing.assert_array_equal(d, rd)
     np.testing.assert_array_equal(i, ri)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_rows_of_byte_distances_fall_back_past_a_byte(simd, threads):
+    # Rows of byte distances saturate at 255: a query whose k-th distance is 255 or more
+    # (here: 320-bit codes, queries far from every row) is searched again exactly, in
+    # the same tiles as queries whose k-th distance is small. Their order also makes the
+    # k-th distance jump from query to query, away from the guess the selection starts at.
+    rng = np.random.default_rng(21)
+    n, nbytes = 1_000 + 13, 40
+    # Rows with about 304 of their 320 bits set; far queries with at most 16.
+    db = np.packbits(rng.random((n, 8 * nbytes)) >= 0.05, axis=1)
+    near = db[rng.integers(0, n, 20)] ^ np.packbits(rng.random((20, 8 * nbytes)) < 0.02, axis=1)
+    far = np.zeros((20, nbytes), dtype=np.uint8)
+    far[:, :2] = rng.integers(0, 256, (20, 2), dtype=np.uint8)
+    queries = np.empty((40, nbytes), dtype=np.uint8)
+    queries[0::2], queries[1::2] = near, far
+    for k in (1, 10, 400, n):
+        with hamming_path_forced("dense"):
+            d, i = cofisearch.hamming_knn(db, queries, k, num_threads=threads)
+        rd, ri = hamming_reference(db, queries, k)
+        assert (rd[1::2, min(k, n) - 1] >= 255).all() or k == 1
+        np.testing.assert_array_equal(d, rd)
+        np.testing.assert_array_equal(i, ri)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_rows_of_byte_distances_break_ties_across_blocks(simd, threads):
+    # Few distinct codes: every distance is tied hundreds of times, within and across
+    # blocks of 64 codes (whose bytes are stored transposed), and the k-th distance's
+    # group is cut by id.
+    rng = np.random.default_rng(22)
+    palette = rng.integers(0, 256, (5, 8), dtype=np.uint8)
+    db = palette[rng.integers(0, 5, 777)]
+    queries = np.concatenate([palette, rng.integers(0, 256, (30, 8), dtype=np.uint8)])
+    for k in (1, 5, 63, 64, 65, 300, 777, 800):
+        with hamming_path_forced("dense"):
+            d, i = cofisearch.hamming_knn(db, queries, k, num_threads=threads)
+        rd, ri = hamming_reference(db, queries, k)
+        np.testing.assert_array_equal(d, rd)
+        np.testing.assert_array_equal(i, ri)
 
 
 def _peak_rss_growth(fn):
