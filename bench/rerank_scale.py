@@ -28,19 +28,10 @@ import time
 import cofisearch
 from cofisearch._bench.machine import format_machine, machine_info
 from cofisearch._bench.plans import SCALES
-from cofisearch._bench.table6 import TABLE6_SIZES, rerank_cost, rerank_quality, train_rerank_models
+from cofisearch._bench.table6 import run_table6
 from cofisearch._files import json_default
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-
-# Per scale: the models' and the quality experiment's sizes.
-MODEL_SIZES = {
-    "tiny": dict(train=300, test_images=400, test=100, epochs=1, rerank_epochs=1,
-                 embed_dim=32, hidden=32, nbits=32),
-    "quick": dict(train=5_000, test_images=6_000, test=1_000, epochs=4, rerank_epochs=2,
-                  embed_dim=128, hidden=256, nbits=128),
-}
-MODEL_SIZES["default"] = MODEL_SIZES["full"] = MODEL_SIZES["quick"]
 
 
 def main(argv=None):
@@ -51,26 +42,17 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=1, help="search threads")
     p.add_argument("--skip-quality", action="store_true")
     args = p.parse_args(argv)
-    sizes = MODEL_SIZES[args.scale]
     started = time.perf_counter()
-    models = train_rerank_models(
-        sizes["train"], embed_dim=sizes["embed_dim"], hidden=sizes["hidden"],
-        epochs=sizes["epochs"], nbits=sizes["nbits"], rerank_epochs=sizes["rerank_epochs"],
-        torch_threads=args.torch_threads, num_threads=args.threads)
-    print(f"trained in {models.train_seconds:.0f} s", flush=True)
-    tables = []
-    if not args.skip_quality:
-        tables.append(rerank_quality(models, n_images=sizes["test_images"],
-                                     n_test=sizes["test"], num_threads=args.threads))
-        print(tables[-1].to_markdown(), flush=True)
-    tables.append(rerank_cost(models, num_threads=args.threads, **TABLE6_SIZES[args.scale]))
-    print(tables[-1].to_markdown(), flush=True)
+    models, tables = run_table6(args.scale, quality=not args.skip_quality,
+                                torch_threads=args.torch_threads, num_threads=args.threads)
+    for table in tables:
+        print(table.to_markdown(), flush=True)
 
     info = machine_info()
-    head = ["## The fusion reranker, measured (issue 16)", "",
-            f"`python bench/rerank_scale.py --scale {args.scale}`: SIMD level "
-            f"{cofisearch.simd_level()}, {time.perf_counter() - started:.0f} s in all "
-            f"(training {models.train_seconds:.0f} s). Machine below.", ""]
+    summary = (f"`python bench/rerank_scale.py --scale {args.scale}`: SIMD level "
+               f"{cofisearch.simd_level()}, {time.perf_counter() - started:.0f} s in all "
+               f"(training {models.train_seconds:.0f} s). Machine below.")
+    head = ["## The fusion reranker, measured (issue 16)", "", summary, ""]
     foot = ["", "Machine:", "", "```", format_machine(info), "```", ""]
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "rerank_scale.md"), "w") as f:

@@ -6,9 +6,9 @@ import pytest
 
 pytest.importorskip("torch")
 
-import cofisearch  # noqa: E402
-from cofisearch import encoders as enc  # noqa: E402
-from cofisearch.encoders.reranker import cascade_negatives  # noqa: E402
+import cofisearch
+from cofisearch import encoders as enc
+from cofisearch.encoders.reranker import cascade_negatives
 
 
 def _pairs(n=48, dim=8, seed=0, noise=0.6):
@@ -75,9 +75,9 @@ def test_cascade_negatives_pad_short_screens_with_minus_one():
 def test_fit_with_cascade_negatives_is_deterministic_for_a_seed():
     queries, cand, q2c = _pairs()
     cascade = _cascade(cand)
-    fit = dict(query_to_candidate=q2c, negatives="cascade", cascade=cascade,
-               cascade_queries=(_codes(queries), queries), n_negatives=7, epochs=2,
-               batch_size=16)
+    fit = {"query_to_candidate": q2c, "negatives": "cascade", "cascade": cascade,
+               "cascade_queries": (_codes(queries), queries), "n_negatives": 7, "epochs": 2,
+               "batch_size": 16}
     a = _model(seed=3).fit(queries, cand, **fit)
     b = _model(seed=3).fit(queries, cand, **fit)
     lists = cascade.search(_codes(queries), queries, 8).ids

@@ -202,8 +202,19 @@ class CrossAttentionReranker(TorchModel):
 
     ``fit(queries, candidates, query_to_candidate=...)`` trains it with a listwise
     contrastive loss: each query's matching candidate against the other candidates of the
-    batch and, if given, sampled ``hard_negatives`` (the list a first stage returns, the
-    negatives a reranker actually faces).
+    batch and hard negatives, the list a first stage returns (the negatives a reranker
+    actually faces): sampled from a given ``hard_negatives`` array, or, with
+    ``negatives="cascade"``, mined with the cascade the reranker will serve.
+    ``for_candidates(features)`` caches the database items' encodings once and returns
+    the cascade's stage 3, which then pays only the per-pair attention.
+
+    Example (text-to-image stage 3 on a dual encoder's embeddings)::
+
+        rr = CrossAttentionReranker(dim, dim)
+        rr.fit(train_txt, train_img, query_to_candidate=c2i, negatives="cascade",
+               cascade=train_cascade, cascade_queries=(train_txt_codes, train_txt),
+               n_negatives=31)
+        cascade = Cascade(coarse, fine, 256, reranker=rr.for_candidates(img), n_rerank=32)
     """
 
     def __init__(self, query_dim, candidate_dim, *, d_model=64, n_tokens=4, n_heads=4,
