@@ -100,3 +100,18 @@ def test_reliability_tiny_stress_finds_no_problem(capsys):
     assert reliability.main(["--scale", "tiny", "--skip-fuzz"]) == 0
     out = capsys.readouterr().out
     assert "stress binary" in out and "stress cascade" in out
+
+
+def test_rerank_scale_tiny_writes_both_tables(tmp_path):
+    pytest.importorskip("torch")
+    from . import rerank_scale
+
+    assert rerank_scale.main(["--scale", "tiny", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "rerank_scale.json").read_text())
+    quality, cost = report["tables"]
+    assert [r["method"].split(",")[0] for r in quality["rows"]][:2] == [
+        "dual encoder (exhaustive cosine)", "cascade (32-bit ITQ screen of 256"]
+    regimes = {(r["scale"], r["regime"]) for r in cost["rows"]}
+    assert regimes == {(s, g) for s in ("100/500", "200/1K")
+                       for g in ("all pairs", "cascade-bounded")}
+    assert "Table 6 analogue" in (tmp_path / "rerank_scale.md").read_text()
