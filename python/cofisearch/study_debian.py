@@ -47,7 +47,7 @@ __all__ = ["DEBIAN_SCALES", "DebianStudyResult", "run_debian_study"]
 # Presets of ``cofisearch demo --data debian --scale``: items (None: the whole corpus),
 # hashing epochs and hidden width, cascade depths.
 DEBIAN_SCALES = {
-    "tiny": {"max_items": 600, "epochs": 2, "hidden": 128, "n_candidates": (10, 20, 50, 100)},
+    "tiny": {"max_items": 300, "epochs": 2, "hidden": 128, "n_candidates": (10, 20, 50, 100)},
     "small": {"max_items": 6_000, "epochs": 4, "hidden": 256,
                   "n_candidates": (10, 20, 50, 100, 200, 500)},
     "medium": {"max_items": 20_000, "epochs": 6, "hidden": 512,
@@ -58,8 +58,8 @@ DEBIAN_SCALES = {
 
 RECALL_KS = (1, 5, 10, 100, 200)
 DIRECTIONS = ("title->desc", "desc->title")
-# The peer's rescoring gathers one candidate at a time in Python; deeper multipliers
-# than this take minutes per call on the full corpus.
+# The peer's rescoring gathers candidates one at a time in Python and holds them as an
+# int64 (queries, k * multiplier, 384) array: 1.9 GB at 10 for 6,100 queries.
 PEER_MAX_MULTIPLIER = 10
 
 
