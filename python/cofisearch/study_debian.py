@@ -112,13 +112,14 @@ class _Side:
 
 
 def _dedup(texts, rows):
-    """Rows of the first item of each distinct text, and every row's group."""
+    """``rows[j]`` of the first ``j`` of each distinct text, in corpus order, and each
+    text's position among them."""
     _, first, group = np.unique(np.asarray(texts, dtype=object), return_index=True,
                                 return_inverse=True)
-    order = np.argsort(first, kind="stable")  # database in corpus order
+    order = np.argsort(first, kind="stable")
     rank = np.empty_like(order)
     rank[order] = np.arange(len(order))
-    return rows[first[order]], rank[group], first[order]
+    return rows[first[order]], rank[group]
 
 
 def run_debian_study(
@@ -176,15 +177,15 @@ def run_debian_study(
     train = data.train[keep[data.train]]
     labels = data.labels
     every = np.flatnonzero(keep)
-    desc_db, desc_group, desc_first = _dedup([data.descriptions[i] for i in every], every)
-    title_db, title_group, title_first = _dedup([data.titles[i] for i in every], every)
+    desc_db, desc_group = _dedup([data.descriptions[i] for i in every], every)
+    title_db, title_group = _dedup([data.titles[i] for i in every], every)
     position = np.full(len(keep), -1, dtype=np.int64)
     position[every] = np.arange(len(every))
     sides = {
         "title->desc": _Side("title", test, "desc", desc_db, desc_group[position[test]],
-                             labels[test], labels[desc_first]),
+                             labels[test], labels[desc_db]),
         "desc->title": _Side("desc", test, "title", title_db, title_group[position[test]],
-                             labels[test], labels[title_first]),
+                             labels[test], labels[title_db]),
     }
     config.update(n_items=int(keep.sum()), n_queries=len(test),
                   n_distinct_descriptions=len(desc_db), n_distinct_titles=len(title_db),
