@@ -252,3 +252,37 @@ def test_real_apt_lists():
     assert len(data.test) == 1000 and len(data.train) == n - 1000
     assert sum(bool(t) for t in data.titles) == n
     print(f"{n} items, {len(data.section_names)} sections, loaded in {elapsed:.1f} s")
+
+
+def test_max_items_is_a_seeded_subset(tmp_path):
+    _lists(tmp_path)
+    full = load_debian_descriptions(tmp_path, test_size=1)
+    a = load_debian_descriptions(tmp_path, test_size=1, max_items=2, seed=3)
+    b = load_debian_descriptions(tmp_path, test_size=1, max_items=2, seed=3)
+    assert a.md5 == b.md5 and len(a.md5) == 2
+    assert set(a.md5) <= set(full.md5)
+    assert list(a.md5) == sorted(a.md5, key=full.md5.index)  # corpus order kept
+    np.testing.assert_array_equal(np.sort(np.concatenate([a.train, a.test])), np.arange(2))
+    assert a.label_matrix.shape == (2, len(a.section_names))
+    assert set(a.sections) == set(a.section_names)
+    subsets = {load_debian_descriptions(tmp_path, test_size=1, max_items=2, seed=s).md5
+               for s in range(8)}
+    assert len(subsets) > 1
+    assert load_debian_descriptions(tmp_path, test_size=1, max_items=10).md5 == full.md5
+
+
+@pytest.mark.parametrize(
+    "max_items, error",
+    [(1, ValueError), (0, ValueError), (2.0, TypeError), (True, TypeError)],
+)
+def test_bad_max_items(tmp_path, max_items, error):
+    with pytest.raises(error, match="max_items"):
+        load_debian_descriptions(_lists(tmp_path), max_items=max_items)
+
+
+def test_real_apt_lists_subset():
+    if not (APT_LISTS_DIR.is_dir() and any("Translation-en" in p.name for p in APT_LISTS_DIR.iterdir())):
+        pytest.skip(f"no Translation-en in {APT_LISTS_DIR}; run as root: {APT_UPDATE_COMMAND}")
+    data = load_debian_descriptions(max_items=300, test_size=30, seed=0)
+    assert len(data.titles) == 300 and len(data.test) == 30
+    assert data.md5 == load_debian_descriptions(max_items=300, test_size=30, seed=0).md5

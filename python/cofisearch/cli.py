@@ -57,6 +57,10 @@ def _parser():
     demo.add_argument("--out", default=DEFAULT_OUT, help="output directory (default: %(default)s)")
     demo.add_argument("--scale", choices=sorted(study.DEMO_SCALES), default="small",
                       help="dataset and model size (default: %(default)s, a few minutes on 2 cores)")
+    demo.add_argument("--data", choices=("synthetic", "debian"), default="synthetic",
+                      help="synthetic paired features (default), or Debian's package "
+                      "descriptions embedded with all-MiniLM-L6-v2 (needs the text extra and "
+                      "apt's lists; the scale picks the number of packages)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--threads", type=_positive_int, default=1,
                       help="search threads for the latency tables (default: %(default)s)")
@@ -118,6 +122,8 @@ def cmd_demo(args, out):
         import torch  # noqa: F401  (checked up front: the demo trains models)
     except ImportError:
         raise RuntimeError('the demo trains torch models: pip install "cofisearch[torch]"') from None
+    if args.data == "debian":
+        return _demo_debian(args, out)
     preset = study.DEMO_SCALES[args.scale]
     print(f"cofisearch demo, scale {args.scale}: {preset}", file=out)
     result = study.run_study(seed=args.seed, num_threads=args.threads,
@@ -132,6 +138,19 @@ def cmd_demo(args, out):
         else:
             written += fashion.save(args.out, "fashion_mnist")
             print(fashion.to_markdown(), file=out)
+    print("wrote " + ", ".join(written), file=out)
+    return 0
+
+
+def _demo_debian(args, out):
+    from . import study_debian
+
+    preset = study_debian.DEBIAN_SCALES[args.scale]
+    print(f"cofisearch demo, Debian descriptions, scale {args.scale}: {preset}", file=out)
+    result = study_debian.run_debian_study(seed=args.seed, num_threads=args.threads,
+                                           show_progress_bar=not args.quiet, **preset)
+    written = result.save(args.out, "demo_debian")
+    print(result.to_markdown(), file=out)
     print("wrote " + ", ".join(written), file=out)
     return 0
 

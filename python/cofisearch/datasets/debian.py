@@ -25,7 +25,7 @@ import subprocess
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import numpy as np
 
@@ -176,10 +176,11 @@ def _check_test_size(test_size, n: int) -> int:
 
 
 def load_debian_descriptions(
-    directory: Optional[str | os.PathLike[str]] = None,
+    directory: str | os.PathLike[str] | None = None,
     *,
-    test_size: int | float = 0.1,
+    test_size: float = 0.1,
     seed: int = 0,
+    max_items: int | None = None,
 ) -> DebianDescriptions:
     """Load Debian's package descriptions and sections from apt's lists, offline.
 
@@ -193,6 +194,8 @@ def load_debian_descriptions(
     test_size : an int is the number of test items, a float in (0, 1) the fraction of
         items (rounded); at least one item must stay for training.
     seed : seeds the split, which depends only on it, ``test_size`` and the items.
+    max_items : keep a seeded random subset of at most this many items (drawn before
+        the split, in the same sorted order), for quick runs such as CI's; default all.
 
     One item per distinct ``Description-md5``: packages sharing a description (and a
     package's versions across suites that did not change it) are one item whose
@@ -216,6 +219,8 @@ def load_debian_descriptions(
     """
     directory = APT_LISTS_DIR if directory is None else check_path(directory, "directory")
     seed = check_int(seed, "seed", minimum=0)
+    if max_items is not None:
+        max_items = check_int(max_items, "max_items", minimum=2)
     if isinstance(test_size, (bool, np.bool_)) or not isinstance(test_size, (int, float, np.integer)):
         raise TypeError(
             f"test_size must be an int (a count) or a float (a fraction), got "
@@ -267,6 +272,10 @@ def load_debian_descriptions(
             "Section in a Packages index"
         )
     items.sort()
+    if max_items is not None and max_items < len(items):
+        # Its own stream of the seed, so that the subset and the split do not correlate.
+        keep = np.random.default_rng([seed, 1]).choice(len(items), max_items, replace=False)
+        items = [items[i] for i in np.sort(keep)]
 
     n = len(items)
     n_test = _check_test_size(test_size, n)

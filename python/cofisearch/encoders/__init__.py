@@ -40,6 +40,7 @@ from .binarizers import ITQBinarizer, RandomRotationBinarizer
 from .dual import DualEncoder
 from .hashing import HashEncoder
 from .reranker import CrossAttentionReranker
+from .text import SentenceEncoder, minilm_model_dir
 
 __all__ = [
     "DualEncoder",
@@ -47,4 +48,6 @@ __all__ = [
     "CrossAttentionReranker",
     "RandomRotationBinarizer",
     "ITQBinarizer",
+    "SentenceEncoder",
+    "minilm_model_dir",
 ]
