@@ -187,60 +187,6 @@ py::tuple dot_rerank(const py::array& db, std::int64_t n, const py::array& queri
   return out;
 }
 
-py::tuple ivf_search(const py::array& codes, const py::array& ids, const py::array& list_start,
-                     const py::array& list_size, const py::array& queries,
-                     const py::array& probes, std::int64_t k, int num_threads) {
-  require<std::uint8_t>(codes, "codes", "uint8");
-  require_1d<std::int64_t>(ids, "ids", "int64");
-  require_1d<std::int64_t>(list_start, "list_start", "int64");
-  require_1d<std::int64_t>(list_size, "list_size", "int64");
-  require<std::uint8_t>(queries, "queries", "uint8");
-  require<std::int64_t>(probes, "probes", "int64");
-  if (ids.shape(0) != codes.shape(0))
-    throw py::value_error("ids must have one entry per row of codes (" +
-                          std::to_string(codes.shape(0)) + "), got " + std::to_string(ids.shape(0)));
-  if (list_size.shape(0) != list_start.shape(0) || list_start.shape(0) == 0)
-    throw py::value_error("list_start and list_size must have the same length >= 1, got " +
-                          std::to_string(list_start.shape(0)) + " and " +
-                          std::to_string(list_size.shape(0)));
-  if (codes.shape(1) != queries.shape(1))
-    throw py::value_error("queries must have " + std::to_string(codes.shape(1)) +
-                          " bytes per row, got " + std::to_string(queries.shape(1)));
-  if (probes.shape(0) != queries.shape(0))
-    throw py::value_error("probes must have one row per query (" +
-                          std::to_string(queries.shape(0)) + "), got " +
-                          std::to_string(probes.shape(0)));
-  const std::size_t kk = checked_k(k);
-  const int threads = checked_threads(num_threads);
-  const auto rows = static_cast<std::int64_t>(codes.shape(0));
-  const std::size_t nlist = static_cast<std::size_t>(list_start.shape(0));
-  const auto* start = static_cast<const std::int64_t*>(list_start.data());
-  const auto* size = static_cast<const std::int64_t*>(list_size.data());
-  for (std::size_t l = 0; l < nlist; ++l)
-    if (start[l] < 0 || size[l] < 0 || start[l] > rows || size[l] > rows - start[l])
-      throw py::value_error("list " + std::to_string(l) + " (rows " + std::to_string(start[l]) +
-                            " + " + std::to_string(size[l]) + ") must lie inside the " +
-                            std::to_string(rows) + " rows of codes");
-  const std::size_t nq = static_cast<std::size_t>(queries.shape(0));
-  const std::size_t nprobe = static_cast<std::size_t>(probes.shape(1));
-  const auto* pp = static_cast<const std::int64_t*>(probes.data());
-  for (std::size_t i = 0; i < nq * nprobe; ++i)
-    if (pp[i] < -1 || pp[i] >= static_cast<std::int64_t>(nlist))
-      throw py::value_error("probes must hold list numbers in [0, " + std::to_string(nlist) +
-                            ") or -1, got " + std::to_string(pp[i]));
-  py::array_t<std::int32_t> dist;
-  py::array_t<std::int64_t> out_ids;
-  py::tuple out = allocate(nq, kk, dist, out_ids);
-  const cofisearch::InvertedLists lists{static_cast<const std::uint8_t*>(codes.data()),
-                                        static_cast<const std::int64_t*>(ids.data()), start, size,
-                                        nlist, static_cast<std::size_t>(codes.shape(1))};
-  const auto* qp = static_cast<const std::uint8_t*>(queries.data());
-  std::int32_t* dp = dist.mutable_data();
-  std::int64_t* ip = out_ids.mutable_data();
-  without_gil([&] { cofisearch::ivf_hamming_search(lists, qp, nq, pp, nprobe, kk, threads, dp, ip); });
-  return out;
-}
-
 // Checks the lists of an inverted-list search over `rows` rows; returns nlist.
 std::size_t checked_lists(const py::array& list_start, const py::array& list_size, std::int64_t rows) {
   require_1d<std::int64_t>(list_start, "list_start", "int64");
@@ -329,6 +275,40 @@ py::tuple ivf_asym_search(const py::array& codes, const py::array& factors, cons
   without_gil([&] {
     cofisearch::ivf_asym_search(lists, fp, queries, nq, pp, nprobe, kk, threads, sp, ip);
   });
+  return out;
+}
+
+py::tuple ivf_search(const py::array& codes, const py::array& ids, const py::array& list_start,
+                     const py::array& list_size, const py::array& queries,
+                     const py::array& probes, std::int64_t k, int num_threads) {
+  require<std::uint8_t>(codes, "codes", "uint8");
+  require_1d<std::int64_t>(ids, "ids", "int64");
+  require<std::uint8_t>(queries, "queries", "uint8");
+  if (ids.shape(0) != codes.shape(0))
+    throw py::value_error("ids must have one entry per row of codes (" +
+                          std::to_string(codes.shape(0)) + "), got " + std::to_string(ids.shape(0)));
+  const std::size_t nlist = checked_lists(list_start, list_size, static_cast<std::int64_t>(codes.shape(0)));
+  if (codes.shape(1) != queries.shape(1))
+    throw py::value_error("queries must have " + std::to_string(codes.shape(1)) +
+                          " bytes per row, got " + std::to_string(queries.shape(1)));
+  const std::size_t nq = static_cast<std::size_t>(queries.shape(0));
+  check_probes(probes, nq, nlist);
+  const std::size_t kk = checked_k(k);
+  const int threads = checked_threads(num_threads);
+  const std::size_t nprobe = static_cast<std::size_t>(probes.shape(1));
+  const auto* pp = static_cast<const std::int64_t*>(probes.data());
+  py::array_t<std::int32_t> dist;
+  py::array_t<std::int64_t> out_ids;
+  py::tuple out = allocate(nq, kk, dist, out_ids);
+  const cofisearch::InvertedLists lists{static_cast<const std::uint8_t*>(codes.data()),
+                                        static_cast<const std::int64_t*>(ids.data()),
+                                        static_cast<const std::int64_t*>(list_start.data()),
+                                        static_cast<const std::int64_t*>(list_size.data()), nlist,
+                                        static_cast<std::size_t>(codes.shape(1))};
+  const auto* qp = static_cast<const std::uint8_t*>(queries.data());
+  std::int32_t* dp = dist.mutable_data();
+  std::int64_t* ip = out_ids.mutable_data();
+  without_gil([&] { cofisearch::ivf_hamming_search(lists, qp, nq, pp, nprobe, kk, threads, dp, ip); });
   return out;
 }
 

@@ -22,6 +22,20 @@ Two ways to partition:
   Cascade`, whose rerank needs the vectors anyway. ``vectors`` is then required on every
   ``add`` and ``search``, and refused on an index trained on codes.
 
+**The asymmetric screen** (``screen="asymmetric"``, vectors required). Symmetric Hamming
+between a query's code and the items' codes loses much of the ranking when the query
+comes from another embedding map (text against images): on such data a 256-bit ITQ
+screen kept recall@10 0.82 with 1,000 candidates out of 1M. The asymmetric screen keeps
+the query a float vector and estimates its inner product with each item from a 1-bit
+code, as RaBitQ does (Gao & Long, SIGMOD 2024; faiss's IndexIVFRaBitQ): at ``train``, a
+random ``(dim, screen_bits)`` rotation with orthonormal rows and, per list, a centre on
+its centroid's axis (the mean projection of its members); at ``add``, per item the signs
+``x`` of its rotated residual ``r = (v - centre) P`` and one factor ``|r|^2 / sum|r_i|``;
+at ``search``, the rotated query quantised to 4 bits per dimension, and
+``<v, q> ~ <centre, q> + factor * <2x - 1, Pq>``, the last inner product taken with
+popcounts over the query's bit planes (cpp/asym.h). The items' Hamming codes stay, so
+``search(..., screen="hamming")`` still answers code-only comparisons.
+
 Training follows faiss: at most ``max_points_per_centroid`` (256) points per centroid
 are sampled, ``niter`` (10) iterations run, and it is deterministic for a ``seed``. An
 empty cluster takes a member of the largest one (chosen by the seeded generator) as its
