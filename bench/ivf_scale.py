@@ -29,6 +29,25 @@ screen's top C reranked exactly with the float vectors; for faiss, its ids reran
     python bench/ivf_scale.py --scale quick        # 100k images, nlist 256
     python bench/ivf_scale.py --scale tiny         # seconds: every path, checked
     python bench/ivf_scale.py --json ivf.json      # raw numbers too
+    python bench/ivf_scale.py --asymmetric --images 200000 --nlist 1024   # step 3
+
+``--asymmetric`` (issue 13, step 3) compares whole searches instead, each ending in the
+top-10 ids, recall@10 against the float top-10 and ms per query for the batch and for
+single queries, at each of ``--thread-list`` (default 2 and 1) in the same run:
+
+- ``sym-ivf``: the IVF cascade as it was (``ivf-vectors`` screen of C, exact rerank), at
+  each ``--nprobe`` x ``--candidates``;
+- ``asym-ivf`` / ``asym-ivf-256``: :class:`~cofisearch.Cascade` over an
+  ``IVFBinaryIndex(screen="asymmetric")`` with the default 512-bit (and 256-bit) screen
+  codes, same grid; ``asym-flat``: the same screen with one list (no probe: every item);
+- faiss ``rabitq-refine`` (IndexIVFRaBitQ, 1-bit, 4-bit queries, in IndexRefineFlat with
+  k_factor C / 10), ``ivf-flat`` (IndexIVFFlat) at each ``--nprobe``, ``hnsw-flat``
+  (IndexHNSWFlat, M 32) at each ``--ef``, all inner product.
+
+It ends with, for recall targets 0.95 and 0.99, the fastest setting of each contender
+that reaches it and the ratio of each to the fastest asymmetric cascade. (The screen's
+kernels agree bit for bit at every SIMD level, tests/test_asym.py; the routing's float
+scores, like every float search's, may round differently from level to level.)
 
 Times are medians of ``--repeats`` samples after a warm-up (``cofisearch._bench.measure``).
 Checked on every run (a failure ends with status 1): each IVF index probing every list
@@ -150,6 +169,141 @@ def run_screen(rows, name, *, build_s, screen, nprobes, fine, queries, q_vectors
         rows.add(**row)
 
 
+def _timed_search(rows, name, setting, build_s, search, threads_list, args, truth, **extra):
+    """One row per thread count: ``search(threads, i)`` returns top-10 ids (i: a query
+    index, or None for the batch)."""
+    for threads in threads_list:
+        t, ids = timed(lambda threads=threads: search(threads, None), args.repeats)
+        single = per_single_query(lambda i, threads=threads: search(threads, i),
+                                  min(args.single, args.queries), args.repeats)
+        rows.add(index=name, setting=setting, threads=threads, build_s=build_s,
+                 recall10=recall(ids, truth), batch_ms_per_query=1e3 * t / args.queries,
+                 single_ms=1e3 * single, **extra)
+
+
+def run_asymmetric(rows, args, db, qv, db_codes, qc, fine, nprobes, depths):
+    """The rows of ``--asymmetric``; returns the problems found."""
+    threads_list = [int(v) for v in args.thread_list.split(",")]
+    problems = []
+    truth = fine.search(qv, K, num_threads=max(threads_list)).ids
+
+    def q_of(a, i):
+        return a if i is None else a[i : i + 1]
+
+    def build_ivf(nlist, **kw):
+        index = cofisearch.IVFBinaryIndex(args.nbits, nlist, seed=args.seed, **kw)
+        t0 = time.perf_counter()
+        index.train(db_codes, db, num_threads=max(threads_list))
+        index.add(db_codes, db, num_threads=max(threads_list))
+        return index, time.perf_counter() - t0
+
+    def coarse_bytes(index):
+        lists = index._state[1]
+        return sum(a.nbytes for a in lists.rows())
+
+    ours = [("sym-ivf", args.nlist, {}), ("asym-ivf", args.nlist, {"screen": "asymmetric"}),
+            ("asym-ivf-256", args.nlist, {"screen": "asymmetric", "screen_bits": max(64, -(-args.dim // 64) * 64)}),
+            ("asym-flat", 1, {"screen": "asymmetric"})]
+    for name, nlist, kw in ours:
+        index, build = build_ivf(nlist, **kw)
+        print(f"{name}: trained and added in {build:.1f} s; coarse stage {coarse_bytes(index) / 2**20:.0f} MiB",
+              flush=True)
+        for nprobe in nprobes if nlist > 1 else [1]:
+            index.nprobe = nprobe
+            for c in depths:
+                cascade = cofisearch.Cascade(index, fine, c)
+
+                def search(threads, i, cascade=cascade):
+                    return cascade.search(q_of(qc, i), q_of(qv, i), K, num_threads=threads).ids
+
+                _timed_search(rows, name, f"nprobe={nprobe} C={c}", build, search, threads_list, args,
+                              truth, coarse_mib=coarse_bytes(index) / 2**20)
+        del index
+
+    if faiss_available() and not args.no_faiss:
+        problems += _faiss_rows(rows, args, db, qv, nprobes, depths, threads_list, truth, q_of)
+    _summary(rows.rows)
+    return problems
+
+
+def _faiss_rows(rows, args, db, qv, nprobes, depths, threads_list, truth, q_of):
+    import faiss
+
+    faiss.omp_set_num_threads(max(threads_list))
+    ip = faiss.METRIC_INNER_PRODUCT
+
+    def build(make):
+        t0 = time.perf_counter()
+        index = make()
+        if not index.is_trained:
+            index.train(db)
+        index.add(db)
+        return index, time.perf_counter() - t0
+
+    def faiss_search(index, params):
+        def search(threads, i):
+            faiss.omp_set_num_threads(threads)
+            return index.search(q_of(qv, i), K, params=params)[1]
+        return search
+
+    rabitq, build_s = build(lambda: faiss.IndexRefineFlat(
+        faiss.IndexIVFRaBitQ(faiss.IndexFlatIP(args.dim), args.dim, args.nlist, ip)))
+    print(f"rabitq-refine: trained and added in {build_s:.1f} s", flush=True)
+    for nprobe in nprobes:
+        for c in depths:
+            base = faiss.IVFRaBitQSearchParameters()
+            base.nprobe, base.qb = nprobe, 4
+            params = faiss.IndexRefineSearchParameters()
+            params.k_factor, params.base_index_params = c / K, base
+            _timed_search(rows, "rabitq-refine", f"nprobe={nprobe} C={c}", build_s,
+                          faiss_search(rabitq, params), threads_list, args, truth)
+    del rabitq
+
+    ivf, build_s = build(lambda: faiss.IndexIVFFlat(faiss.IndexFlatIP(args.dim), args.dim, args.nlist, ip))
+    print(f"ivf-flat: trained and added in {build_s:.1f} s", flush=True)
+    for nprobe in nprobes:
+        params = faiss.SearchParametersIVF()
+        params.nprobe = nprobe
+        _timed_search(rows, "ivf-flat", f"nprobe={nprobe}", build_s, faiss_search(ivf, params),
+                      threads_list, args, truth)
+    del ivf
+
+    hnsw, build_s = build(lambda: faiss.IndexHNSWFlat(args.dim, 32, ip))
+    print(f"hnsw-flat: trained and added in {build_s:.1f} s; {faiss.serialize_index(hnsw).nbytes / 2**20:.0f} MiB "
+          f"serialised (vectors included, {db.nbytes / 2**20:.0f} MiB of them)", flush=True)
+    for ef in (int(v) for v in args.ef.split(",")):
+        params = faiss.SearchParametersHNSW()
+        params.efSearch = ef
+        _timed_search(rows, "hnsw-flat", f"ef={ef}", build_s, faiss_search(hnsw, params), threads_list,
+                      args, truth)
+    return []
+
+
+def _summary(all_rows):
+    """For each recall target and thread count: each contender's fastest setting reaching
+    it (batch and single), and its time over the fastest asymmetric cascade's."""
+    for target in (0.95, 0.99):
+        for threads in sorted({r["threads"] for r in all_rows}, reverse=True):
+            best = {}
+            for r in all_rows:
+                if r["threads"] != threads or r["recall10"] < target:
+                    continue
+                for mode in ("batch_ms_per_query", "single_ms"):
+                    key = (r["index"], mode)
+                    if key not in best or r[mode] < best[key][mode]:
+                        best[key] = r
+            print(f"recall@10 >= {target}, {threads} thread(s): fastest setting of each")
+            for mode in ("batch_ms_per_query", "single_ms"):
+                ours = [best[k][mode] for k in best if k[1] == mode and k[0].startswith("asym")]
+                ref = min(ours) if ours else None
+                for (name, m), r in sorted(best.items(), key=lambda kv: kv[1][kv[0][1]]):
+                    if m != mode:
+                        continue
+                    ratio = f"  {r[mode] / ref:.2f}x ours" if ref else ""
+                    print(f"  {mode:<19} {name:<14} {r['setting']:<18} recall {r['recall10']:.4f}  "
+                          f"{r[mode]:.4g} ms{ratio}")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--scale", choices=SCALES, default="default",
@@ -162,6 +316,13 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=1,
                    help="threads for every contender (default 1)")
     p.add_argument("--no-faiss", action="store_true")
+    p.add_argument("--asymmetric", action="store_true",
+                   help="step 3: asymmetric screening against the symmetric cascade and "
+                   "faiss's ANN indexes (see the module's documentation)")
+    p.add_argument("--thread-list", default="2,1",
+                   help="with --asymmetric: comma-separated thread counts (default %(default)s)")
+    p.add_argument("--ef", default="16,32,64,128,256,512",
+                   help="with --asymmetric: HNSW efSearch values (default %(default)s)")
     p.add_argument("--seed", type=int, default=SEED)
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
@@ -181,6 +342,9 @@ def main(argv=None):
     rows = Rows()
     fine = cofisearch.FloatIndex(args.dim)
     fine.add(db)
+    if args.asymmetric:
+        problems += run_asymmetric(rows, args, db, qv, db_codes, qc, fine, nprobes, depths)
+        return finish(rows, args, problems)
     t_float, (_, truth) = timed(lambda: fine.search(qv, K, num_threads=threads), args.repeats)
     rows.add(index="float", batch_ms_per_query=1e3 * t_float / args.queries, recall10=1.0)
 
@@ -245,6 +409,10 @@ def main(argv=None):
                    fine=fine, queries=args.queries, q_vectors=qv, truth=truth, exact10=exact10,
                    depths=depths, args=args)
 
+    return finish(rows, args, problems)
+
+
+def finish(rows, args, problems):
     machine = machine_info()
     print(format_machine(machine))
     for problem in problems:

@@ -187,32 +187,14 @@ py::tuple dot_rerank(const py::array& db, std::int64_t n, const py::array& queri
   return out;
 }
 
-py::tuple ivf_search(const py::array& codes, const py::array& ids, const py::array& list_start,
-                     const py::array& list_size, const py::array& queries,
-                     const py::array& probes, std::int64_t k, int num_threads) {
-  require<std::uint8_t>(codes, "codes", "uint8");
-  require_1d<std::int64_t>(ids, "ids", "int64");
+// Checks the lists of an inverted-list search over `rows` rows; returns nlist.
+std::size_t checked_lists(const py::array& list_start, const py::array& list_size, std::int64_t rows) {
   require_1d<std::int64_t>(list_start, "list_start", "int64");
   require_1d<std::int64_t>(list_size, "list_size", "int64");
-  require<std::uint8_t>(queries, "queries", "uint8");
-  require<std::int64_t>(probes, "probes", "int64");
-  if (ids.shape(0) != codes.shape(0))
-    throw py::value_error("ids must have one entry per row of codes (" +
-                          std::to_string(codes.shape(0)) + "), got " + std::to_string(ids.shape(0)));
   if (list_size.shape(0) != list_start.shape(0) || list_start.shape(0) == 0)
     throw py::value_error("list_start and list_size must have the same length >= 1, got " +
                           std::to_string(list_start.shape(0)) + " and " +
                           std::to_string(list_size.shape(0)));
-  if (codes.shape(1) != queries.shape(1))
-    throw py::value_error("queries must have " + std::to_string(codes.shape(1)) +
-                          " bytes per row, got " + std::to_string(queries.shape(1)));
-  if (probes.shape(0) != queries.shape(0))
-    throw py::value_error("probes must have one row per query (" +
-                          std::to_string(queries.shape(0)) + "), got " +
-                          std::to_string(probes.shape(0)));
-  const std::size_t kk = checked_k(k);
-  const int threads = checked_threads(num_threads);
-  const auto rows = static_cast<std::int64_t>(codes.shape(0));
   const std::size_t nlist = static_cast<std::size_t>(list_start.shape(0));
   const auto* start = static_cast<const std::int64_t*>(list_start.data());
   const auto* size = static_cast<const std::int64_t*>(list_size.data());
@@ -221,19 +203,108 @@ py::tuple ivf_search(const py::array& codes, const py::array& ids, const py::arr
       throw py::value_error("list " + std::to_string(l) + " (rows " + std::to_string(start[l]) +
                             " + " + std::to_string(size[l]) + ") must lie inside the " +
                             std::to_string(rows) + " rows of codes");
-  const std::size_t nq = static_cast<std::size_t>(queries.shape(0));
-  const std::size_t nprobe = static_cast<std::size_t>(probes.shape(1));
+  return nlist;
+}
+
+void check_probes(const py::array& probes, std::size_t nq, std::size_t nlist) {
+  require<std::int64_t>(probes, "probes", "int64");
+  if (static_cast<std::size_t>(probes.shape(0)) != nq)
+    throw py::value_error("probes must have one row per query (" + std::to_string(nq) + "), got " +
+                          std::to_string(probes.shape(0)));
   const auto* pp = static_cast<const std::int64_t*>(probes.data());
-  for (std::size_t i = 0; i < nq * nprobe; ++i)
+  const std::size_t count = nq * static_cast<std::size_t>(probes.shape(1));
+  for (std::size_t i = 0; i < count; ++i)
     if (pp[i] < -1 || pp[i] >= static_cast<std::int64_t>(nlist))
       throw py::value_error("probes must hold list numbers in [0, " + std::to_string(nlist) +
                             ") or -1, got " + std::to_string(pp[i]));
+}
+
+py::tuple ivf_asym_search(const py::array& codes, const py::array& factors, const py::array& ids,
+                          const py::array& list_start, const py::array& list_size,
+                          const py::array& planes, std::int64_t qbits, const py::array& consts,
+                          const py::array& probes, const py::array& bias, std::int64_t k,
+                          int num_threads) {
+  require<std::uint8_t>(codes, "codes", "uint8");
+  require_1d<float>(factors, "factors", "float32");
+  require_1d<std::int64_t>(ids, "ids", "int64");
+  require<std::uint8_t>(planes, "planes", "uint8");
+  require<float>(consts, "consts", "float32");
+  require<float>(bias, "bias", "float32");
+  const auto rows = static_cast<std::int64_t>(codes.shape(0));
+  if (ids.shape(0) != rows || factors.shape(0) != rows)
+    throw py::value_error("ids and factors must have one entry per row of codes (" +
+                          std::to_string(rows) + "), got " + std::to_string(ids.shape(0)) + " and " +
+                          std::to_string(factors.shape(0)));
+  const std::size_t nbytes = static_cast<std::size_t>(codes.shape(1));
+  if (nbytes == 0 || nbytes * 8 > cofisearch::kMaxAsymBits)
+    throw py::value_error("codes must have 1 to " + std::to_string(cofisearch::kMaxAsymBits / 8) +
+                          " bytes per row, got " + std::to_string(nbytes));
+  if (qbits < 1 || static_cast<std::uint64_t>(qbits) > cofisearch::kMaxQueryBits)
+    throw py::value_error("qbits must be in [1, " + std::to_string(cofisearch::kMaxQueryBits) +
+                          "], got " + std::to_string(qbits));
+  const std::size_t nlist = checked_lists(list_start, list_size, rows);
+  const std::size_t nq = static_cast<std::size_t>(planes.shape(0));
+  const std::size_t qb = static_cast<std::size_t>(qbits);
+  if (static_cast<std::size_t>(planes.shape(1)) != qb * nbytes)
+    throw py::value_error("planes must have qbits * " + std::to_string(nbytes) + " = " +
+                          std::to_string(qb * nbytes) + " bytes per query, got " +
+                          std::to_string(planes.shape(1)));
+  if (static_cast<std::size_t>(consts.shape(0)) != nq || consts.shape(1) != 3)
+    throw py::value_error("consts must be (" + std::to_string(nq) + ", 3), got (" +
+                          std::to_string(consts.shape(0)) + ", " + std::to_string(consts.shape(1)) + ")");
+  check_probes(probes, nq, nlist);
+  if (bias.shape(0) != probes.shape(0) || bias.shape(1) != probes.shape(1))
+    throw py::value_error("bias must have the shape of probes");
+  const std::size_t kk = checked_k(k);
+  const int threads = checked_threads(num_threads);
+  py::array_t<float> scores;
+  py::array_t<std::int64_t> out_ids;
+  py::tuple out = allocate(nq, kk, scores, out_ids);
+  const cofisearch::InvertedLists lists{static_cast<const std::uint8_t*>(codes.data()),
+                                        static_cast<const std::int64_t*>(ids.data()),
+                                        static_cast<const std::int64_t*>(list_start.data()),
+                                        static_cast<const std::int64_t*>(list_size.data()), nlist, nbytes};
+  const cofisearch::AsymQueries queries{static_cast<const std::uint8_t*>(planes.data()), qb,
+                                        static_cast<const float*>(consts.data()),
+                                        static_cast<const float*>(bias.data())};
+  const auto* fp = static_cast<const float*>(factors.data());
+  const auto* pp = static_cast<const std::int64_t*>(probes.data());
+  const std::size_t nprobe = static_cast<std::size_t>(probes.shape(1));
+  float* sp = scores.mutable_data();
+  std::int64_t* ip = out_ids.mutable_data();
+  without_gil([&] {
+    cofisearch::ivf_asym_search(lists, fp, queries, nq, pp, nprobe, kk, threads, sp, ip);
+  });
+  return out;
+}
+
+py::tuple ivf_search(const py::array& codes, const py::array& ids, const py::array& list_start,
+                     const py::array& list_size, const py::array& queries,
+                     const py::array& probes, std::int64_t k, int num_threads) {
+  require<std::uint8_t>(codes, "codes", "uint8");
+  require_1d<std::int64_t>(ids, "ids", "int64");
+  require<std::uint8_t>(queries, "queries", "uint8");
+  if (ids.shape(0) != codes.shape(0))
+    throw py::value_error("ids must have one entry per row of codes (" +
+                          std::to_string(codes.shape(0)) + "), got " + std::to_string(ids.shape(0)));
+  const std::size_t nlist = checked_lists(list_start, list_size, static_cast<std::int64_t>(codes.shape(0)));
+  if (codes.shape(1) != queries.shape(1))
+    throw py::value_error("queries must have " + std::to_string(codes.shape(1)) +
+                          " bytes per row, got " + std::to_string(queries.shape(1)));
+  const std::size_t nq = static_cast<std::size_t>(queries.shape(0));
+  check_probes(probes, nq, nlist);
+  const std::size_t kk = checked_k(k);
+  const int threads = checked_threads(num_threads);
+  const std::size_t nprobe = static_cast<std::size_t>(probes.shape(1));
+  const auto* pp = static_cast<const std::int64_t*>(probes.data());
   py::array_t<std::int32_t> dist;
   py::array_t<std::int64_t> out_ids;
   py::tuple out = allocate(nq, kk, dist, out_ids);
   const cofisearch::InvertedLists lists{static_cast<const std::uint8_t*>(codes.data()),
-                                        static_cast<const std::int64_t*>(ids.data()), start, size,
-                                        nlist, static_cast<std::size_t>(codes.shape(1))};
+                                        static_cast<const std::int64_t*>(ids.data()),
+                                        static_cast<const std::int64_t*>(list_start.data()),
+                                        static_cast<const std::int64_t*>(list_size.data()), nlist,
+                                        static_cast<std::size_t>(codes.shape(1))};
   const auto* qp = static_cast<const std::uint8_t*>(queries.data());
   std::int32_t* dp = dist.mutable_data();
   std::int64_t* ip = out_ids.mutable_data();
@@ -305,6 +376,12 @@ PYBIND11_MODULE(_core, m) {
         "Exact Hamming top-k of each query over the inverted lists named in its row of "
         "probes (-1 skipped): list l is rows list_start[l] .. + list_size[l] of codes, "
         "reporting ids of those rows.");
+  m.def("ivf_asym_search", &ivf_asym_search, py::arg("codes"), py::arg("factors"), py::arg("ids"),
+        py::arg("list_start"), py::arg("list_size"), py::arg("planes"), py::arg("qbits"),
+        py::arg("consts"), py::arg("probes"), py::arg("bias"), py::arg("k"), py::arg("num_threads"),
+        "Top-k estimated inner products (cpp/asym.h) of each query over the inverted lists "
+        "named in its row of probes: 1-bit codes with one factor per row, queries as qbits "
+        "bit planes with (scale, lo2, shift) constants and a bias per probed list.");
 
   // Private: what the drivers decide, for the tests (cpp/search.h); not part of the API.
   m.def("_block_rows", [](const std::string& kind, std::int64_t row_bytes, std::int64_t nq) {

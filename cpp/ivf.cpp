@@ -1,7 +1,9 @@
 #include "ivf.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 #include "pool.h"
@@ -28,9 +30,10 @@ struct TieAdmitting : Sel {
 };
 
 // The queries that probe each list, list-major: a counting sort of the (query, list)
-// pairs. List l's queries are query[begin[l] .. end[l]), ascending.
+// pairs. List l's queries are query[begin[l] .. end[l]), ascending; slot[i] is where the
+// pair of query[i] sits in probes (q * nprobe + j, its first j), for per-pair inputs.
 struct Buckets {
-  std::vector<std::size_t> begin, end, query;
+  std::vector<std::size_t> begin, end, query, slot;
 };
 
 Buckets invert(const std::int64_t* probes, std::size_t nprobe, std::size_t nq, std::size_t nlist) {
@@ -41,6 +44,7 @@ Buckets invert(const std::int64_t* probes, std::size_t nprobe, std::size_t nq, s
       if (probes[q * nprobe + j] >= 0) ++b.begin[static_cast<std::size_t>(probes[q * nprobe + j]) + 1];
   for (std::size_t l = 0; l < nlist; ++l) b.begin[l + 1] += b.begin[l];
   b.query.resize(b.begin[nlist]);
+  b.slot.resize(b.begin[nlist]);
   b.end.assign(b.begin.begin(), b.begin.end() - 1);
   for (std::size_t q = 0; q < nq; ++q)
     for (std::size_t j = 0; j < nprobe; ++j) {
@@ -49,10 +53,104 @@ Buckets invert(const std::int64_t* probes, std::size_t nprobe, std::size_t nq, s
       std::size_t& e = b.end[static_cast<std::size_t>(l)];
       // Queries arrive in order, so a list named twice by q has q as its last entry.
       if (e > b.begin[static_cast<std::size_t>(l)] && b.query[e - 1] == q) continue;
+      b.slot[e] = q * nprobe + j;
       b.query[e++] = q;
     }
   return b;
 }
+
+// Hamming queries: the code itself.
+struct CodeGather {
+  const std::uint8_t* queries;
+  std::size_t bytes;
+  void operator()(std::uint8_t* dst, std::size_t q, std::size_t) const {
+    std::memcpy(dst, queries + q * bytes, bytes);
+  }
+};
+
+// The same for estimated scores: a tie at the k-th score is admitted by lowering the
+// kernels' strict threshold to the next float below it.
+struct TieAdmittingScores : HeapSelector<ScoreOrder> {
+  using HeapSelector<ScoreOrder>::HeapSelector;
+  float threshold() const {
+    const float t = HeapSelector<ScoreOrder>::threshold();
+    return std::isnan(t) ? t : std::nextafter(t, -std::numeric_limits<float>::infinity());
+  }
+};
+
+// What scan_range needs to run the asymmetric kernels (asym.h) over a list. A query's
+// record is its planes (qbits codes of `stride` bytes) then four floats: scale, lo2,
+// shift and the bias of the list it is scanned in.
+struct AsymScan {
+  using Order = ScoreOrder;
+  using Selector = TieAdmittingScores;
+  using Elem = std::uint8_t;
+  using Hit = ScoreHit;
+  static constexpr std::size_t kTile = kMaxQueryTile;
+  static constexpr ScanKind kKind = ScanKind::dot;
+  const KernelSet& k;  // its code pack builds the panels
+  const AsymKernelSet& a;
+  const std::uint8_t* codes;  // row 0 of the lists' buffer, which factors parallels
+  const float* factors;
+  std::size_t stride;  // bytes per code
+  std::size_t qbits;
+  std::size_t words() const { return (stride + 7) / 8; }
+  std::size_t row_bytes() const { return stride + sizeof(float); }
+  std::size_t record_bytes() const { return qbits * stride + 4 * sizeof(float); }
+
+  struct Block {
+    const std::uint64_t* panel;
+    const float* factors;
+    const std::uint64_t* qwords;
+    const float* qconst;
+    const float* bias;
+  };
+  struct Workspace {
+    std::vector<std::uint64_t> qwords, panel;
+    std::vector<float> qconst, bias;
+  };
+  void prepare_queries(const Elem* records, std::size_t nq, Workspace& w) const {
+    const std::size_t nw = words();
+    w.qwords.assign(nq * qbits * nw, 0);
+    w.qconst.resize(3 * nq);
+    w.bias.resize(nq);
+    for (std::size_t q = 0; q < nq; ++q) {
+      const Elem* r = records + q * record_bytes();
+      // The same little-endian words as the code pack, zero past the code's bytes.
+      for (std::size_t j = 0; j < qbits; ++j)
+        std::memcpy(w.qwords.data() + (q * qbits + j) * nw, r + j * stride, stride);
+      std::memcpy(w.qconst.data() + 3 * q, r + qbits * stride, 3 * sizeof(float));
+      std::memcpy(w.bias.data() + q, r + qbits * stride + 3 * sizeof(float), sizeof(float));
+    }
+  }
+  Block prepare_block(const Elem* rows, std::size_t n, std::size_t, Workspace& w) const {
+    const std::size_t need = (n + kCodeGroup - 1) / kCodeGroup * kCodeGroup * words();
+    if (w.panel.size() < need) w.panel.resize(need);
+    k.hamming_pack(rows, n, stride, w.panel.data());
+    return {w.panel.data(), factors + static_cast<std::size_t>(rows - codes) / stride, w.qwords.data(),
+            w.qconst.data(), w.bias.data()};
+  }
+  std::size_t run(const Elem*, std::size_t t, std::size_t nt, const Block& b, std::size_t n,
+                  const float* thresh, Hit* hits) const {
+    return a.scan(b.qwords + t * qbits * words(), qbits, b.qconst + 3 * t, b.bias + t, nt, b.panel,
+                  b.factors, n, words(), thresh, hits);
+  }
+  static float value(const Hit& h) { return h.score; }
+  Selector selector(std::size_t cap) const { return Selector(cap); }
+};
+
+// Asymmetric queries: the planes, the constants, and the bias of the probed list.
+struct AsymGather {
+  const AsymQueries& queries;
+  std::size_t stride;
+  std::size_t bytes;
+  void operator()(std::uint8_t* dst, std::size_t q, std::size_t slot) const {
+    const std::size_t planes = queries.qbits * stride;
+    std::memcpy(dst, queries.planes + q * planes, planes);
+    std::memcpy(dst + planes, queries.consts + 3 * q, 3 * sizeof(float));
+    std::memcpy(dst + planes + 3 * sizeof(float), queries.bias + slot, sizeof(float));
+  }
+};
 
 // Buffers one thread reuses from list to list.
 template <class S>
@@ -62,35 +160,34 @@ struct Scratch {
   ScanBuffers<S> buffers;
 };
 
-// Offers list l's items to the selectors sel[q - base] of the m queries qs.
-template <class S>
+// Offers list l's items to the selectors sel[q - base] of the m queries qs, whose
+// records `gather` writes (slots: their places in probes).
+template <class S, class Gather>
 void scan_list(const S& s, const InvertedLists& lists, std::size_t l, const std::size_t* qs,
-               std::size_t m, const std::uint8_t* queries, typename S::Selector* sel,
-               std::size_t base, Scratch<S>& w) {
+               const std::size_t* slots, std::size_t m, const Gather& gather,
+               typename S::Selector* sel, std::size_t base, Scratch<S>& w) {
   const auto start = static_cast<std::size_t>(lists.start[l]);
   const auto n = static_cast<std::size_t>(lists.size[l]);
   if (n == 0 || m == 0) return;
-  const std::size_t nbytes = lists.nbytes;
   // The kernels take a tile of consecutive queries and consecutive selectors: the list's
   // queries are gathered, and their selectors moved in and back (a move, not a copy).
-  w.queries.resize(m * nbytes);
+  w.queries.resize(m * gather.bytes);
   w.selectors.clear();
   for (std::size_t j = 0; j < m; ++j) {
-    std::memcpy(w.queries.data() + j * nbytes, queries + qs[j] * nbytes, nbytes);
+    gather(w.queries.data() + j * gather.bytes, qs[j], slots[j]);
     w.selectors.push_back(std::move(sel[qs[j] - base]));
   }
-  scan_range(s, lists.codes + start * nbytes, 0, n, w.queries.data(), m, w.selectors.data(), {},
-             w.buffers, lists.ids + start);
+  scan_range(s, lists.codes + start * lists.nbytes, 0, n, w.queries.data(), m, w.selectors.data(),
+             {}, w.buffers, lists.ids + start);
   for (std::size_t j = 0; j < m; ++j) sel[qs[j] - base] = std::move(w.selectors[j]);
 }
 
-template <class S>
-void probe_search(const S& s, const InvertedLists& lists, const std::uint8_t* queries,
-                  std::size_t nq, const std::int64_t* probes, std::size_t nprobe, std::size_t k,
-                  int nthreads, std::uint32_t* out_d, std::int64_t* out_id) {
-  using E = Entry<HammingOrder>;
+template <class S, class Gather>
+void probe_search(const S& s, const InvertedLists& lists, const Gather& queries, std::size_t nq,
+                  const std::int64_t* probes, std::size_t nprobe, std::size_t k, int nthreads,
+                  Value<S> sentinel, Value<S>* out_d, std::int64_t* out_id) {
+  using E = Entry<typename S::Order>;
   using Selector = typename S::Selector;
-  const auto sentinel = static_cast<std::uint32_t>(kHammingSentinel);
   if (nq == 0) return;
   std::size_t total = 0;
   for (std::size_t l = 0; l < lists.nlist; ++l) total += static_cast<std::size_t>(lists.size[l]);
@@ -125,8 +222,9 @@ void probe_search(const S& s, const InvertedLists& lists, const std::uint8_t* qu
         const std::size_t* first = all.query.data() + all.begin[l];
         const std::size_t* last = all.query.data() + all.end[l];
         const std::size_t* mine = std::lower_bound(first, last, q0);
-        scan_list(s, lists, l, mine, static_cast<std::size_t>(std::lower_bound(mine, last, q1) - mine),
-                  queries, sel.data(), q0, w);
+        scan_list(s, lists, l, mine, all.slot.data() + (mine - all.query.data()),
+                  static_cast<std::size_t>(std::lower_bound(mine, last, q1) - mine), queries,
+                  sel.data(), q0, w);
       }
       std::vector<E> best(cap);
       for (std::size_t q = 0; q < q1 - q0; ++q) {
@@ -155,8 +253,8 @@ void probe_search(const S& s, const InvertedLists& lists, const std::uint8_t* qu
     Scratch<S> w;
     for (std::size_t a = a0; a < a1; ++a) {
       const std::size_t l = active[a];
-      scan_list(s, lists, l, all.query.data() + all.begin[l], all.end[l] - all.begin[l], queries,
-                sel.data(), 0, w);
+      scan_list(s, lists, l, all.query.data() + all.begin[l], all.slot.data() + all.begin[l],
+                all.end[l] - all.begin[l], queries, sel.data(), 0, w);
     }
     const auto p = static_cast<std::size_t>(t);
     for (std::size_t q = 0; q < nq; ++q)
@@ -174,12 +272,24 @@ void ivf_hamming_search(const InvertedLists& lists, const std::uint8_t* queries,
   const HammingPath forced = hamming_path_override();
   // As in hamming_search: distances fit in int32, and int32/uint32 may alias.
   auto* dist = reinterpret_cast<std::uint32_t*>(distances);
+  const auto sentinel = static_cast<std::uint32_t>(kHammingSentinel);
+  const CodeGather gather{queries, lists.nbytes};
   if (lists.nbytes * 8 <= kMaxCountingBits)
-    probe_search(HammingScan<TieAdmitting<CountingSelector>>{kernels, lists.nbytes, forced}, lists, queries, nq,
-                 probes, nprobe, k, nthreads, dist, ids);
+    probe_search(HammingScan<TieAdmitting<CountingSelector>>{kernels, lists.nbytes, forced}, lists, gather, nq,
+                 probes, nprobe, k, nthreads, sentinel, dist, ids);
   else
     probe_search(HammingScan<TieAdmitting<HeapSelector<HammingOrder>>>{kernels, lists.nbytes, forced}, lists,
-                 queries, nq, probes, nprobe, k, nthreads, dist, ids);
+                 gather, nq, probes, nprobe, k, nthreads, sentinel, dist, ids);
+}
+
+void ivf_asym_search(const InvertedLists& lists, const float* factors, const AsymQueries& queries,
+                     std::size_t nq, const std::int64_t* probes, std::size_t nprobe, std::size_t k,
+                     int nthreads, float* scores, std::int64_t* ids) {
+  const SimdLevel level = current_simd_level();
+  const AsymScan scan{kernels_for(level), asym_kernels_for(level), lists.codes, factors,
+                      lists.nbytes, queries.qbits};
+  const AsymGather gather{queries, lists.nbytes, scan.record_bytes()};
+  probe_search(scan, lists, gather, nq, probes, nprobe, k, nthreads, kScoreSentinel, scores, ids);
 }
 
 }  // namespace cofisearch

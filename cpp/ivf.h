@@ -35,6 +35,26 @@ struct InvertedLists {
   std::size_t nbytes;
 };
 
+// Asymmetric screening (asym.h) over the same kind of lists, of 1-bit codes of nbytes
+// bytes with one factor each (factors[r] for row r): each query gets the top-k estimated
+// inner products over the items of the lists it probes, best-first (score descending,
+// ties by the smaller id), padded with id -1 and kScoreSentinel; the same threading,
+// determinism and exception contract as the Hamming probe.
+//   planes: nq x qbits x nbytes bytes, query q's bit planes (packed like the codes);
+//   consts: nq x 3 floats, (scale, lo2, shift) of each query;
+//   bias:   nq x nprobe floats, bias[q * nprobe + j] the <centroid, query> of list
+//           probes[q * nprobe + j] (where a list is named twice, its first entry counts).
+struct AsymQueries {
+  const std::uint8_t* planes;
+  std::size_t qbits;
+  const float* consts;
+  const float* bias;
+};
+
+void ivf_asym_search(const InvertedLists& lists, const float* factors, const AsymQueries& queries,
+                     std::size_t nq, const std::int64_t* probes, std::size_t nprobe, std::size_t k,
+                     int nthreads, float* scores, std::int64_t* ids);
+
 void ivf_hamming_search(const InvertedLists& lists, const std::uint8_t* queries, std::size_t nq,
                         const std::int64_t* probes, std::size_t nprobe, std::size_t k,
                         int nthreads, std::int32_t* distances, std::int64_t* ids);

@@ -168,6 +168,18 @@ void set_simd_level(SimdLevel level) {
   current().store(static_cast<int>(level));
 }
 
+const AsymKernelSet& asym_kernels_for(SimdLevel level) {
+  static constexpr AsymKernelSet scalar{asym_b1_scan_scalar};
+#if defined(COFISEARCH_X86)
+  static constexpr AsymKernelSet avx2{asym_b1_scan_avx2};
+  static constexpr AsymKernelSet avx512{asym_b1_scan_avx512};
+  if (level == SimdLevel::avx512) return avx512;
+  if (level == SimdLevel::avx2) return avx2;
+#endif
+  (void)level;
+  return scalar;
+}
+
 const KernelSet& kernels_for(SimdLevel level) {
 #if defined(COFISEARCH_X86)
   if (level == SimdLevel::avx512) return kAvx512;

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "asym.h"
 #include "kernels.h"
 
 namespace cofisearch {
@@ -29,5 +30,8 @@ SimdLevel current_simd_level();
 void set_simd_level(SimdLevel level);
 
 const KernelSet& kernels_for(SimdLevel level);
+
+// The level's asymmetric kernels (asym.h), kept beside KernelSet.
+const AsymKernelSet& asym_kernels_for(SimdLevel level);
 
 }  // namespace cofisearch

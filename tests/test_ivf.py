@@ -510,11 +510,11 @@ def test_truncated_and_padded_files_are_refused(tmp_path):
 def test_a_checksummed_file_with_ids_out_of_list_order_is_refused(tmp_path):
     # A valid checksum does not make the contents valid: the same checks as a pickle.
     index = _persisted()[0]
-    settings, centroids, sizes, ids, codes = index._parts()
+    settings, centroids, sizes, ids, codes, *screened = index._parts()
     ids = ids.copy()
     ids[[0, 1]] = ids[[1, 0]]
     path = tmp_path / "ivf.cofi"
-    ivf_module._save(str(path), settings, centroids, sizes, ids, codes)
+    ivf_module._save(str(path), settings, centroids, sizes, ids, codes, *screened)
     with pytest.raises(ValueError, match="ascend within each list"):
         cofisearch.load_index(path)
 

@@ -46,6 +46,20 @@ def ivf_search(
     k: int,
     num_threads: int,
 ) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int64]]: ...
+def ivf_asym_search(
+    codes: npt.NDArray[np.uint8],
+    factors: npt.NDArray[np.float32],
+    ids: npt.NDArray[np.int64],
+    list_start: npt.NDArray[np.int64],
+    list_size: npt.NDArray[np.int64],
+    planes: npt.NDArray[np.uint8],
+    qbits: int,
+    consts: npt.NDArray[np.float32],
+    probes: npt.NDArray[np.int64],
+    bias: npt.NDArray[np.float32],
+    k: int,
+    num_threads: int,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]: ...
 
 # Private, for the tests: what the scan drivers decide (cpp/search.h).
 def _block_rows(kind: str, row_bytes: int, nq: int) -> int: ...

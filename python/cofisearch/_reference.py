@@ -15,11 +15,13 @@ __all__ = [
     "HAMMING_SENTINEL",
     "SCORE_SENTINEL",
     "ascending_key",
+    "asymmetric_estimates",
     "full_order",
     "hamming_distances",
     "merge_topk",
     "pad_topk",
     "popcount",
+    "quantize_queries",
     "smallest_k",
     "topk",
     "unit_rows",
@@ -190,3 +192,48 @@ def merge_topk(parts, k, *, largest):
     out_i = np.take_along_axis(i, order, axis=1)
     out_d[out_i < 0] = sentinel
     return pad_topk(out_d, out_i, k, sentinel)
+
+
+def quantize_queries(rotated, qbits):
+    """The asymmetric screen's form of float queries (cpp/asym.h): ``(planes, consts)``.
+
+    Each row ``w`` of ``rotated`` (float32, ``(nq, nbits)``, ``nbits`` a multiple of 8) is
+    quantised to ``u = rint((w - lo) / delta)`` in ``[0, 2**qbits)`` with ``lo = min(w)``
+    and ``delta = (max(w) - lo) / (2**qbits - 1)`` (1 for a constant row); ``planes`` is
+    uint8 ``(nq, qbits * nbits // 8)``, plane ``j`` (bit ``j`` of every ``u``) packed like
+    the codes (``numpy.packbits``), and ``consts`` float32 ``(nq, 3)`` holds ``(2 delta,
+    2 lo, -sum(w))``. All arithmetic is float32.
+    """
+    w = np.ascontiguousarray(rotated, dtype=np.float32)
+    lo = w.min(axis=1, keepdims=True)
+    span = w.max(axis=1, keepdims=True) - lo
+    top = np.float32(2**qbits - 1)
+    delta = np.where(span > 0, span / top, np.float32(1)).astype(np.float32)
+    u = np.clip(np.rint((w - lo) / delta), 0, top).astype(np.uint8)
+    bits = (u[:, None, :] >> np.arange(qbits, dtype=np.uint8)[None, :, None]) & 1
+    planes = np.packbits(bits, axis=2).reshape(w.shape[0], -1)
+    two = np.float32(2)
+    consts = np.concatenate([two * delta, two * lo, -w.sum(axis=1, keepdims=True, dtype=np.float32)],
+                            axis=1).astype(np.float32)
+    return planes, consts
+
+
+def asymmetric_estimates(planes, consts, bias, codes, factors):
+    """``(nq, n)`` float32 estimated inner products of the asymmetric screen (cpp/asym.h)
+    between queries (``planes`` and ``consts`` as :func:`quantize_queries` makes them,
+    ``bias`` one float per query) and 1-bit ``codes`` with their ``factors``: exactly what
+    the kernels compute, ``bias + f * (((scale * ip) + (lo2 * pc)) + shift)``, one float32
+    rounding per operation. Materialises ``nq x n x qbits`` counts: pass bounded blocks."""
+    codes = np.ascontiguousarray(codes)
+    nq, nbytes = planes.shape[0], codes.shape[1]
+    qbits = planes.shape[1] // nbytes
+    q = planes.reshape(nq, qbits, nbytes)
+    counts = popcount(q[:, :, None, :] & codes[None, None, :, :]).sum(axis=3, dtype=np.int64)
+    ip = (counts << np.arange(qbits, dtype=np.int64)[None, :, None]).sum(axis=1)
+    pc = popcount(codes).sum(axis=1, dtype=np.int64)
+    f32 = np.float32
+    scale, lo2, shift = (consts[:, i : i + 1].astype(f32) for i in range(3))
+    s = scale * ip.astype(f32) + lo2 * pc.astype(f32)[None, :]
+    s = s + shift
+    s = np.asarray(factors, dtype=f32)[None, :] * s
+    return (np.asarray(bias, dtype=f32)[:, None] + s).astype(f32)

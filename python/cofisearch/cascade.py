@@ -1,8 +1,10 @@
 """The coarse-to-fine cascade proposed by the FiCo-ITR study, built and timed.
 
 Stage 1 screens the database with cheap Hamming distances on binary codes (all of it, or
-with an :class:`~cofisearch.IVFBinaryIndex` only the inverted lists each query probes) and
-keeps ``n_candidates`` per query; stage 2 rescores only those candidates exactly with the float
+with an :class:`~cofisearch.IVFBinaryIndex` only the inverted lists each query probes; an
+IVF index built with ``screen="asymmetric"`` ranks by inner products of the float query
+with the items' 1-bit codes instead, which holds recall on cross-modal data) and keeps
+``n_candidates`` per query; stage 2 rescores only those candidates exactly with the float
 embeddings (O(nq * n_candidates * dim), whatever the database size); an optional stage 3
 hands the best ``n_rerank`` of them to a heavier reranker, such as a cross-attention model,
 whose cost is then bounded by ``n_rerank`` instead of the database size.
@@ -133,7 +135,9 @@ class Cascade:
         (a sub-linear screen of the lists each query probes, at the index's ``nprobe``).
         An IVF index trained on vectors routes each query by its ``query_vectors`` row,
         and :meth:`add` routes the items by their vectors; it must then have the fine
-        index's dimension. The ``"coarse"`` timing includes the probe.
+        index's dimension. One built with ``screen="asymmetric"`` also screens by the
+        query vectors (estimated inner products). The ``"coarse"`` timing includes the
+        probe.
     fine:
         A :class:`FloatIndex` over the same items in the same order (id ``i`` is the same
         item in both).
@@ -309,7 +313,8 @@ def fine_depth(k, *, reranker, n_rerank):
 class FirstStages(NamedTuple):
     """What stages 1 and 2 produced for a batch of queries, before any reranker."""
 
-    #: ``(nq, n_candidates)`` int32 Hamming distances of the candidates, ascending.
+    #: ``(nq, n_candidates)`` int32 Hamming distances of the candidates, ascending (or, for
+    #: an asymmetric screen, float32 estimated inner products, descending).
     screened: np.ndarray
     #: ``(nq, n_candidates)`` int64 ids kept by the screen, ``-1`` as padding.
     candidates: np.ndarray
