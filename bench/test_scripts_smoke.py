@@ -80,6 +80,18 @@ def test_ivf_scale_tiny_passes_its_checks(tmp_path):
         row["index"] for row in report["rows"]}
 
 
+def test_ivf_scale_asymmetric_tiny_passes_its_checks(tmp_path):
+    pytest.importorskip("faiss")
+    from . import ivf_scale
+
+    out = tmp_path / "asym.json"
+    assert ivf_scale.main(["--scale", "tiny", "--asymmetric", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["problems"] == []
+    assert {"asym-ivf", "asym-flat", "sym-ivf", "rabitq-refine", "hnsw-flat", "ivf-flat"} <= {
+        row["index"] for row in report["rows"]}
+
+
 def test_bench_distributed_tiny_finds_identical_results():
     pytest.importorskip("ray")
     package_root = os.path.dirname(os.path.dirname(cofisearch.__file__))
