@@ -202,11 +202,14 @@ std::size_t hamming_b8_scan_avx2(const std::uint8_t* queries, std::size_t nq,
 
 void hamming_b8_dist_packed_avx2(const std::uint64_t* qwords, std::size_t nq,
                                  const std::uint64_t* panel, std::size_t n, std::size_t words,
-                                 std::uint8_t* dist, std::size_t ld) {
+                                 std::uint8_t* dist, std::size_t ld, const RowCounts& rc) {
   sz q = 0;
   for (; q + kQueryGroup <= nq; q += kQueryGroup)
     dist_group<kQueryGroup>(qwords, q, panel, n, words, dist, ld);
   for (; q < nq; ++q) dist_group<1>(qwords, q, panel, n, words, dist, ld);
+  for (q = 0; q < nq; ++q)
+    rc.listed[q] = static_cast<u32>(hamming_u8_count_avx2(
+        dist + q * ld, ld, rc.t, rc.counts + q * kCountSpan, rc.blocks + q * (ld / kDistBlock)));
 }
 
 std::size_t hamming_u8_count_avx2(const std::uint8_t* d, std::size_t ld, const std::uint8_t* t,

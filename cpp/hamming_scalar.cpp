@@ -95,7 +95,7 @@ std::size_t hamming_b8_scan_scalar(const std::uint8_t* queries, std::size_t nq,
 
 void hamming_b8_dist_packed_scalar(const std::uint64_t* qwords, std::size_t nq,
                                    const std::uint64_t* panel, std::size_t n, std::size_t words,
-                                   std::uint8_t* dist, std::size_t ld) {
+                                   std::uint8_t* dist, std::size_t ld, const RowCounts& rc) {
   for (std::size_t q = 0; q < nq; ++q) {
     const std::uint64_t* qw = qwords + q * words;
     std::uint8_t* row = dist + q * ld;
@@ -111,6 +111,8 @@ void hamming_b8_dist_packed_scalar(const std::uint64_t* qwords, std::size_t nq,
       }
       row[i] = static_cast<std::uint8_t>(d < kByteDistanceMax ? d : kByteDistanceMax);
     }
+    rc.listed[q] = static_cast<std::uint32_t>(hamming_u8_count_scalar(
+        row, ld, rc.t, rc.counts + q * kCountSpan, rc.blocks + q * (ld / kDistBlock)));
   }
 }
 

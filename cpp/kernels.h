@@ -94,13 +94,26 @@ using HammingPackedScanFn = std::size_t(const std::uint64_t* qwords, std::size_t
 constexpr std::size_t kDistBlock = 64;
 constexpr std::uint32_t kByteDistanceMax = 255;
 
-// Writes row q of nq queries (words as for HammingPackedScanFn) to dist + q * ld.
-using HammingDistFn = void(const std::uint64_t* qwords, std::size_t nq,
-                           const std::uint64_t* panel, std::size_t n, std::size_t words,
-                           std::uint8_t* dist, std::size_t ld);
-
 // Thresholds counted in one pass over a row.
 constexpr std::size_t kCountSpan = 4;
+
+// Where a kernel writing rows of distances also counts each row at thresholds t (the
+// same for every row) as HammingCountFn would: row q's counts at counts + q * kCountSpan,
+// its listed blocks at blocks + q * (ld / kDistBlock) and their number at listed[q].
+// Counting a row while it is still in registers costs a few compares; a pass over it
+// afterwards cost a quarter of a 5,000-code all-vs-all.
+struct RowCounts {
+  const std::uint8_t* t;
+  std::uint32_t* counts;
+  std::uint32_t* blocks;
+  std::uint32_t* listed;
+};
+
+// Writes row q of nq queries (words as for HammingPackedScanFn) to dist + q * ld, and
+// counts it into rc.
+using HammingDistFn = void(const std::uint64_t* qwords, std::size_t nq,
+                           const std::uint64_t* panel, std::size_t n, std::size_t words,
+                           std::uint8_t* dist, std::size_t ld, const RowCounts& rc);
 
 // counts[j] = the number of bytes of row d (ld bytes, a multiple of kDistBlock) that are
 // <= t[j], for j < kCountSpan, with t ascending and below kByteDistanceMax (so padding
