@@ -1,9 +1,10 @@
 """cofisearch.tune: the selection logic against recalls computed here by brute force
 (every setting run through the cascade); no timing is asserted."""
 
-import cofisearch
 import numpy as np
 import pytest
+
+import cofisearch
 from cofisearch import BinaryIndex, Cascade, FloatIndex, IVFBinaryIndex, tune
 
 K = 5
