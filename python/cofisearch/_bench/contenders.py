@@ -279,16 +279,26 @@ class AnnContender:
         on the queries of ``truth`` (``[(setting, recall)]``), and every ``(setting,
         recall)`` tried."""
         rows = slice(0, truth.shape[0])
+        # Recalls already measured on these queries (another target's walk) are reused.
+        cache = self.__dict__.setdefault("_recalls", {})
+
+        def recall(setting):
+            key = (id(data), id(truth), k, tuple(sorted(setting.items())))
+            if key not in cache:
+                cache[key] = recall_at(self.search(setting, data, rows, k), truth)
+            return cache[key]
+
         if not self.chains:
-            r = recall_at(self.search({}, data, rows, k), truth)
+            r = recall({})
             return ([({}, r)] if r >= target - 1e-9 else []), [({}, r)]
         finalists, tried = [], []
         found = None
         for fixed, knob, lo, hi in self.chains:
             if found is not None and self.chains_narrow:
                 hi = min(hi, found)
+
             def recall_of(v, fixed=fixed, knob=knob):
-                return recall_at(self.search({**fixed, knob: v}, data, rows, k), truth)
+                return recall({**fixed, knob: v})
 
             v, seen = smallest_reaching(recall_of, lo, hi, target)
             tried += [({**fixed, knob: u}, r) for u, r in seen]
@@ -302,7 +312,7 @@ class AnnContender:
 
     def release(self):
         """Drops the built index (its memory), keeping the description."""
-        for name in ("index", "_ivf", "_quantizer", "cascade"):
+        for name in ("index", "_ivf", "_quantizer", "cascade", "_recalls"):
             self.__dict__.pop(name, None)
 
 
