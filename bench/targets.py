@@ -6,11 +6,14 @@
     python bench/targets.py --json out.json --sections hamming,float
     python bench/targets.py --sections widths,shapes   # issue 12's rows alone
 
-Sections: ``bandwidth``, ``hamming``, ``float``, ``study`` (issue 3) and ``widths``
+Sections: ``bandwidth``, ``hamming``, ``float``, ``study`` (issue 3), ``widths``
 (cost per code at widths off the power-of-two path against the next power of two;
 384 and 768 bits against faiss) and ``shapes`` (all-vs-all at several sizes against a
-large batch's rate; one query on two threads against one) of issue 12. Every size is
-in the table's setting column and in ``--json``.
+large batch's rate; one query on two threads against one) of issue 12, and
+``sublinear`` (issue 13: the fastest cofisearch setting against the fastest of faiss's
+ANN indexes at recall@10 0.95 and 0.99 on cross-modal data, two threads; build times and
+the coarse stage's memory). Every size is in the table's setting
+column and in ``--json``.
 
 Every figure is the median of ``--repeat`` (default 5) samples after a warm-up, taken in
 one process on the same data with the same thread count as the peer it is compared
@@ -40,15 +43,25 @@ from dataclasses import asdict, dataclass, field
 from typing import List, Optional
 
 from cofisearch._bench.checks import group_problems
-from cofisearch._bench.contenders import BINARY, FLOAT, capturing, open_engine, open_engines
+from cofisearch._bench.contenders import (
+    BINARY,
+    FLOAT,
+    CofiFlat,
+    CofiIVFCascade,
+    FaissHNSW,
+    FaissIVF,
+    capturing,
+    open_engine,
+    open_engines,
+)
 from cofisearch._bench.data import make_codes, make_vectors
 from cofisearch._bench.machine import blas_warnings, faiss_available, format_machine, machine_info
 from cofisearch._bench.measure import CLOCKS, compare, flush_caches, read_bandwidth
 from cofisearch._bench.plans import SCALES
 from cofisearch._bench.report import markdown_table
-from cofisearch._bench.sections import STUDY_RATIO_TEXT, table7
+from cofisearch._bench.sections import STUDY_RATIO_TEXT, cross_modal_data, matched_recall, table7
 
-SECTIONS = ("bandwidth", "hamming", "float", "study", "widths", "shapes")
+SECTIONS = ("bandwidth", "hamming", "float", "study", "widths", "shapes", "sublinear")
 
 
 @dataclass(frozen=True)
@@ -77,6 +90,16 @@ class Sizes:
     shape_float_batch: tuple
     shape_dim: int
     thread_n: int
+    # sublinear (issue 13): cross-modal data of sub_n items, sub_nq queries (recall and
+    # batch timing) of which the first sub_single also run one at a time; our IVF lists,
+    # faiss's IVF lists (IVFFlat, IVFRaBitQ).
+    sub_n: int = 1_000_000
+    sub_nq: int = 1000
+    sub_single: int = 100
+    sub_dim: int = 256
+    sub_nbits: int = 256
+    sub_nlist: int = 1024
+    sub_faiss_nlist: int = 2048
 
 
 # The issue's sizes.
@@ -127,6 +150,9 @@ _QUICK = Sizes(
     shape_float_batch=(100_000, 1000),
     shape_dim=384,
     thread_n=1_000_000,
+    sub_n=200_000,
+    sub_nlist=512,
+    sub_faiss_nlist=1024,
 )
 
 # Per named scale; the issue's sizes are already the largest this table asks for.
@@ -151,6 +177,13 @@ SIZES = {
         shape_float_batch=(2_000, 20),
         shape_dim=384,
         thread_n=2_000,
+        sub_n=3_000,
+        sub_nq=40,
+        sub_single=5,
+        sub_dim=64,
+        sub_nbits=64,
+        sub_nlist=16,
+        sub_faiss_nlist=16,
     ),
     "quick": _QUICK,
     "default": ISSUE,
@@ -660,6 +693,105 @@ def _peer_all_vs_all(report, kind, what, databases):
     return out
 
 
+# ---- sub-linear search at matched recall (issue 13) -----------------------------------------
+
+SUB_TARGETS = (0.95, 0.99)
+SUB_THREADS = 2
+SUB_SPEEDUP = 2.0  # cofisearch's fastest setting against each peer's, at the same recall
+SUB_BUILD_SHARE = 0.2  # our train + add against IndexHNSWFlat's build
+SUB_MEMORY_SHARE = 0.25  # our coarse stage's resident bytes against IndexHNSWFlat's
+# The deepest screen the tuner tries: an exact rerank of 16k candidates still reads
+# only 1/60 of a 1M database.
+SUB_MAX_CANDIDATES = 16_384
+
+
+def sublinear_contenders(sizes, threads):
+    """``(cofisearch's, the peers')`` contenders of the sub-linear section. A new
+    cofisearch screen joins the first list (an :class:`~cofisearch._bench.contenders.
+    AnnContender`, e.g. ``CofiIVFCascade(..., name=..., make_coarse=...)``); the fastest
+    cofisearch setting at each target is judged against every peer."""
+    ours = [CofiIVFCascade(sizes.sub_nlist, threads, max_candidates=SUB_MAX_CANDIDATES),
+            CofiFlat(FLOAT, threads)]
+    peers = []
+    if faiss_available():
+        nlist = sizes.sub_faiss_nlist
+        peers = [FaissHNSW(), FaissIVF("flat", nlist), FaissIVF("rabitq", nlist)]
+    return ours, peers
+
+
+def sublinear_section(report, sizes):
+    """Recall@10 >= 0.95 and >= 0.99 against the exact float top-10 on cross-modal data,
+    two threads: the fastest cofisearch setting against the fastest setting of each of
+    faiss IndexHNSWFlat, IndexIVFFlat and IndexIVFRaBitQ + IndexRefineFlat, batch and
+    single queries; build time and the coarse stage's memory against IndexHNSWFlat's."""
+    n, nq, threads = sizes.sub_n, sizes.sub_nq, SUB_THREADS
+    progress(f"sublinear: {_n(n)} x {sizes.sub_dim}-d cross-modal items, {nq} queries, "
+             f"{sizes.sub_nbits}-bit ITQ codes, {threads} threads")
+    data = cross_modal_data(n, nq, sizes.sub_dim, sizes.sub_nbits)[sizes.sub_nbits]
+    exact = open_engines(FLOAT, data.vectors, ["cofisearch"])["cofisearch"]
+    with exact.running(threads) as search:
+        truth = search(data.query_vectors, K)[1]
+    del exact
+    ours, peers = sublinear_contenders(sizes, threads)
+    rows = matched_recall([*ours, *peers], data, truth, SUB_TARGETS, k=K, threads=threads,
+                          repeat=report.repeat, single=sizes.sub_single, progress=progress)
+    params = {"n": n, "nq": nq, "dim": sizes.sub_dim, "nbits": sizes.sub_nbits, "k": K,
+              "threads": threads, "nlist": sizes.sub_nlist, "faiss_nlist": sizes.sub_faiss_nlist,
+              "single": sizes.sub_single}
+    report.raw.append({"label": "sublinear", "params": params, "contenders": rows})
+    names = {c.name for c in ours}
+    mine = [r for r in rows if r["name"] in names]
+    theirs = [r for r in rows if r["name"] not in names]
+    setting = f"n={_n(n)} d={sizes.sub_dim} nq={nq} k={K} {threads} threads"
+    for i, target in enumerate(SUB_TARGETS):
+        reached = [(r, r["targets"][i]) for r in mine if r["targets"][i]["setting"] is not None]
+        best = min(reached, key=lambda x: x[1]["batch_s_per_query"]) if reached else None
+        best_one = min(reached, key=lambda x: x[1]["single_s_per_query"]) if reached else None
+        for peer in theirs:
+            t = peer["targets"][i]
+            for what, key, choice in (("batch", "batch_s_per_query", best),
+                                      ("1 query", "single_s_per_query", best_one)):
+                label = f"sublinear recall@{K} >= {target}: {peer['name']} / cofisearch ({what})"
+                if t["setting"] is None:
+                    report.add(label, setting, _sub_text(choice, key),
+                               f"never reached (best recall {t['best_recall']:.3f})", None,
+                               f">= {SUB_SPEEDUP:g}x", choice is not None)
+                    continue
+                peer_text = _sub_text((peer, t), key)
+                if choice is None:
+                    top = max(r["targets"][i].get("best_recall", 0.0) for r in mine)
+                    report.add(label, setting, f"never reached (best recall {top:.3f})",
+                               peer_text, None, f">= {SUB_SPEEDUP:g}x", False)
+                    continue
+                ratio = t[key] / choice[1][key]
+                report.add(label, setting, _sub_text(choice, key), peer_text, ratio,
+                           f">= {SUB_SPEEDUP:g}x", ratio >= SUB_SPEEDUP)
+    hnsw = next((r for r in theirs if r["name"].startswith("faiss IndexHNSWFlat")), None)
+    cascade = next((r for r in mine if r["family"] == "cascade"), None)
+    if hnsw and cascade:
+        share = cascade["build_s"] / hnsw["build_s"]
+        report.add("sublinear: IVF cascade train + add / IndexHNSWFlat build", setting,
+                   f"{cascade['build_s']:.3g} s", f"HNSW {hnsw['build_s']:.3g} s", share,
+                   f"<= {SUB_BUILD_SHARE:g}", share <= SUB_BUILD_SHARE)
+        share = cascade["resident_bytes"] / hnsw["resident_bytes"]
+        report.add("sublinear: IVF cascade coarse memory / IndexHNSWFlat memory", setting,
+                   f"{cascade['resident_bytes'] / 1e6:.4g} MB",
+                   f"HNSW {hnsw['resident_bytes'] / 1e6:.4g} MB", share,
+                   f"<= {SUB_MEMORY_SHARE:g}", share <= SUB_MEMORY_SHARE)
+    for r in theirs:
+        report.add(f"sublinear: {r['name']} build (information)", setting, "",
+                   f"{r['build_s']:.3g} s", None, "", None)
+
+
+def _sub_text(choice, key):
+    """``name setting: time (recall)`` of one contender's chosen setting."""
+    if choice is None:
+        return ""
+    row, t = choice
+    knobs = ", ".join(f"{k}={v}" for k, v in t["setting"].items()) or "exhaustive"
+    return f"{row['name']} {knobs}: {_ms(t[key])}/query (recall {t['recall']:.3f})"
+
+
 def _open(kind, database):
     """cofisearch and (when installed) faiss, bound to ``database``."""
     return open_engines(kind, database, ["cofisearch", "faiss"])
@@ -735,7 +867,8 @@ def main(argv=None):
     progress(f"measuring ({args.scale} sizes, median of {repeat})")
     runners = {"bandwidth": bandwidth_section, "hamming": hamming_section,
                "float": float_section, "study": study_section,
-               "widths": widths_section, "shapes": shapes_section}
+               "widths": widths_section, "shapes": shapes_section,
+               "sublinear": sublinear_section}
     for name in SECTIONS:
         if name in sections:
             runners[name](report, sizes)

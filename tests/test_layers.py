@@ -11,7 +11,7 @@ PACKAGE = pathlib.Path(cofisearch.__file__).parent
 # Top-level module or subpackage -> layer (ARCHITECTURE.md's table, Python part).
 LAYERS = {
     "_core": 0, "_checks": 0, "_reference": 0, "_files": 0, "_bits": 0,
-    "_index": 1, "ivf": 1, "cascade": 1,
+    "_index": 1, "ivf": 1, "cascade": 1, "tuning": 1,
     "metrics": 2, "datasets": 2, "encoders": 2,
     # The package itself (`import cofisearch`) re-exports layers 0-2.
     "": 2.5,

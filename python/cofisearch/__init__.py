@@ -30,6 +30,7 @@ from ._index import (
     load_index,
 )
 from .ivf import IVFBinaryIndex
+from .tuning import OperatingPoint, TuningResult, tune
 
 __version__ = _core.__version__
 
@@ -41,7 +42,9 @@ __all__ = [
     "CascadeResult",
     "FloatIndex",
     "IVFBinaryIndex",
+    "OperatingPoint",
     "SearchResult",
+    "TuningResult",
     "__version__",
     "available_simd_levels",
     "datasets",
@@ -55,6 +58,7 @@ __all__ = [
     "set_num_threads",
     "set_simd_level",
     "simd_level",
+    "tune",
     "unpack_bits",
 ]
 

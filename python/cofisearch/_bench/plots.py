@@ -41,6 +41,7 @@ def save_plots(report, out_dir):
         ("bench_equal_recall.png", _plot_recall, None),
         ("bench_cascade.png", _plot_cascade, None),
         ("bench_table7.png", _plot_study, None),
+        ("bench_table7_recall.png", _plot_table7, None),
     ]
     paths = []
     for name, make, arg in makers:
@@ -200,4 +201,30 @@ def _plot_study(fig, report):
     ax.set_title("FiCo-ITR Table 7, rerun: how much faster 64-bit codes are than 2048-d "
                  "floats (one thread)")
     ax.grid(True, axis="x", which="both", alpha=0.3)
+    return True
+
+
+_TABLE7_STYLE = {"FG Flat": "s", "FG HNSW": "D", "CG Flat": "^", "CG IVF": "v", "cascade": "o"}
+
+
+def _plot_table7(fig, report):
+    t = report.table7
+    if not t or not t["rows"]:
+        return False
+    ax = fig.subplots(1, 1)
+    for i, r in enumerate(t["rows"]):
+        pts = sorted((p["recall_at_10"], p["queries_per_s"]) for p in r["frontier"])
+        if not pts:
+            continue
+        x, y = zip(*pts)
+        style = "-" if len(pts) > 1 else ""
+        ax.plot(x, y, style, marker=_TABLE7_STYLE.get(r["row"], "o"), color=f"C{i}",
+                label=f"{r['row']}: {r['index']}")
+    ax.set_yscale("log")
+    ax.set_xlabel(f"recall@{K} against exact float search")
+    ax.set_ylabel("queries per second")
+    ax.set_title(f"Table 7 indexes on {t['n']:,} cross-modal {t['dim']}-d items: every "
+                 f"setting tried on {t['sample']:,} queries, top-{K}, {t['threads']} thread(s)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
     return True

@@ -48,6 +48,7 @@ class BenchReport:
     equal_recall_targets: list = field(default_factory=list)
     cascade: list = field(default_factory=list)
     study: dict = field(default_factory=dict)
+    table7: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
     elapsed_s: float = 0.0
     loadavg_after: list = None
@@ -67,6 +68,7 @@ class BenchReport:
             "loadavg_after": self.loadavg_after,
             "elapsed_s": self.elapsed_s,
             "study_table7": self.study,
+            "table7": self.table7,
             "equal_storage": self.equal_storage,
             "equal_recall": self.equal_recall,
             "equal_recall_targets": self.equal_recall_targets,
@@ -90,6 +92,7 @@ class BenchReport:
             "",
         ]
         parts += _study_markdown(self)
+        parts += _table7_markdown(self)
         parts += _sweep_markdown(self, "hamming")
         parts += _sweep_markdown(self, "float")
         parts += _widths_markdown(self)
@@ -210,6 +213,37 @@ def _study_markdown(report):
                     "sizes (the study's were far larger), so compare cofisearch's with faiss's "
                     "from the same run rather than with the study's."]
     return out + [""]
+
+
+def _table7_markdown(report):
+    t = report.table7
+    if not t or not t["rows"]:
+        return []
+    cols = [f"R@{r}" for r in (1, 100, 1000) if str(r) in t["rows"][0]["recall_at"]]
+    rows = []
+    for r in t["rows"]:
+        knobs = ", ".join(f"{k}={v}" for k, v in r["setting"].items()) or "exhaustive"
+        bits = f"{r['bits']}-bit codes" if r["bits"] else f"{t['dim']}-d floats"
+        rows.append([r["row"], r["index"], bits, knobs]
+                    + [f"{r['recall_at'][c[2:]]:.1f}" for c in cols]
+                    + [f"{r['recall_at_10']:.3f}", seconds_text(r["build_s"]),
+                       seconds_text(r["search_s"]), qps_text(t["nq"] / r["search_s"])])
+    return [
+        f"## FiCo-ITR Table 7, complete: ANN indexes with recall ({t['dim']}-d cross-modal data)",
+        "",
+        f"{t['nq']:,} text queries over {t['n']:,} images (the study's 1:5), top-{t['depth']} "
+        f"per query, {t['threads']} thread(s), search times for the whole query set (median "
+        f"of {t['repeat']}). R@k: % of queries whose exact float top-1 is among the first k "
+        f"(the study's measure against FG Flat); recall@10: share of the exact top-10 in the "
+        f"first 10. CG rows: {t['cg_bits']}-bit ITQ codes (the study's width); the cascade "
+        f"screens {t['cascade_bits']}-bit ITQ codes in an IVFBinaryIndex of {t['nlist']} lists "
+        f"routed by the query vectors and reranks exactly, at the settings cofisearch.tune "
+        f"chose for recall@10 >= {t['target']} on {t['sample']:,} other queries (n_candidates "
+        f"at least the depth); FG HNSW's efSearch is the smallest reaching the same on them "
+        f"(faiss searches max(efSearch, k)); CG IVF probes nlist/16 lists.",
+        "",
+    ] + markdown_table(["row", "index", "data", "settings", *cols, "recall@10", "build",
+                        "search", "queries/s"], rows) + [""]
 
 
 def engine_names(rows):
