@@ -50,6 +50,7 @@ from cofisearch._bench.contenders import (
     CofiIVFCascade,
     FaissHNSW,
     FaissIVF,
+    asymmetric_coarse,
     capturing,
     open_engine,
     open_engines,
@@ -710,7 +711,11 @@ def sublinear_contenders(sizes, threads):
     cofisearch screen joins the first list (an :class:`~cofisearch._bench.contenders.
     AnnContender`, e.g. ``CofiIVFCascade(..., name=..., make_coarse=...)``); the fastest
     cofisearch setting at each target is judged against every peer."""
-    ours = [CofiIVFCascade(sizes.sub_nlist, threads, max_candidates=SUB_MAX_CANDIDATES),
+    nlist = sizes.sub_nlist
+    ours = [CofiIVFCascade(nlist, threads, max_candidates=SUB_MAX_CANDIDATES),
+            CofiIVFCascade(nlist, threads, max_candidates=SUB_MAX_CANDIDATES,
+                           make_coarse=asymmetric_coarse(nlist),
+                           name=f"cofisearch asymmetric IVF cascade nlist={nlist}"),
             CofiFlat(FLOAT, threads)]
     peers = []
     if faiss_available():

@@ -33,6 +33,7 @@ __all__ = [
     "FaissFlat",
     "FaissHNSW",
     "FaissIVF",
+    "asymmetric_coarse",
     "capturing",
     "contenders",
     "open_engine",
@@ -455,6 +456,20 @@ class CofiFlat(AnnContender):
     def search(self, setting, data, rows, k):
         q = data.query_vectors if self.family == FLOAT else data.query_codes
         return self.index.search(q[rows], k, num_threads=self.threads).ids
+
+
+def asymmetric_coarse(nlist):
+    """A ``make_coarse`` for :class:`CofiIVFCascade`: the IVF index routed by the vectors
+    and screened by asymmetric estimates (``screen="asymmetric"``) instead of Hamming
+    distances."""
+
+    def make(data, threads):
+        coarse = cofisearch.IVFBinaryIndex(data.codes.shape[1] * 8, nlist, screen="asymmetric")
+        coarse.train(data.codes, data.vectors, num_threads=threads)
+        coarse.add(data.codes, data.vectors, num_threads=threads)
+        return coarse
+
+    return make
 
 
 class CofiIVFCascade(AnnContender):

@@ -629,7 +629,8 @@ def table7_ann(*, n, nq, dim, sample, depth, repeat, seed=SEED, threads=1, progr
     :func:`cofisearch.tune`); CG IVF probes ``nlist / 16`` lists. The sample also gives
     the recall@10 against queries/s curve of every row (``frontier``).
     """
-    from .contenders import CofiFlat, CofiIVFCascade, FaissFlat, FaissHNSW, FaissIVF
+    from .contenders import (CofiFlat, CofiIVFCascade, FaissFlat, FaissHNSW, FaissIVF,
+                             asymmetric_coarse)
     from .machine import faiss_available
 
     depth = min(depth, n)
@@ -641,7 +642,10 @@ def table7_ann(*, n, nq, dim, sample, depth, repeat, seed=SEED, threads=1, progr
             ("FG HNSW", FaissHNSW(), "tune"),
             ("CG Flat", FaissFlat(BINARY), None), ("CG Flat", CofiFlat(BINARY, threads), None),
             ("CG IVF", FaissIVF("binary", nlist), {"nprobe": max(1, nlist // 16)}),
-            ("cascade", CofiIVFCascade(nlist, threads), "tune")]
+            ("cascade", CofiIVFCascade(nlist, threads), "tune"),
+            ("cascade", CofiIVFCascade(nlist, threads, make_coarse=asymmetric_coarse(nlist),
+                                       name=f"cofisearch asymmetric IVF cascade nlist={nlist}"),
+             "tune")]
     if not faiss_available():
         rows = [r for r in rows if not r[1].name.startswith("faiss")]
     full = sets[TABLE7_CG_BITS]
