@@ -135,6 +135,21 @@ def test_bench_markdown_has_the_table7_ratio_line(bench_run):
     assert "cofisearch" in ratio_lines[0] and sections.STUDY_RATIO_TEXT in ratio_lines[0]
 
 
+def test_bench_has_the_table6_analogue_where_torch_is(bench_run):
+    _, _, out_dir = bench_run
+    with open(out_dir / "bench.json") as f:
+        report = json.load(f)
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        assert report["table6"] == [] and any("Table 6" in n for n in report["notes"])
+        return
+    quality, cost = report["table6"]
+    regimes = {row["regime"] for row in cost["rows"]}
+    assert regimes == {"all pairs", "cascade-bounded"}
+    assert "Table 6 analogue" in (out_dir / "bench.md").read_text()
+
+
 def test_bench_times_every_code_width_of_its_plan(bench_run):
     _, _, out_dir = bench_run
     with open(out_dir / "bench.json") as f:

@@ -49,6 +49,7 @@ class BenchReport:
     cascade: list = field(default_factory=list)
     study: dict = field(default_factory=dict)
     table7: dict = field(default_factory=dict)
+    table6: list = field(default_factory=list)
     notes: list = field(default_factory=list)
     elapsed_s: float = 0.0
     loadavg_after: list = None
@@ -69,6 +70,7 @@ class BenchReport:
             "elapsed_s": self.elapsed_s,
             "study_table7": self.study,
             "table7": self.table7,
+            "table6": self.table6,
             "equal_storage": self.equal_storage,
             "equal_recall": self.equal_recall,
             "equal_recall_targets": self.equal_recall_targets,
@@ -93,6 +95,7 @@ class BenchReport:
         ]
         parts += _study_markdown(self)
         parts += _table7_markdown(self)
+        parts += [t["markdown"] + "\n" for t in self.table6]
         parts += _sweep_markdown(self, "hamming")
         parts += _sweep_markdown(self, "float")
         parts += _widths_markdown(self)

@@ -38,6 +38,7 @@ from .sections import (
     FloatSweep,
     HammingSweep,
     RecallAndCascade,
+    Table6,
     Table7,
 )
 
@@ -103,6 +104,7 @@ def run(*, scale="default", max_size=10_000_000, show_progress_bar=True, out=Non
         EqualStorage(plan, seed),
         RecallAndCascade(plan, seed),
         Table7(plan, seed),
+        Table6(plan, seed),
         CodeWidths(plan, seed),
         AllVsAll(plan, seed),
     ]

@@ -54,6 +54,7 @@ __all__ = [
     "FloatSweep",
     "HammingSweep",
     "RecallAndCascade",
+    "Table6",
     "Table7",
     "TABLE7_SIZES",
     "cross_modal_data",
@@ -385,6 +386,32 @@ class Table7:
         sizes["n"] = n
         runner.step(f"Table 7 with ANN indexes: {sizes['nq']:,} queries x {n:,}")
         runner.report.table7 = table7_ann(**sizes, repeat=p.study_repeat, seed=self.seed)
+
+
+class Table6:
+    title = "FiCo-ITR Table 6 analogue (fusion reranker)"
+
+    def __init__(self, plan, seed):
+        self.plan = plan
+
+    def steps(self):
+        return 1
+
+    def run(self, runner):
+        # The reranker is a torch model: without torch the section is left out, with a note.
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            runner.report.notes.append(
+                "torch is not installed: Table 6 (the fusion reranker) left out "
+                "(pip install 'cofisearch[torch]')")
+            runner.step("Table 6: left out (no torch)")
+            return
+        from .table6 import run_table6
+
+        runner.step("Table 6: the fusion reranker, all pairs against cascade-bounded")
+        _, tables = run_table6(self.plan.scale, quality=True, torch_threads=1, num_threads=1)
+        runner.report.table6 = [{"markdown": t.to_markdown(), **t.to_dict()} for t in tables]
 
 
 class CodeWidths:
