@@ -302,7 +302,7 @@ def rerank_cost(models, *, scales=((1_000, 5_000), (10_000, 50_000)),
          "study's: " + _study_growth_text() + "."),
         ("Candidate encodings are cached once per image (for_candidates), as a fusion "
          "model's image encoder output is; only the per-pair attention and MLP run per "
-         "pair."),
+         "pair, as batched matrix products over each query's list."),
     ]
     return table
 
@@ -384,5 +384,14 @@ def rerank_quality(models, *, n_images=6_000, n_test=1_000, n_rerank=(16, 32, 64
             f"the cascade (issue 16 asks for +2 at n_rerank=32). The reranker scores the "
             f"dual encoder's embeddings with its cosine fused in, trained on the training "
             f"pairs with the {models.config['train_n_rerank'] - 1} best non-matching "
-            f"images the cascade returns for each training caption.")
+            f"images the cascade returns for each training caption; the cascade's own "
+            f"score (the cosine) enters with learned weight "
+            f"{_cosine_weight(models.reranker):.1f}.")
     return table
+
+
+def _cosine_weight(reranker):
+    """The weight the reranker gives the first stage's cosine (NaN when it has none)."""
+    if not reranker.input_cosine:
+        return float("nan")
+    return float(reranker.net.cosine_weight.detach())
