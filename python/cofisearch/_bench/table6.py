@@ -80,7 +80,12 @@ TABLE6_SIZES = {
 
 
 # Per named scale: train_rerank_models' arguments and rerank_quality's data.
+# The reranker at 2 tokens of width 32, 2 heads: 2.5 us a pair against 6.2 at 4 x 64 with
+# 4 heads (the fused cached path, one thread), for R@1 +1.26 over the cascade against
+# +1.64 (bench/results/rerank_scale.variants.md); only the smaller fits issue 16's stage-3
+# budget of 5x stages 1+2.
 _STUDY_MODELS = {"train_images": 5_000, "embed_dim": 128, "hidden": 256, "epochs": 4, "nbits": 128,
+                     "d_model": 32, "n_tokens": 2, "n_heads": 2, "rerank_hidden": 32,
                      "rerank_epochs": 3}
 MODEL_SIZES = {
     "tiny": {"train_images": 300, "embed_dim": 32, "hidden": 32, "epochs": 1, "nbits": 32,
