@@ -112,6 +112,28 @@ def test_for_candidates_scores_like_score_on_gathered_features():
                                model(queries, cand[ids]), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("pair_block", [1, 20, 4096])
+@pytest.mark.parametrize("dims", [(8, 8, None), (6, 10, False)])
+def test_for_candidates_fused_path_matches_the_training_model(monkeypatch, pair_block, dims):
+    # The cached stage 3 regroups pair_scores' arithmetic (folded head, block matrices,
+    # pairs in blocks); whatever the block size and either shortcut setting, it must give
+    # the model's own scores.
+    from cofisearch.encoders import reranker
+
+    monkeypatch.setattr(reranker, "_PAIR_BLOCK", pair_block)
+    dq, dc, cosine = dims
+    rng = np.random.default_rng(3)
+    queries = rng.standard_normal((23, dq)).astype(np.float32)
+    cand = rng.standard_normal((31, dc)).astype(np.float32)
+    model = enc.CrossAttentionReranker(dq, dc, d_model=12, n_tokens=3, n_heads=3, hidden=10,
+                                       input_cosine=cosine, seed=1)
+    model.fit(queries, cand[:23], epochs=1, batch_size=8)
+    ids = rng.integers(-1, 31, (23, 7))
+    got = model.for_candidates(cand, batch_size=5)(queries, ids, batch_size=6)
+    np.testing.assert_allclose(got, model(queries, cand[np.maximum(ids, 0)]), rtol=1e-5,
+                               atol=1e-5)
+
+
 def test_for_candidates_serves_as_a_cascade_stage_3():
     queries, cand, q2c = _pairs()
     model = _model().fit(queries, cand, query_to_candidate=q2c, epochs=1, batch_size=16)

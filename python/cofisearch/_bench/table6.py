@@ -80,7 +80,12 @@ TABLE6_SIZES = {
 
 
 # Per named scale: train_rerank_models' arguments and rerank_quality's data.
+# The reranker at 2 tokens of width 32, 2 heads: 2.5 us a pair against 6.2 at 4 x 64 with
+# 4 heads (the fused cached path, one thread), for R@1 +1.26 over the cascade against
+# +1.64 (bench/results/rerank_scale.variants.md); only the smaller fits issue 16's stage-3
+# budget of 5x stages 1+2.
 _STUDY_MODELS = {"train_images": 5_000, "embed_dim": 128, "hidden": 256, "epochs": 4, "nbits": 128,
+                     "d_model": 32, "n_tokens": 2, "n_heads": 2, "rerank_hidden": 32,
                      "rerank_epochs": 3}
 MODEL_SIZES = {
     "tiny": {"train_images": 300, "embed_dim": 32, "hidden": 32, "epochs": 1, "nbits": 32,
@@ -302,7 +307,7 @@ def rerank_cost(models, *, scales=((1_000, 5_000), (10_000, 50_000)),
          "study's: " + _study_growth_text() + "."),
         ("Candidate encodings are cached once per image (for_candidates), as a fusion "
          "model's image encoder output is; only the per-pair attention and MLP run per "
-         "pair."),
+         "pair, as batched matrix products over each query's list."),
     ]
     return table
 
@@ -384,5 +389,14 @@ def rerank_quality(models, *, n_images=6_000, n_test=1_000, n_rerank=(16, 32, 64
             f"the cascade (issue 16 asks for +2 at n_rerank=32). The reranker scores the "
             f"dual encoder's embeddings with its cosine fused in, trained on the training "
             f"pairs with the {models.config['train_n_rerank'] - 1} best non-matching "
-            f"images the cascade returns for each training caption.")
+            f"images the cascade returns for each training caption; the cascade's own "
+            f"score (the cosine) enters with learned weight "
+            f"{_cosine_weight(models.reranker):.1f}.")
     return table
+
+
+def _cosine_weight(reranker):
+    """The weight the reranker gives the first stage's cosine (NaN when it has none)."""
+    if not reranker.input_cosine:
+        return float("nan")
+    return float(reranker.net.cosine_weight.detach())

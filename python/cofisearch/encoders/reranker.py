@@ -19,6 +19,10 @@ __all__ = ["NEGATIVES", "CrossAttentionReranker", "cascade_negatives"]
 # How fit finds the hard negatives of each query.
 NEGATIVES = ("random", "cascade")
 
+# Pairs per block of a cached stage 3 call (measured: 2048 at 32 candidates a list
+# ran 1.2x faster than 8192).
+_PAIR_BLOCK = 2048
+
 
 @functools.lru_cache(maxsize=None)
 def _fusion_class():
@@ -107,6 +111,73 @@ def _fusion_class():
             if self.input_cosine:
                 score = score + self.cosine_weight * (q_unit.unsqueeze(1) * c_unit).sum(-1)
             return score
+
+        def pack_candidates(self, enc_c):
+            """The cached candidate side of :meth:`fast_scores`: (n, S, 3 d) tokens, each
+            [query | key | value], so that one gather brings a candidate's three and the
+            keys of a query's whole list are one (c S, d) matrix; and (n, e) extras
+            [pooled token, its unit vector, unit input]."""
+            cbar, cq, ck, cv, c_unit = enc_c
+            n = cbar.shape[0]
+            tokens = torch.cat([t.reshape(n, self.n_tokens, self.d_model)
+                                for t in (cq, ck, cv)], -1)
+            extras = [cbar, F.normalize(cbar, dim=-1)]
+            if self.input_cosine:
+                extras.append(c_unit)
+            return tokens.contiguous(), torch.cat(extras, -1).contiguous()
+
+        def _block(self, x):
+            # (B, T, H, dh) -> (B, H T, H dh), row (h, t) holding x[t, h] in head h's
+            # columns: a query's per-head products with every candidate token become one
+            # dense matrix product.
+            b, t, h, dh = x.shape
+            eye = torch.eye(h, dtype=x.dtype)
+            return torch.einsum("bthd,hg->bhtgd", x, eye).reshape(b, h * t, h * dh)
+
+        def query_side(self, enc_q):
+            """What :meth:`fast_scores` needs of each query, computed once per query: its
+            tokens as block matrices (scaled queries, scaled keys, values), its pooled
+            token, the head's first layer folded with its values and pooled token, and the
+            weights of the bilinear and cosine shortcuts."""
+            qbar, qq, qk, qv, q_unit = enc_q
+            scale = 1.0 / math.sqrt(self.d_model // self.n_heads)
+            v_blk = self._block(qv)
+            lin1 = self.head[0]
+            wa = lin1.weight[:, : self.d_model]
+            # The (pooled query x candidate attention) block of the head's first layer is
+            # linear in the candidate's attention weights over the query tokens.
+            w_a = torch.matmul(v_blk * qbar.unsqueeze(1), wa.t())            # (B, H T, hidden)
+            u = [self.log_scale.exp() * F.normalize(self.q_lin(qbar), dim=-1)]
+            if self.input_cosine:
+                u.append(self.cosine_weight * q_unit)
+            return (self._block(qq * scale), self._block(qk * scale), v_blk, qbar, w_a,
+                    torch.cat(u, -1))
+
+        def fast_scores(self, side, tokens, extras):
+            """:meth:`pair_scores` at inference, from :meth:`query_side` of B queries and
+            their packed candidates (B, C, S, 3 d) and (B, C, e): the same arithmetic,
+            regrouped so that the per-pair work is a few batched matrix products."""
+            q_blk, k_blk, v_blk, qbar, w_a, u = side
+            b, c, s, _ = tokens.shape
+            d, h, t = self.d_model, self.n_heads, self.n_tokens
+            flat = tokens.view(b, c * s, 3 * d)
+            cq, ck, cv = flat[..., :d], flat[..., d : 2 * d], tokens[..., 2 * d :]
+            # Query tokens attend to each candidate's tokens: (B, H T, C S) scores.
+            w_q = _softmax_last(torch.bmm(q_blk, ck.transpose(1, 2)).view(b, h, t, c, s))
+            q_att = (cv.reshape(b, c, s, h, d // h)
+                     * w_q.mean(2).permute(0, 2, 3, 1).unsqueeze(-1)).sum(2).reshape(b, c, d)
+            # Candidate tokens attend to the query's: (B, C S, H T) scores.
+            w_c = _softmax_last(torch.bmm(cq, k_blk.transpose(1, 2)).view(b, c, s, h, t))
+            w_c = w_c.mean(2).reshape(b, c, h * t)
+            c_att = torch.bmm(w_c, v_blk)
+            cbar, tail = extras[..., :d], extras[..., d:]
+            lin1, lin2 = self.head[0], self.head[-1]
+            fused = torch.cat([cbar * q_att, q_att * c_att, cbar * qbar.unsqueeze(1)], -1)
+            hid = torch.baddbmm(torch.addmm(lin1.bias, fused.view(b * c, 3 * d),
+                                            lin1.weight[:, d:].t()).view(b, c, -1),
+                                w_c, w_a)
+            score = torch.addmm(lin2.bias, F.gelu(hid).view(b * c, -1), lin2.weight.t())
+            return score.view(b, c) + torch.bmm(tail, u.unsqueeze(-1)).squeeze(-1)
 
         def forward(self, queries, candidates):
             return self.pair_scores(self.encode_queries(queries),
@@ -479,8 +550,10 @@ class _CandidateCache:
     def __init__(self, model, candidate_features, batch_size):
         started = time.perf_counter()
         self._model = model
-        self._encoded = model._encode_candidates(candidate_features, batch_size)
-        self.n_candidates = int(self._encoded[0].shape[0])
+        with model._torch.inference_mode():
+            self._packed = model.net.pack_candidates(
+                model._encode_candidates(candidate_features, batch_size))
+        self.n_candidates = int(self._packed[0].shape[0])
         #: Seconds spent encoding the candidates (the cost a cascade pays at index time).
         self.encode_seconds = time.perf_counter() - started
 
@@ -504,18 +577,29 @@ class _CandidateCache:
                              f"{self.n_candidates} cached candidates, got range "
                              f"[{ids.min()}, {ids.max()}]")
         batch_size = check_int(batch_size, "batch_size", minimum=1)
-        torch = model._torch
+        torch, net = model._torch, model.net
         out = np.empty(ids.shape, dtype=np.float32)
         if not out.size:
             return out
+        # Queries are encoded batch_size at a time (the per-query work amortises its
+        # call overhead); the pairs run in blocks of about _PAIR_BLOCK, whose
+        # intermediates stay in cache.
+        pair_rows = max(1, _PAIR_BLOCK // ids.shape[1])
         with torch_scope(torch, model.seed, model.num_threads), torch.inference_mode():
             for start in range(0, q.shape[0], batch_size):
                 qb = as_tensor(torch, q[start : start + batch_size])
                 if not torch.isfinite(qb).all():
                     raise ValueError("queries contains NaN or infinite values")
-                rows = torch.from_numpy(
-                    np.maximum(ids[start : start + batch_size], 0).astype(np.int64))
-                enc_c = tuple(t[rows] for t in self._encoded)
-                out[start : start + batch_size] = model.net.pair_scores(
-                    model.net.encode_queries(qb), enc_c).numpy()
+                side = net.query_side(net.encode_queries(qb))
+                for sub in range(0, qb.shape[0], pair_rows):
+                    rows = torch.from_numpy(np.maximum(
+                        ids[start + sub : start + min(sub + pair_rows, qb.shape[0])],
+                        0).astype(np.int64))
+                    # index_select on rows of the flat cache gathers at copy speed;
+                    # tensor indexing of the (n, S, 3 d) cache ran at a fraction of it.
+                    flat = rows.reshape(-1)
+                    tokens, extras = (t.flatten(1).index_select(0, flat).view(
+                        *rows.shape, *t.shape[1:]) for t in self._packed)
+                    out[start + sub : start + sub + rows.shape[0]] = net.fast_scores(
+                        [x[sub : sub + pair_rows] for x in side], tokens, extras).numpy()
         return out
