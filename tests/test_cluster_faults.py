@@ -326,7 +326,18 @@ def test_a_replacement_that_dies_on_arrival_is_followed_by_another(tmp_path, mon
                 return actor
 
             monkeypatch.setattr(index, "_new_actor", first_one_dies)
-            ray.kill(index.actors[1], no_restart=True)
+            victim = index.actors[1]
+            ray.kill(victim, no_restart=True)
+            # ray.kill only asks: a search right after it may still be answered by the
+            # living actor (seen under load), and then no replacement is ever sent.
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    ray.get(victim.count.remote(), timeout=30)
+                except ray.exceptions.RayActorError:
+                    break
+                assert time.monotonic() < deadline, "the killed actor still answers"
+                time.sleep(0.05)
             got = index.search(queries, K)
             assert doomed == [1]
             expected = _index_reference(codes, queries)
