@@ -190,3 +190,12 @@ def merge_topk(parts, k, *, largest):
     out_i = np.take_along_axis(i, order, axis=1)
     out_d[out_i < 0] = sentinel
     return pad_topk(out_d, out_i, k, sentinel)
+
+
+def topk_by_id(values, ids, k, *, largest):
+    """:func:`topk` over items named by ``ids`` (one per column, unique): ties by the
+    smaller id rather than the smaller column, and the ids returned."""
+    ids = np.asarray(ids, dtype=np.int64)
+    by_id = np.argsort(ids, kind="stable")
+    d, cols = topk(np.asarray(values)[:, by_id], k, largest=largest)
+    return d, np.where(cols >= 0, ids[by_id][np.maximum(cols, 0)], -1)
