@@ -4,6 +4,8 @@ allowed items, ties by the smaller caller's id, on every path (fused bitmap scan
 gather), SIMD level, Hamming kernel and thread count."""
 
 import pickle
+import threading
+import time
 import zlib
 
 import cofisearch
@@ -228,3 +230,42 @@ def test_float_candidates_are_item_ids_once_ids_are_given():
     index.remove([10])
     r = index.search(x[0], 3, candidates=[[30, 10, 20]], allowed=[30, 10])
     assert r.ids.tolist() == [[30, -1, -1]]
+
+
+@pytest.mark.parametrize("kind", ["binary", "float"])
+def test_a_search_sees_each_remove_and_compaction_whole(kind):
+    # Batches are removed in order, with compactions between them: any search must see
+    # exactly the batches not yet removed (a suffix), never part of one.
+    rng = np.random.default_rng(11)
+    batches, size = 20, 100
+    index = _index_of(kind, 64)
+    index.add(_data(rng, kind, batches * size, 64), ids=rng.permutation(10**6)[: batches * size])
+    groups = index.ids.reshape(batches, size)
+    seen, done = [], threading.Event()
+
+    def search():
+        q = _data(rng, kind, 2, 64)
+        while not done.is_set():
+            seen.append(index.search(q, batches * size).ids[0])
+
+    reader = threading.Thread(target=search)
+    reader.start()
+    try:
+        for j in range(batches - 1):
+            # Let a search start on each state (the GIL would otherwise let the removes
+            # run through before the reader's first search).
+            waited = len(seen)
+            while len(seen) == waited and reader.is_alive():
+                time.sleep(0.0005)
+            assert index.remove(groups[j]) == size
+            if j % 4 == 3:
+                index.compact()
+    finally:
+        done.set()
+        reader.join()
+    assert seen
+    for ids in seen:
+        present = set(ids[ids >= 0].tolist())
+        first = batches - len(present) // size
+        assert len(present) % size == 0
+        assert present == set(groups[first:].reshape(-1).tolist())

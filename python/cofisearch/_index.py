@@ -162,6 +162,8 @@ class _Items:
                     held = order[lo:hi]
                     held = held[self.present(held)]
                     rows[j] = held[0] if held.size else -1
+        if self.live is None:
+            return rows
         hit = rows >= 0
         hit[hit] = self.present(rows[hit])
         return np.where(hit, rows, -1)
@@ -417,9 +419,10 @@ class _Indexed:
         wanted = check_ids(allowed, name)
         lookup = items or _Items(None, True, None, 0, n)
         rows = lookup.rows_of(wanted, n)
-        rows = np.unique(rows[rows >= 0])
+        rows = rows[rows >= 0]
+        # Counted with repeats, which only a few filters have: no sort of a large filter.
         if rows.size <= max(GATHER_ROWS, n // _GATHER_FRACTION):
-            return buffer, n, items, None, rows
+            return buffer, n, items, None, np.unique(rows)
         mask = np.zeros(n, dtype=bool)
         mask[rows] = True
         return buffer, n, items, _words(mask), None
