@@ -49,7 +49,8 @@ class forced_path:
     def __enter__(self):
         self.saved = _index.GATHER_ROWS, _index._GATHER_FRACTION
         if self.path == "scan":
-            _index.GATHER_ROWS, _index._GATHER_FRACTION = -1, 1 << 62
+            _index.GATHER_ROWS = -1
+            _index._GATHER_FRACTION = {"binary": 1 << 62, "float": 1 << 62}
         elif self.path == "gather":
             _index.GATHER_ROWS = 1 << 62
 

@@ -21,7 +21,7 @@ def filter_path(request, monkeypatch):
     """Forces a filtered search onto the fused scan or the gather of its rows."""
     if request.param == "scan":
         monkeypatch.setattr(_index, "GATHER_ROWS", -1)
-        monkeypatch.setattr(_index, "_GATHER_FRACTION", 1 << 62)
+        monkeypatch.setattr(_index, "_GATHER_FRACTION", {"binary": 1 << 62, "float": 1 << 62})
     else:
         monkeypatch.setattr(_index, "GATHER_ROWS", 1 << 62)
     return request.param
