@@ -33,7 +33,10 @@ IDSelector, usearch's keys):
   candidate); a filter of few rows (:data:`GATHER_ROWS`, or a small fraction of the
   index) skips the scan and computes the distances of those rows only.
 - Ties are broken by the smaller caller's id, as for rows without ids (the faiss
-  IndexIDMap breaks them by insertion order instead).
+  IndexIDMap breaks them by insertion order instead). Ids that increase with the order
+  of adding cost nothing more; ids in any other order make the scan admit the ties at
+  the k-th distance, and make each ``add`` with ids, ``remove`` or ``allowed`` after a
+  change sort the ids once (O(n log n)) to look them up.
 - ``ntotal``, ``codes`` / ``vectors`` and ``ids`` describe the present items, in
   storage order (``codes`` is a copy while removed rows await compaction).
 
