@@ -97,7 +97,8 @@ def run_kind(kind, n, width, nq, k, fractions, repeats, threads, faiss):
                 continue  # far past the crossover, and slow
             with forced_path(path):
                 row[f"{path}_s"] = median_time(
-                    lambda: index.search(queries, k, allowed=allowed, num_threads=threads), repeats)
+                    lambda a=allowed: index.search(queries, k, allowed=a, num_threads=threads),
+                    repeats)
         run = faiss_filtered(faiss, peer, queries, k, allowed, threads)
         row["faiss_s"] = median_time(run, repeats) if run else None
         row["vs_unfiltered"] = row["auto_s"] / base
@@ -154,12 +155,13 @@ def main(argv=None):
     removal = run_remove(args.codes, args.nbits, args.repeats)
     print(json.dumps(removal), flush=True)
     info = machine_info()
+    command = " ".join(argv or sys.argv[1:])
     lines = ["## Filtered search and removal (issue 15)", "",
-             f"`python bench/filters.py {' '.join(argv or sys.argv[1:])}`: {args.queries} queries, "
-             f"k = {args.k}, {args.threads} thread(s), SIMD level {cofisearch.simd_level()}, "
-             f"medians of {args.repeats}. Times in seconds; ratios in the same run.", "",
-             "| data | keep | allowed | unfiltered | filtered (auto) | x unfiltered | fused scan "
-             "| gather | faiss IDSelectorBatch | faiss / ours |",
+             (f"`python bench/filters.py {command}`: {args.queries} queries, k = {args.k}, "
+              f"{args.threads} thread(s), SIMD level {cofisearch.simd_level()}, medians of "
+              f"{args.repeats}. Times in seconds; ratios in the same run."), "",
+             ("| data | keep | allowed | unfiltered | filtered (auto) | x unfiltered | fused scan "
+              "| gather | faiss IDSelectorBatch | faiss / ours |"),
              "|---|---|---|---|---|---|---|---|---|---|"]
 
     def fmt(v, spec=".3f"):
@@ -171,8 +173,8 @@ def main(argv=None):
             f"{fmt(r['unfiltered_s'])} | {fmt(r['auto_s'])} | {fmt(r['vs_unfiltered'], '.2f')} | "
             f"{fmt(r.get('scan_s'))} | {fmt(r.get('gather_s'))} | {fmt(r['faiss_s'])} | "
             f"{fmt(r['faiss_over_ours'], '.1f')} |")
-    lines += ["", f"remove of {removal['removed']:,} of {removal['n']:,} codes: "
-              f"{removal['remove_s'] * 1e3:.2f} ms; compact: {removal['compact_s'] * 1e3:.1f} ms",
+    lines += ["", (f"remove of {removal['removed']:,} of {removal['n']:,} codes: "
+                   f"{removal['remove_s'] * 1e3:.2f} ms; compact: {removal['compact_s'] * 1e3:.1f} ms"),
               "", "Machine:", "", "```", format_machine(info), "```", ""]
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "filters.md"), "w") as f:
