@@ -107,8 +107,45 @@ py::tuple allocate(std::size_t nq, std::size_t k, py::array_t<V>& values,
   return py::make_tuple(values, ids);
 }
 
+// The row filter of a search over `rows` rows: allow (uint64 words, a bit per row) and
+// ids (int64, one per row) are None or arrays that cover every row.
+cofisearch::RowFilter row_filter(const py::object& allow, const py::object& ids,
+                                 bool ids_ascending, std::size_t rows) {
+  cofisearch::RowFilter f;
+  if (!allow.is_none()) {
+    const auto a = allow.cast<py::array>();
+    require_1d<std::uint64_t>(a, "allow", "uint64");
+    if (static_cast<std::size_t>(a.shape(0)) < (rows + 63) / 64)
+      throw py::value_error("allow must have a bit per row (" + std::to_string((rows + 63) / 64) +
+                            " words), got " + std::to_string(a.shape(0)) + " words");
+    f.allow = static_cast<const std::uint64_t*>(a.data());
+  }
+  if (!ids.is_none()) {
+    const auto a = ids.cast<py::array>();
+    require_1d<std::int64_t>(a, "ids", "int64");
+    if (static_cast<std::size_t>(a.shape(0)) < rows)
+      throw py::value_error("ids must have an id per row (" + std::to_string(rows) + "), got " +
+                            std::to_string(a.shape(0)));
+    f.ids = static_cast<const std::int64_t*>(a.data());
+  }
+  f.ids_ascending = ids_ascending;
+  return f;
+}
+
+// Rows listed for a gather search: each in [0, rows).
+const std::int64_t* gather_rows(const py::array& list, std::size_t rows) {
+  require_1d<std::int64_t>(list, "rows", "int64");
+  const auto* p = static_cast<const std::int64_t*>(list.data());
+  for (py::ssize_t i = 0; i < list.shape(0); ++i)
+    if (p[i] < 0 || p[i] >= static_cast<std::int64_t>(rows))
+      throw py::value_error("rows must hold rows in [0, " + std::to_string(rows) + "), got " +
+                            std::to_string(p[i]));
+  return p;
+}
+
 py::tuple hamming_search(const py::array& codes, std::int64_t n, const py::array& queries,
-                         std::int64_t k, int num_threads) {
+                         std::int64_t k, int num_threads, const py::object& allow,
+                         const py::object& row_ids, bool ids_ascending) {
   require<std::uint8_t>(codes, "codes", "uint8");
   require<std::uint8_t>(queries, "queries", "uint8");
   if (codes.shape(1) != queries.shape(1))
@@ -125,12 +162,70 @@ py::tuple hamming_search(const py::array& codes, std::int64_t n, const py::array
   const auto* qp = static_cast<const std::uint8_t*>(queries.data());
   std::int32_t* dp = dist.mutable_data();
   std::int64_t* ip = ids.mutable_data();
-  without_gil([&] { cofisearch::hamming_search(cp, rows, nbytes, qp, nq, kk, threads, dp, ip); });
+  const cofisearch::RowFilter f = row_filter(allow, row_ids, ids_ascending, rows);
+  without_gil([&] { cofisearch::hamming_search(cp, rows, nbytes, qp, nq, kk, threads, dp, ip, f); });
+  return out;
+}
+
+py::tuple hamming_gather(const py::array& codes, std::int64_t n, const py::array& queries,
+                         const py::array& list, std::int64_t k, int num_threads,
+                         const py::object& row_ids) {
+  require<std::uint8_t>(codes, "codes", "uint8");
+  require<std::uint8_t>(queries, "queries", "uint8");
+  if (codes.shape(1) != queries.shape(1))
+    throw py::value_error("queries must have " + std::to_string(codes.shape(1)) +
+                          " bytes per row, got " + std::to_string(queries.shape(1)));
+  const std::size_t rows = rows_used(codes, n), kk = checked_k(k);
+  const int threads = checked_threads(num_threads);
+  const std::int64_t* lp = gather_rows(list, rows);
+  const auto m = static_cast<std::size_t>(list.shape(0));
+  const cofisearch::RowFilter f = row_filter(py::none(), row_ids, true, rows);
+  const std::size_t nbytes = static_cast<std::size_t>(codes.shape(1));
+  const std::size_t nq = static_cast<std::size_t>(queries.shape(0));
+  py::array_t<std::int32_t> dist;
+  py::array_t<std::int64_t> ids;
+  py::tuple out = allocate(nq, kk, dist, ids);
+  const auto* cp = static_cast<const std::uint8_t*>(codes.data());
+  const auto* qp = static_cast<const std::uint8_t*>(queries.data());
+  std::int32_t* dp = dist.mutable_data();
+  std::int64_t* ip = ids.mutable_data();
+  without_gil([&] {
+    cofisearch::hamming_gather_search(cp, nbytes, qp, nq, lp, m, kk, threads, dp, ip, f.ids);
+  });
+  return out;
+}
+
+py::tuple dot_gather(const py::array& db, std::int64_t n, const py::array& queries,
+                     const py::array& list, std::int64_t k, int num_threads,
+                     const py::object& row_ids) {
+  require<float>(db, "database", "float32");
+  require<float>(queries, "queries", "float32");
+  if (db.shape(1) != queries.shape(1))
+    throw py::value_error("queries must have " + std::to_string(db.shape(1)) +
+                          " columns, got " + std::to_string(queries.shape(1)));
+  const std::size_t rows = rows_used(db, n), kk = checked_k(k);
+  const int threads = checked_threads(num_threads);
+  const std::int64_t* lp = gather_rows(list, rows);
+  const auto m = static_cast<std::size_t>(list.shape(0));
+  const cofisearch::RowFilter f = row_filter(py::none(), row_ids, true, rows);
+  const std::size_t dim = static_cast<std::size_t>(db.shape(1));
+  const std::size_t nq = static_cast<std::size_t>(queries.shape(0));
+  py::array_t<float> scores;
+  py::array_t<std::int64_t> ids;
+  py::tuple out = allocate(nq, kk, scores, ids);
+  const auto* dbp = static_cast<const float*>(db.data());
+  const auto* qp = static_cast<const float*>(queries.data());
+  float* sp = scores.mutable_data();
+  std::int64_t* ip = ids.mutable_data();
+  without_gil([&] {
+    cofisearch::dot_gather_search(dbp, dim, qp, nq, lp, m, kk, threads, sp, ip, f.ids);
+  });
   return out;
 }
 
 py::tuple dot_search(const py::array& db, std::int64_t n, const py::array& queries,
-                     std::int64_t k, int num_threads, float row_norm) {
+                     std::int64_t k, int num_threads, float row_norm, const py::object& allow,
+                     const py::object& row_ids, bool ids_ascending) {
   require<float>(db, "database", "float32");
   if (row_norm < 0.0f)
     throw py::value_error("row_norm must be a non-negative bound or NaN, got " +
@@ -150,7 +245,8 @@ py::tuple dot_search(const py::array& db, std::int64_t n, const py::array& queri
   const auto* qp = static_cast<const float*>(queries.data());
   float* sp = scores.mutable_data();
   std::int64_t* ip = ids.mutable_data();
-  without_gil([&] { cofisearch::dot_search(dbp, rows, dim, row_norm, qp, nq, kk, threads, sp, ip); });
+  const cofisearch::RowFilter f = row_filter(allow, row_ids, ids_ascending, rows);
+  without_gil([&] { cofisearch::dot_search(dbp, rows, dim, row_norm, qp, nq, kk, threads, sp, ip, f); });
   return out;
 }
 
@@ -360,11 +456,24 @@ PYBIND11_MODULE(_core, m) {
   }, py::arg("level"), "Forces a SIMD level; ValueError when the processor lacks it.");
 
   m.def("hamming_search", &hamming_search, py::arg("codes"), py::arg("n"), py::arg("queries"),
-        py::arg("k"), py::arg("num_threads"),
-        "Exact Hamming top-k of uint8 queries over the first n rows of codes.");
+        py::arg("k"), py::arg("num_threads"), py::arg("allow") = py::none(),
+        py::arg("ids") = py::none(), py::arg("ids_ascending") = true,
+        "Exact Hamming top-k of uint8 queries over the first n rows of codes; with allow "
+        "(uint64 words, a bit per row) only over the rows set, and with ids (int64, one "
+        "per row) returned by those ids (ids_ascending: they increase with the row).");
+  m.def("hamming_gather", &hamming_gather, py::arg("codes"), py::arg("n"), py::arg("queries"),
+        py::arg("rows"), py::arg("k"), py::arg("num_threads"), py::arg("ids") = py::none(),
+        "Exact Hamming top-k of uint8 queries over the listed rows only (int64), "
+        "returned by ids[row] when ids is given.");
+  m.def("dot_gather", &dot_gather, py::arg("database"), py::arg("n"), py::arg("queries"),
+        py::arg("rows"), py::arg("k"), py::arg("num_threads"), py::arg("ids") = py::none(),
+        "Exact inner-product top-k of float32 queries over the listed rows only (int64), "
+        "returned by ids[row] when ids is given.");
   m.def("dot_search", &dot_search, py::arg("database"), py::arg("n"), py::arg("queries"),
         py::arg("k"), py::arg("num_threads"),
         py::arg("row_norm") = std::numeric_limits<float>::quiet_NaN(),
+        py::arg("allow") = py::none(), py::arg("ids") = py::none(),
+        py::arg("ids_ascending") = true,
         "Exact inner-product top-k of float32 queries over the first n rows of database. "
         "row_norm, if given, must bound the norm of every row (it only saves work).");
   m.def("dot_rerank", &dot_rerank, py::arg("database"), py::arg("n"), py::arg("queries"),

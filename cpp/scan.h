@@ -8,6 +8,8 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -153,6 +155,22 @@ struct HammingScan {
 template <class S>
 using Value = typename S::Order::Value;
 
+// A selector for rows offered out of id order (the caller's ids, the inverted lists): a
+// row that ties the k-th value can still win by a smaller id, so the kernels' strict
+// threshold is loosened by one step to admit ties, which the selector then orders by id.
+template <class Sel>
+struct AdmitTies : Sel {
+  using Sel::Sel;
+  auto threshold() {
+    const auto t = Sel::threshold();
+    using V = std::remove_const_t<decltype(t)>;
+    if constexpr (std::is_floating_point_v<V>)
+      return std::isnan(t) ? t : std::nextafter(t, -std::numeric_limits<V>::infinity());
+    else
+      return t == std::numeric_limits<V>::max() ? t : static_cast<V>(t + 1);
+  }
+};
+
 // The threshold to hand a kernel: the selector's own, or the ceiling where that is tighter.
 template <class S>
 Value<S> tighter(Value<S> own, const std::vector<Value<S>>& ceiling, std::size_t q) {
@@ -182,12 +200,14 @@ struct ScanBuffers {
 
 // Offers rows [r0, r1) to the selectors of queries [0, nq). A row must also beat
 // ceiling[q] when ceilings are given. Row r goes to the selectors as id row_ids[r], or as
-// r itself when row_ids is null.
+// r itself when row_ids is null; when allow is given, only if bit r of it is set (a
+// filtered search: the kernels still compare every row, which costs less than gathering
+// the allowed ones unless they are very few, but only allowed rows lower a threshold).
 template <class S>
 void scan_range(const S& s, const typename S::Elem* rows, std::size_t r0, std::size_t r1,
                 const typename S::Elem* queries, std::size_t nq, typename S::Selector* heaps,
                 const std::vector<Value<S>>& ceiling, ScanBuffers<S>& buf,
-                const std::int64_t* row_ids = nullptr) {
+                const std::int64_t* row_ids = nullptr, const std::uint64_t* allow = nullptr) {
   const std::size_t block = full_block_rows(S::kKind, s.row_bytes(), nq);
   std::vector<Value<S>>& thresh = buf.thresh;
   thresh.resize(nq);
@@ -207,6 +227,7 @@ void scan_range(const S& s, const typename S::Elem* rows, std::size_t r0, std::s
       const std::size_t h = s.run(queries, t, nt, blk, nb, thresh.data() + t, hits);
       for (std::size_t i = 0; i < h; ++i) {
         const std::size_t r = b + hits[i].row;
+        if (allow && !(allow[r / 64] >> (r % 64) & 1)) continue;
         heaps[t + hits[i].query].push(S::value(hits[i]),
                                       row_ids ? row_ids[r] : static_cast<std::int64_t>(r));
       }

@@ -42,9 +42,10 @@ constexpr std::size_t kSampleBufferBytes = std::size_t(1) << 20;
 std::atomic<int> forced_dot_path{static_cast<int>(DotPath::automatic)};
 std::atomic<int> forced_hamming_path{static_cast<int>(HammingPath::automatic)};
 
-struct DotScan {
+template <class Sel>
+struct DotScanOf {
   using Order = ScoreOrder;
-  using Selector = HeapSelector<ScoreOrder>;
+  using Selector = Sel;
   using Elem = float;
   using Hit = ScoreHit;
   // A multiple of the query panel's 32-query groups and of the row panel's 12-query
@@ -114,6 +115,7 @@ struct DotScan {
   static constexpr bool kSampleCeiling = false;
   Selector selector(std::size_t cap) const { return Selector(cap); }
 };
+using DotScan = DotScanOf<HeapSelector<ScoreOrder>>;
 
 // With k large, most of a streaming top-k's work is the k * log(n / k) rows per query
 // that beat a threshold still on its way down. A sample of the range (evenly spaced
@@ -169,16 +171,18 @@ std::vector<Value<S>> sample_ceilings(const S& s, const typename S::Elem* rows, 
 template <class S>
 void scan_into(const S& s, const typename S::Elem* rows, std::size_t r0, std::size_t r1,
                const typename S::Elem* queries, std::size_t nq, typename S::Selector* sel,
-               std::size_t cap, ScanBuffers<S>& buf) {
+               std::size_t cap, ScanBuffers<S>& buf, const RowFilter& f) {
   std::vector<Value<S>> ceiling;
+  // A sample of every row says nothing of the allowed ones' k-th value: with a filter
+  // its ceiling would mostly be too tight, and the queries searched twice.
   if constexpr (S::kSampleCeiling)
-    ceiling = sample_ceilings(s, rows, r0, r1, queries, nq, cap, buf);
-  scan_range(s, rows, r0, r1, queries, nq, sel, ceiling, buf);
+    if (!f.allow) ceiling = sample_ceilings(s, rows, r0, r1, queries, nq, cap, buf);
+  scan_range(s, rows, r0, r1, queries, nq, sel, ceiling, buf, f.ids, f.allow);
   if (ceiling.empty()) return;
   for (std::size_t q = 0; q < nq; ++q) {
     if (sel[q].full()) continue;
     sel[q].reset();
-    scan_range(s, rows, r0, r1, queries + q * s.stride, 1, &sel[q], {}, buf);
+    scan_range(s, rows, r0, r1, queries + q * s.stride, 1, &sel[q], {}, buf, f.ids, f.allow);
   }
 }
 
@@ -213,7 +217,7 @@ template <class S, class Out>
 void search_by_queries(const S& s, const typename S::Elem* rows, std::size_t n,
                        const typename S::Elem* queries, std::size_t nq, std::size_t k,
                        std::size_t cap, int wanted, Out sentinel, Out* out_v,
-                       std::int64_t* out_id) {
+                       std::int64_t* out_id, const RowFilter& f) {
   using E = Entry<typename S::Order>;
   const std::size_t chunk = query_chunk(s.selector(cap), s.row_bytes(), nq, S::kTile, wanted);
   const std::size_t chunks = (nq + chunk - 1) / chunk;
@@ -226,7 +230,7 @@ void search_by_queries(const S& s, const typename S::Elem* rows, std::size_t n,
     for (std::size_t c; (c = next.fetch_add(1)) < chunks;) {
       const std::size_t q0 = c * chunk, m = std::min(chunk, nq - q0);
       fresh_selectors(s, sel, m, cap);
-      scan_into(s, rows, 0, n, queries + q0 * s.stride, m, sel.data(), cap, buf);
+      scan_into(s, rows, 0, n, queries + q0 * s.stride, m, sel.data(), cap, buf, f);
       for (std::size_t q = 0; q < m; ++q) {
         const std::size_t got = sel[q].take(best.data());
         write_sorted(best.data(), got, k, sentinel, out_v + (q0 + q) * k, out_id + (q0 + q) * k);
@@ -250,7 +254,7 @@ template <class S, class Out>
 void search_by_rows(const S& s, const typename S::Elem* rows, std::size_t n,
                     const typename S::Elem* queries, std::size_t nq, std::size_t k,
                     std::size_t cap, int wanted, Out sentinel, Out* out_v,
-                    std::int64_t* out_id) {
+                    std::int64_t* out_id, const RowFilter& f) {
   using E = Entry<typename S::Order>;
   const std::size_t parts = row_parts(n, cap, wanted);
   std::vector<E> storage(parts * nq * cap);
@@ -263,7 +267,7 @@ void search_by_rows(const S& s, const typename S::Elem* rows, std::size_t n,
       const std::size_t r0 = n * p / parts / 64 * 64;
       const std::size_t r1 = p + 1 == parts ? n : n * (p + 1) / parts / 64 * 64;
       fresh_selectors(s, sel, nq, cap);
-      scan_into(s, rows, r0, r1, queries, nq, sel.data(), cap, buf);
+      scan_into(s, rows, r0, r1, queries, nq, sel.data(), cap, buf, f);
       for (std::size_t q = 0; q < nq; ++q)
         sizes[p * nq + q] = sel[q].take(storage.data() + (p * nq + q) * cap);
     }
@@ -274,7 +278,7 @@ void search_by_rows(const S& s, const typename S::Elem* rows, std::size_t n,
 template <class S, class Out>
 void search(const S& s, const typename S::Elem* rows, std::size_t n,
             const typename S::Elem* queries, std::size_t nq, std::size_t k, int nthreads,
-            Out sentinel, Out* out_v, std::int64_t* out_id) {
+            Out sentinel, Out* out_v, std::int64_t* out_id, const RowFilter& f) {
   const std::size_t cap = std::min(k, n);
   if (nq == 0) return;
   if (cap == 0) {
@@ -287,9 +291,9 @@ void search(const S& s, const typename S::Elem* rows, std::size_t n,
   const int by_queries = threads_for(nthreads, work, nq / 4);
   const int by_rows = threads_for(nthreads, work, n / 64, kMinRowWorkPerThread);
   if (by_rows > by_queries)
-    search_by_rows(s, rows, n, queries, nq, k, cap, by_rows, sentinel, out_v, out_id);
+    search_by_rows(s, rows, n, queries, nq, k, cap, by_rows, sentinel, out_v, out_id, f);
   else
-    search_by_queries(s, rows, n, queries, nq, k, cap, by_queries, sentinel, out_v, out_id);
+    search_by_queries(s, rows, n, queries, nq, k, cap, by_queries, sentinel, out_v, out_id, f);
 }
 
 // Many queries over a small database: each tile of queries gets its rows of distances
@@ -469,7 +473,7 @@ void hamming_dense(const HammingScan<CountingSelector>& s, const std::uint8_t* c
 
 void hamming_search(const std::uint8_t* codes, std::size_t n, std::size_t nbytes,
                     const std::uint8_t* queries, std::size_t nq, std::size_t k, int nthreads,
-                    std::int32_t* distances, std::int64_t* ids) {
+                    std::int32_t* distances, std::int64_t* ids, const RowFilter& filter) {
   const KernelSet& kernels = kernels_for(current_simd_level());
   const auto forced = static_cast<HammingPath>(forced_hamming_path.load());
   // Distances fit in int32 (the bindings cap code widths far below 2^31 bits), and the
@@ -477,23 +481,112 @@ void hamming_search(const std::uint8_t* codes, std::size_t n, std::size_t nbytes
   auto* dist = reinterpret_cast<std::uint32_t*>(distances);
   const auto sentinel = static_cast<std::uint32_t>(kHammingSentinel);
   // Counting selection needs a counter per possible distance; very wide codes use a heap.
+  const bool in_order = filter.ids == nullptr || filter.ids_ascending;
   if (nbytes * 8 <= kMaxCountingBits) {
     const HammingScan<CountingSelector> s{kernels, nbytes, forced};
-    if (nq > 0 && n > 0 && k > 0 && dense_pays(kernels, n, nbytes, nq, forced))
+    // The rows of distances are selected whole, by row: a filter would need its own
+    // count, so a filtered search streams (ids in row order are renamed afterwards).
+    if (nq > 0 && n > 0 && k > 0 && !filter.allow && in_order &&
+        dense_pays(kernels, n, nbytes, nq, forced)) {
       hamming_dense(s, codes, n, queries, nq, k, std::min(k, n), nthreads, dist, ids);
-    else
-      search(s, codes, n, queries, nq, k, nthreads, sentinel, dist, ids);
-  } else
+      if (filter.ids)
+        for (std::size_t i = 0; i < nq * k; ++i)
+          if (ids[i] >= 0) ids[i] = filter.ids[ids[i]];
+    } else if (in_order) {
+      search(s, codes, n, queries, nq, k, nthreads, sentinel, dist, ids, filter);
+    } else {
+      search(HammingScan<AdmitTies<CountingSelector>>{kernels, nbytes, forced}, codes, n,
+             queries, nq, k, nthreads, sentinel, dist, ids, filter);
+    }
+  } else if (in_order) {
     search(HammingScan<HeapSelector<HammingOrder>>{kernels, nbytes, forced}, codes, n, queries, nq, k,
-           nthreads, sentinel, dist, ids);
+           nthreads, sentinel, dist, ids, filter);
+  } else {
+    search(HammingScan<AdmitTies<HeapSelector<HammingOrder>>>{kernels, nbytes, forced}, codes, n,
+           queries, nq, k, nthreads, sentinel, dist, ids, filter);
+  }
 }
 
 void dot_search(const float* rows, std::size_t n, std::size_t dim, float row_norm,
                 const float* queries, std::size_t nq, std::size_t k, int nthreads, float* scores,
-                std::int64_t* ids) {
-  const DotScan s{kernels_for(current_simd_level()), dim, row_norm,
-                  static_cast<DotPath>(forced_dot_path.load())};
-  search(s, rows, n, queries, nq, k, nthreads, kScoreSentinel, scores, ids);
+                std::int64_t* ids, const RowFilter& filter) {
+  const KernelSet& kernels = kernels_for(current_simd_level());
+  const auto forced = static_cast<DotPath>(forced_dot_path.load());
+  if (filter.ids == nullptr || filter.ids_ascending)
+    search(DotScan{kernels, dim, row_norm, forced}, rows, n, queries, nq, k, nthreads,
+           kScoreSentinel, scores, ids, filter);
+  else
+    search(DotScanOf<AdmitTies<HeapSelector<ScoreOrder>>>{kernels, dim, row_norm, forced}, rows,
+           n, queries, nq, k, nthreads, kScoreSentinel, scores, ids, filter);
+}
+
+namespace {
+
+// The gather searches' driver: score(q, rows, m, values) scores query q against the m
+// listed rows; each query keeps its best k, as ids.
+template <class Order, class Score>
+void gather_search(std::size_t nq, const std::int64_t* rows, std::size_t m, std::size_t k,
+                   int nthreads, std::size_t row_bytes, typename Order::Value sentinel,
+                   typename Order::Value* out_v, std::int64_t* out_id, const std::int64_t* ids,
+                   Score score) {
+  using E = Entry<Order>;
+  const int T = threads_for(nthreads, nq * m * row_bytes, nq);
+  const std::size_t per_chunk = (nq + kChunksPerThread * static_cast<std::size_t>(T) - 1) /
+                                (kChunksPerThread * static_cast<std::size_t>(T));
+  std::atomic<std::size_t> next{0};
+  run_parallel(T, [&](int) {
+    std::vector<typename Order::Value> values(m);
+    std::vector<E> entries(m);
+    for (std::size_t q0; (q0 = next.fetch_add(per_chunk)) < nq;) {
+      for (std::size_t q = q0; q < std::min(nq, q0 + per_chunk); ++q) {
+        score(q, values.data());
+        for (std::size_t j = 0; j < m; ++j) entries[j] = {values[j], ids ? ids[rows[j]] : rows[j]};
+        const std::size_t keep = std::min(k, m);
+        std::partial_sort(entries.begin(), entries.begin() + static_cast<std::ptrdiff_t>(keep),
+                          entries.end());
+        write_sorted(entries.data(), keep, k, sentinel, out_v + q * k, out_id + q * k);
+      }
+    }
+  });
+}
+
+}  // namespace
+
+void hamming_gather_search(const std::uint8_t* codes, std::size_t nbytes,
+                           const std::uint8_t* queries, std::size_t nq, const std::int64_t* rows,
+                           std::size_t m, std::size_t k, int nthreads, std::int32_t* distances,
+                           std::int64_t* out_ids, const std::int64_t* ids) {
+  // A few hundred rows at most (the caller's choice): a portable popcount over 8-byte
+  // words is far from the cost of the calling overhead.
+  auto* dist = reinterpret_cast<std::uint32_t*>(distances);
+  gather_search<HammingOrder>(
+      nq, rows, m, k, nthreads, nbytes, static_cast<std::uint32_t>(kHammingSentinel), dist,
+      out_ids, ids, [&](std::size_t q, std::uint32_t* values) {
+        const std::uint8_t* a = queries + q * nbytes;
+        for (std::size_t j = 0; j < m; ++j) {
+          const std::uint8_t* b = codes + static_cast<std::size_t>(rows[j]) * nbytes;
+          std::uint32_t d = 0;
+          std::size_t i = 0;
+          for (; i + 8 <= nbytes; i += 8) {
+            std::uint64_t x, y;
+            std::memcpy(&x, a + i, 8);
+            std::memcpy(&y, b + i, 8);
+            d += static_cast<std::uint32_t>(__builtin_popcountll(x ^ y));
+          }
+          for (; i < nbytes; ++i) d += static_cast<std::uint32_t>(__builtin_popcount(a[i] ^ b[i]));
+          values[j] = d;
+        }
+      });
+}
+
+void dot_gather_search(const float* db, std::size_t dim, const float* queries, std::size_t nq,
+                       const std::int64_t* rows, std::size_t m, std::size_t k, int nthreads,
+                       float* scores, std::int64_t* out_ids, const std::int64_t* ids) {
+  DotGatherFn* const gather = kernels_for(current_simd_level()).dot_gather;
+  gather_search<ScoreOrder>(nq, rows, m, k, nthreads, dim * sizeof(float), kScoreSentinel, scores,
+                            out_ids, ids, [&](std::size_t q, float* values) {
+                              gather(queries + q * dim, db, dim, rows, m, values);
+                            });
 }
 
 void dot_rerank(const float* rows, std::size_t dim, const float* queries, std::size_t nq,

@@ -30,14 +30,42 @@ namespace cofisearch {
 constexpr std::int32_t kHammingSentinel = std::numeric_limits<std::int32_t>::max();
 constexpr float kScoreSentinel = -std::numeric_limits<float>::infinity();
 
+// Which rows a search may return and the ids it returns them by (an index with the
+// caller's ids, removals or an `allowed` filter). The default is every row, as its row
+// number.
+struct RowFilter {
+  // Bit r % 64 of word r / 64 set: row r may be returned. Null: every row. Checked in the
+  // scan's hit path, before a hit reaches the selector, so the top k are the k best
+  // allowed rows.
+  const std::uint64_t* allow = nullptr;
+  // Row r is returned as ids[r] (ties then go to the smaller of these ids). Null: as r.
+  const std::int64_t* ids = nullptr;
+  // The ids increase with the row, so ties by id are ties by row and every path keeps
+  // its order; otherwise the scan admits ties at the k-th value for the selector to
+  // order by id.
+  bool ids_ascending = true;
+};
+
 void hamming_search(const std::uint8_t* codes, std::size_t n, std::size_t nbytes,
                     const std::uint8_t* queries, std::size_t nq, std::size_t k, int nthreads,
-                    std::int32_t* distances, std::int64_t* ids);
+                    std::int32_t* distances, std::int64_t* ids, const RowFilter& filter = {});
 
 // row_norm: an upper bound on the norm of every row (the index keeps one), or NaN.
 void dot_search(const float* rows, std::size_t n, std::size_t dim, float row_norm,
                 const float* queries, std::size_t nq, std::size_t k, int nthreads, float* scores,
-                std::int64_t* ids);
+                std::int64_t* ids, const RowFilter& filter = {});
+
+// The top k of every query among the m rows listed in `rows` (shared by all queries,
+// each a row of the database; the caller checks), returned as ids[row] (or the row when
+// ids is null), ties by the smaller id: the path of a very selective filter, O(nq * m)
+// whatever the database size.
+void hamming_gather_search(const std::uint8_t* codes, std::size_t nbytes,
+                           const std::uint8_t* queries, std::size_t nq, const std::int64_t* rows,
+                           std::size_t m, std::size_t k, int nthreads, std::int32_t* distances,
+                           std::int64_t* out_ids, const std::int64_t* ids);
+void dot_gather_search(const float* db, std::size_t dim, const float* queries, std::size_t nq,
+                       const std::int64_t* rows, std::size_t m, std::size_t k, int nthreads,
+                       float* scores, std::int64_t* out_ids, const std::int64_t* ids);
 
 // Scores, for each query, only the database rows listed in its row of `candidates`
 // (nq x c ids; -1 entries are skipped, duplicates count once). Every id must be -1 or a

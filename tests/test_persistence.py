@@ -292,3 +292,94 @@ def test_unsigned_candidate_ids_beyond_int64_are_refused_not_wrapped(bad):
     cand = np.array([[0, 1, bad]], dtype=np.uint64)
     with pytest.raises(ValueError, match=str(bad)):
         index.search(np.ones((1, 4), dtype=np.float32), 2, candidates=cand)
+
+
+# ---- ids and removals (format version 2) --------------------------------------------
+
+
+def _indexes_with_ids():
+    """Both kinds with the caller's ids (out of row order), removals awaiting compaction
+    and a next sequential id past every id present."""
+    out = []
+    for index in _indexes():
+        n = index.ntotal
+        fresh = cofisearch.BinaryIndex(72) if index.kind == "binary" else cofisearch.FloatIndex(13, "cosine")
+        rows = index.codes if index.kind == "binary" else index.vectors
+        ids = np.random.default_rng(5).permutation(10 * n)[:n]
+        fresh.add(rows[: n // 2], ids=ids[: n // 2])
+        fresh.add(rows[n // 2 :])
+        fresh.remove(ids[:20])
+        out.append(fresh)
+    return out
+
+
+def _version(path):
+    return int.from_bytes(path.read_bytes()[8:12], "little")
+
+
+@pytest.mark.parametrize("mmap", [False, True])
+@pytest.mark.parametrize("which", [0, 1])
+def test_ids_and_removals_round_trip_through_a_file(tmp_path, which, mmap):
+    index = _indexes_with_ids()[which]
+    path = tmp_path / "index.cofi"
+    index.save(path)
+    assert _version(path) == 2
+    loaded = cofisearch.load_index(path, mmap=mmap)
+    _assert_same(index, loaded)
+    assert loaded.ids.tolist() == index.ids.tolist()
+    # The next sequential id, past the largest ever held, is kept.
+    data = index.codes[:1] if index.kind == "binary" else index.vectors[:1]
+    index.add(data)
+    loaded.add(data)
+    assert loaded.ids[-1] == index.ids[-1]
+    _assert_same(index, loaded)
+
+
+@pytest.mark.parametrize("which", [0, 1])
+def test_ids_and_removals_round_trip_through_a_pickle(which):
+    index = _indexes_with_ids()[which]
+    back = pickle.loads(pickle.dumps(index))
+    _assert_same(index, back)
+    assert back.ids.tolist() == index.ids.tolist()
+
+
+def test_an_index_without_ids_still_writes_version_1(tmp_path):
+    # Older builds read it; a version-1 file is what they wrote, and it still loads.
+    path = tmp_path / "index.cofi"
+    _indexes()[0].save(path)
+    assert _version(path) == 1
+    loaded = cofisearch.load_index(path)
+    assert loaded._store.items is None
+    _assert_same(_indexes()[0], loaded)
+
+
+@pytest.mark.parametrize("mmap", [False, True])
+def test_a_flipped_byte_in_the_ids_is_rejected(tmp_path, mmap):
+    path = tmp_path / "index.cofi"
+    _indexes_with_ids()[0].save(path)
+    data = path.read_bytes()
+    for offset in (len(data) - 1, len(data) - 9, len(data) - 100):
+        corrupt = bytearray(data)
+        corrupt[offset] ^= 0x01
+        path.write_bytes(bytes(corrupt))
+        with pytest.raises(ValueError, match="checksum"):
+            cofisearch.load_index(path, mmap=mmap)
+    path.write_bytes(data[:-4])
+    with pytest.raises(ValueError, match="index.cofi"):
+        cofisearch.load_index(path)
+
+
+@pytest.mark.parametrize(
+    "tamper,message",
+    [
+        (lambda ids: np.concatenate([ids[:-1], ids[:1]]), "not unique"),
+        (lambda ids: ids.astype(np.int32), "1-D int64"),
+        (lambda ids: ids[:-1], "one id per row"),
+        (lambda ids: np.where(ids == ids[0], -3, ids), "must lie in"),
+    ],
+)
+def test_unpickling_refuses_bad_ids(tamper, message):
+    fn, args = _indexes_with_ids()[0].__reduce__()
+    kind, width, metric, rows, _, ids, next_id = args
+    with pytest.raises(ValueError, match=message):
+        fn(kind, width, metric, rows, None, tamper(ids), next_id)

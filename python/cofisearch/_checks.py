@@ -29,10 +29,11 @@ __all__ = [
     "check_codes",
     "check_float",
     "check_floats",
+    "check_ids",
     "check_int",
     "check_int_sequence",
-    "check_multi_hot",
     "check_k",
+    "check_multi_hot",
     "check_nbits",
     "check_num_threads",
     "check_output_dir",
@@ -321,3 +322,23 @@ def check_floats(x, name, dim=None, *, one_d_ok=False):
     if a.size and not (np.isfinite(a.min()) and np.isfinite(a.max())):
         raise ValueError(f"{name} must contain only finite values, got NaN or infinity")
     return a
+
+
+def check_ids(ids, name, *, count=None):
+    """Item ids as a 1-D int64 array (any integer dtype, widened, never narrowed; a scalar
+    is one id); with ``count``, exactly that many. Values are not checked here: the index
+    decides what a negative or unknown id means."""
+    a = as_numpy(ids, name)
+    if a.ndim == 0:
+        a = a.reshape(1)
+    if a.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D array of ids, got shape {a.shape}")
+    if a.size == 0 and not np.issubdtype(a.dtype, np.integer):
+        a = a.astype(np.int64)  # an empty list arrives as float64
+    if not np.issubdtype(a.dtype, np.integer):
+        raise TypeError(f"{name} must be an integer array of ids, got dtype {a.dtype}")
+    if a.dtype.kind == "u" and a.size and int(a.max()) > np.iinfo(np.int64).max:
+        raise ValueError(f"{name} must hold int64 ids, got {int(a.max())}")
+    if count is not None and a.shape[0] != count:
+        raise ValueError(f"{name} must hold one id per row ({count}), got {a.shape[0]}")
+    return np.ascontiguousarray(a, dtype=np.int64)

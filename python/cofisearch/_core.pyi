@@ -19,6 +19,18 @@ def hamming_search(
     queries: npt.NDArray[np.uint8],
     k: int,
     num_threads: int,
+    allow: npt.NDArray[np.uint64] | None = ...,
+    ids: npt.NDArray[np.int64] | None = ...,
+    ids_ascending: bool = ...,
+) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int64]]: ...
+def hamming_gather(
+    codes: npt.NDArray[np.uint8],
+    n: int,
+    queries: npt.NDArray[np.uint8],
+    rows: npt.NDArray[np.int64],
+    k: int,
+    num_threads: int,
+    ids: npt.NDArray[np.int64] | None = ...,
 ) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int64]]: ...
 def dot_search(
     database: npt.NDArray[np.float32],
@@ -27,6 +39,18 @@ def dot_search(
     k: int,
     num_threads: int,
     row_norm: float = ...,
+    allow: npt.NDArray[np.uint64] | None = ...,
+    ids: npt.NDArray[np.int64] | None = ...,
+    ids_ascending: bool = ...,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]: ...
+def dot_gather(
+    database: npt.NDArray[np.float32],
+    n: int,
+    queries: npt.NDArray[np.float32],
+    rows: npt.NDArray[np.int64],
+    k: int,
+    num_threads: int,
+    ids: npt.NDArray[np.int64] | None = ...,
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]: ...
 def dot_rerank(
     database: npt.NDArray[np.float32],

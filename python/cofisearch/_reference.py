@@ -24,6 +24,7 @@ __all__ = [
     "quantize_queries",
     "smallest_k",
     "topk",
+    "topk_by_id",
     "unit_rows",
     "words",
 ]
@@ -237,3 +238,12 @@ def asymmetric_estimates(planes, consts, bias, codes, factors):
     s = s + shift
     s = np.asarray(factors, dtype=f32)[None, :] * s
     return (np.asarray(bias, dtype=f32)[:, None] + s).astype(f32)
+
+
+def topk_by_id(values, ids, k, *, largest):
+    """:func:`topk` over items named by ``ids`` (one per column, unique): ties by the
+    smaller id rather than the smaller column, and the ids returned."""
+    ids = np.asarray(ids, dtype=np.int64)
+    by_id = np.argsort(ids, kind="stable")
+    d, cols = topk(np.asarray(values)[:, by_id], k, largest=largest)
+    return d, np.where(cols >= 0, ids[by_id][np.maximum(cols, 0)], -1)
