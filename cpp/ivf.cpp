@@ -17,17 +17,8 @@ namespace {
 
 using namespace drivers;
 
-// Lists are scanned in list order, so a selector meets ids out of order: a row that ties
-// the k-th distance can still win by a smaller id. The kernels' strict threshold is raised
-// by one to admit ties, which the selector then orders by id (and trims, see topk.h).
-template <class Sel>
-struct TieAdmitting : Sel {
-  using Sel::Sel;
-  std::uint32_t threshold() {
-    const std::uint32_t t = Sel::threshold();
-    return t == HammingOrder::open() ? t : t + 1;
-  }
-};
+// Lists are scanned in list order, so a selector meets ids out of order: its thresholds
+// admit ties (AdmitTies, scan.h), which it then orders by id (and trims, see topk.h).
 
 // The queries that probe each list, list-major: a counting sort of the (query, list)
 // pairs. List l's queries are query[begin[l] .. end[l]), ascending; slot[i] is where the
@@ -68,22 +59,12 @@ struct CodeGather {
   }
 };
 
-// The same for estimated scores: a tie at the k-th score is admitted by lowering the
-// kernels' strict threshold to the next float below it.
-struct TieAdmittingScores : HeapSelector<ScoreOrder> {
-  using HeapSelector<ScoreOrder>::HeapSelector;
-  float threshold() const {
-    const float t = HeapSelector<ScoreOrder>::threshold();
-    return std::isnan(t) ? t : std::nextafter(t, -std::numeric_limits<float>::infinity());
-  }
-};
-
 // What scan_range needs to run the asymmetric kernels (asym.h) over a list. A query's
 // record is its planes (qbits codes of `stride` bytes) then four floats: scale, lo2,
 // shift and the bias of the list it is scanned in.
 struct AsymScan {
   using Order = ScoreOrder;
-  using Selector = TieAdmittingScores;
+  using Selector = AdmitTies<HeapSelector<ScoreOrder>>;
   using Elem = std::uint8_t;
   using Hit = ScoreHit;
   static constexpr std::size_t kTile = kMaxQueryTile;
@@ -275,10 +256,10 @@ void ivf_hamming_search(const InvertedLists& lists, const std::uint8_t* queries,
   const auto sentinel = static_cast<std::uint32_t>(kHammingSentinel);
   const CodeGather gather{queries, lists.nbytes};
   if (lists.nbytes * 8 <= kMaxCountingBits)
-    probe_search(HammingScan<TieAdmitting<CountingSelector>>{kernels, lists.nbytes, forced}, lists, gather, nq,
+    probe_search(HammingScan<AdmitTies<CountingSelector>>{kernels, lists.nbytes, forced}, lists, gather, nq,
                  probes, nprobe, k, nthreads, sentinel, dist, ids);
   else
-    probe_search(HammingScan<TieAdmitting<HeapSelector<HammingOrder>>>{kernels, lists.nbytes, forced}, lists,
+    probe_search(HammingScan<AdmitTies<HeapSelector<HammingOrder>>>{kernels, lists.nbytes, forced}, lists,
                  gather, nq, probes, nprobe, k, nthreads, sentinel, dist, ids);
 }
 
