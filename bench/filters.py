@@ -6,10 +6,12 @@ codes.
     python bench/filters.py                       # 1M 64-bit codes, 200k 512-d floats
     python bench/filters.py --codes 100000 --floats 20000 --queries 200   # quicker
 
-For each filter the fused scan (a row bitmap checked where a row would enter the top k)
-and the gather of the allowed rows are both timed where they are close, which places the
-crossover the index uses (``cofisearch._index.GATHER_ROWS``). Medians of ``--repeats``
-runs; nothing is checked against a threshold here.
+For each filter the fused scan (a row bitmap checked where a row would enter the top k),
+the scan of a packed copy of the allowed rows and the gather of them are timed (the gather
+only where it is close), which places the crossovers the index uses
+(``cofisearch._index.GATHER_ROWS``, ``_PACK_*``). Then ``remove`` of 1% of the codes from
+a ``BinaryIndex`` and from an ``IVFBinaryIndex``. Medians of ``--repeats`` runs; nothing
+is checked against a threshold here.
 """
 
 from __future__ import annotations
@@ -21,9 +23,8 @@ import statistics
 import sys
 import time
 
-import numpy as np
-
 import cofisearch
+import numpy as np
 from cofisearch import _index
 from cofisearch._bench.machine import format_machine, machine_info
 
@@ -39,23 +40,33 @@ def median_time(fn, repeats):
     return statistics.median(times)
 
 
+_KNOBS = ("GATHER_ROWS", "_GATHER_FRACTION", "_PACK_BYTES", "_PACK_MOST", "_PACK_FEW")
+
+
 class forced_path:
-    """Makes every filtered search scan ("scan") or gather ("gather"); "auto" keeps the
-    index's own choice."""
+    """Makes every filtered search scan every row with the bitmap ("scan"), scan a packed
+    copy of its rows ("pack") or gather them ("gather"); "auto" keeps the index's own
+    choice."""
 
     def __init__(self, path):
         self.path = path
 
     def __enter__(self):
-        self.saved = _index.GATHER_ROWS, _index._GATHER_FRACTION
-        if self.path == "scan":
+        self.saved = [getattr(_index, name) for name in _KNOBS]
+        if self.path in ("scan", "pack"):
             _index.GATHER_ROWS = -1
             _index._GATHER_FRACTION = {"binary": 1 << 62, "float": 1 << 62}
+            if self.path == "scan":
+                _index._PACK_BYTES = -1
+            else:
+                _index._PACK_MOST = _index._PACK_FEW = 1.0
+                _index._PACK_BYTES = 1 << 62
         elif self.path == "gather":
             _index.GATHER_ROWS = 1 << 62
 
     def __exit__(self, *exc):
-        _index.GATHER_ROWS, _index._GATHER_FRACTION = self.saved
+        for name, value in zip(_KNOBS, self.saved):
+            setattr(_index, name, value)
 
 
 def faiss_filtered(faiss, index, queries, k, allowed, threads):
@@ -92,7 +103,7 @@ def run_kind(kind, n, width, nq, k, fractions, repeats, threads, faiss):
         allowed = np.sort(rng.choice(n, max(1, int(frac * n)), replace=False)).astype(np.int64)
         row = {"kind": kind, "n": n, "width": width, "keep": frac, "allowed": int(allowed.size),
                "unfiltered_s": base}
-        for path in ("auto", "scan", "gather"):
+        for path in ("auto", "scan", "pack", "gather"):
             if path == "gather" and allowed.size > n // 8:
                 continue  # far past the crossover, and slow
             with forced_path(path):
@@ -129,6 +140,29 @@ def run_remove(n, width, repeats):
             "compact_s": statistics.median(compact)}
 
 
+def run_ivf_remove(n, width, repeats):
+    """An IVF index rewrites the lists that lose items at once: 1% of them (every list),
+    and one item (one list, into the buffers' free room)."""
+    rng = np.random.default_rng(2)
+    data = rng.integers(0, 256, (n, width // 8), dtype=np.uint8)
+    nlist = max(1, min(1024, n // 64))
+    index = cofisearch.IVFBinaryIndex(width, nlist)
+    index.train(data)
+    index.add(data)
+    bulk, one = [], []
+    for _ in range(repeats):
+        ids = index.ids
+        gone = rng.choice(ids, ids.size // 100, replace=False)
+        start = time.perf_counter()
+        index.remove(gone)
+        bulk.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        index.remove(index.ids[:1])
+        one.append(time.perf_counter() - start)
+    return {"n": n, "nlist": nlist, "removed": n // 100, "remove_s": statistics.median(bulk),
+            "remove_one_s": statistics.median(one)}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--codes", type=int, default=1_000_000)
@@ -154,6 +188,8 @@ def main(argv=None):
                          args.repeats, args.threads, faiss)
     removal = run_remove(args.codes, args.nbits, args.repeats)
     print(json.dumps(removal), flush=True)
+    ivf = run_ivf_remove(args.codes, args.nbits, args.repeats)
+    print(json.dumps(ivf), flush=True)
     info = machine_info()
     command = " ".join(argv or sys.argv[1:])
     lines = ["## Filtered search and removal (issue 15)", "",
@@ -161,8 +197,8 @@ def main(argv=None):
               f"{args.threads} thread(s), SIMD level {cofisearch.simd_level()}, medians of "
               f"{args.repeats}. Times in seconds; ratios in the same run."), "",
              ("| data | keep | allowed | unfiltered | filtered (auto) | x unfiltered | fused scan "
-              "| gather | faiss IDSelectorBatch | faiss / ours |"),
-             "|---|---|---|---|---|---|---|---|---|---|"]
+              "| packed scan | gather | faiss IDSelectorBatch | faiss / ours |"),
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def fmt(v, spec=".3f"):
         return "n/a" if v is None else format(v, spec)
@@ -171,16 +207,21 @@ def main(argv=None):
         lines.append(
             f"| {r['n']:,} x {r['width']} {r['kind']} | {r['keep']:.1%} | {r['allowed']:,} | "
             f"{fmt(r['unfiltered_s'])} | {fmt(r['auto_s'])} | {fmt(r['vs_unfiltered'], '.2f')} | "
-            f"{fmt(r.get('scan_s'))} | {fmt(r.get('gather_s'))} | {fmt(r['faiss_s'])} | "
+            f"{fmt(r.get('scan_s'))} | {fmt(r.get('pack_s'))} | {fmt(r.get('gather_s'))} | "
+            f"{fmt(r['faiss_s'])} | "
             f"{fmt(r['faiss_over_ours'], '.1f')} |")
-    lines += ["", (f"remove of {removal['removed']:,} of {removal['n']:,} codes: "
+    lines += ["", (f"BinaryIndex: remove of {removal['removed']:,} of {removal['n']:,} codes: "
                    f"{removal['remove_s'] * 1e3:.2f} ms; compact: {removal['compact_s'] * 1e3:.1f} ms"),
+              "", (f"IVFBinaryIndex ({ivf['nlist']} lists): remove of {ivf['removed']:,} of "
+                   f"{ivf['n']:,} codes: {ivf['remove_s'] * 1e3:.1f} ms (every list rewritten); "
+                   f"of one code: {ivf['remove_one_s'] * 1e3:.2f} ms (one list)"),
               "", "Machine:", "", "```", format_machine(info), "```", ""]
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "filters.md"), "w") as f:
         f.write("\n".join(lines))
     with open(os.path.join(args.out, "filters.json"), "w") as f:
-        json.dump({"args": vars(args), "machine": info, "rows": rows, "remove": removal}, f,
+        json.dump({"args": vars(args), "machine": info, "rows": rows, "remove": removal,
+                   "ivf_remove": ivf}, f,
                   indent=2, default=str)
     return 0
 

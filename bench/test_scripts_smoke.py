@@ -127,3 +127,15 @@ def test_rerank_scale_tiny_writes_both_tables(tmp_path):
     assert regimes == {(s, g) for s in ("100/500", "200/1K")
                        for g in ("all pairs", "cascade-bounded")}
     assert "Table 6 analogue" in (tmp_path / "rerank_scale.md").read_text()
+
+
+def test_filters_runs_every_path_at_small_sizes(tmp_path):
+    from . import filters
+
+    assert filters.main(["--codes", "3000", "--floats", "800", "--dim", "16", "--queries", "20",
+                         "--fractions", "0.5,0.01", "--repeats", "1", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "filters.json").read_text())
+    assert {r["kind"] for r in report["rows"]} == {"binary", "float"}
+    assert all(r["scan_s"] > 0 and r["pack_s"] > 0 for r in report["rows"])
+    assert report["remove"]["removed"] == 30 and report["ivf_remove"]["remove_s"] > 0
+    assert "IVFBinaryIndex" in (tmp_path / "filters.md").read_text()

@@ -319,7 +319,7 @@ py::tuple ivf_asym_search(const py::array& codes, const py::array& factors, cons
                           const py::array& list_start, const py::array& list_size,
                           const py::array& planes, std::int64_t qbits, const py::array& consts,
                           const py::array& probes, const py::array& bias, std::int64_t k,
-                          int num_threads) {
+                          int num_threads, const py::object& allow) {
   require<std::uint8_t>(codes, "codes", "uint8");
   require_1d<float>(factors, "factors", "float32");
   require_1d<std::int64_t>(ids, "ids", "int64");
@@ -359,7 +359,8 @@ py::tuple ivf_asym_search(const py::array& codes, const py::array& factors, cons
   const cofisearch::InvertedLists lists{static_cast<const std::uint8_t*>(codes.data()),
                                         static_cast<const std::int64_t*>(ids.data()),
                                         static_cast<const std::int64_t*>(list_start.data()),
-                                        static_cast<const std::int64_t*>(list_size.data()), nlist, nbytes};
+                                        static_cast<const std::int64_t*>(list_size.data()), nlist, nbytes,
+                                        row_filter(allow, py::none(), true, static_cast<std::size_t>(rows)).allow};
   const cofisearch::AsymQueries queries{static_cast<const std::uint8_t*>(planes.data()), qb,
                                         static_cast<const float*>(consts.data()),
                                         static_cast<const float*>(bias.data())};
@@ -376,7 +377,8 @@ py::tuple ivf_asym_search(const py::array& codes, const py::array& factors, cons
 
 py::tuple ivf_search(const py::array& codes, const py::array& ids, const py::array& list_start,
                      const py::array& list_size, const py::array& queries,
-                     const py::array& probes, std::int64_t k, int num_threads) {
+                     const py::array& probes, std::int64_t k, int num_threads,
+                     const py::object& allow) {
   require<std::uint8_t>(codes, "codes", "uint8");
   require_1d<std::int64_t>(ids, "ids", "int64");
   require<std::uint8_t>(queries, "queries", "uint8");
@@ -400,7 +402,9 @@ py::tuple ivf_search(const py::array& codes, const py::array& ids, const py::arr
                                         static_cast<const std::int64_t*>(ids.data()),
                                         static_cast<const std::int64_t*>(list_start.data()),
                                         static_cast<const std::int64_t*>(list_size.data()), nlist,
-                                        static_cast<std::size_t>(codes.shape(1))};
+                                        static_cast<std::size_t>(codes.shape(1)),
+                                        row_filter(allow, py::none(), true,
+                                                   static_cast<std::size_t>(codes.shape(0))).allow};
   const auto* qp = static_cast<const std::uint8_t*>(queries.data());
   std::int32_t* dp = dist.mutable_data();
   std::int64_t* ip = out_ids.mutable_data();
@@ -481,16 +485,19 @@ PYBIND11_MODULE(_core, m) {
         "Inner-product top-k of each query over its own row of candidate ids.");
   m.def("ivf_search", &ivf_search, py::arg("codes"), py::arg("ids"), py::arg("list_start"),
         py::arg("list_size"), py::arg("queries"), py::arg("probes"), py::arg("k"),
-        py::arg("num_threads"),
+        py::arg("num_threads"), py::arg("allow") = py::none(),
         "Exact Hamming top-k of each query over the inverted lists named in its row of "
         "probes (-1 skipped): list l is rows list_start[l] .. + list_size[l] of codes, "
-        "reporting ids of those rows.");
+        "reporting ids of those rows; with allow (uint64 words, a bit per row of codes), "
+        "only rows whose bit is set.");
   m.def("ivf_asym_search", &ivf_asym_search, py::arg("codes"), py::arg("factors"), py::arg("ids"),
         py::arg("list_start"), py::arg("list_size"), py::arg("planes"), py::arg("qbits"),
         py::arg("consts"), py::arg("probes"), py::arg("bias"), py::arg("k"), py::arg("num_threads"),
+        py::arg("allow") = py::none(),
         "Top-k estimated inner products (cpp/asym.h) of each query over the inverted lists "
         "named in its row of probes: 1-bit codes with one factor per row, queries as qbits "
-        "bit planes with (scale, lo2, shift) constants and a bias per probed list.");
+        "bit planes with (scale, lo2, shift) constants and a bias per probed list; allow as "
+        "for ivf_search.");
 
   // Private: what the drivers decide, for the tests (cpp/search.h); not part of the API.
   m.def("_block_rows", [](const std::string& kind, std::int64_t row_bytes, std::int64_t nq) {

@@ -159,7 +159,7 @@ void scan_list(const S& s, const InvertedLists& lists, std::size_t l, const std:
     w.selectors.push_back(std::move(sel[qs[j] - base]));
   }
   scan_range(s, lists.codes + start * lists.nbytes, 0, n, w.queries.data(), m, w.selectors.data(),
-             {}, w.buffers, lists.ids + start);
+             {}, w.buffers, lists.ids + start, lists.allow, start);
   for (std::size_t j = 0; j < m; ++j) sel[qs[j] - base] = std::move(w.selectors[j]);
 }
 

@@ -7,6 +7,9 @@
 //   scan it as they scan a whole database; ids[r] is the id that row r reports. Rows
 //   outside every list (room left for later adds) are never read. The caller checks that
 //   every list lies inside the buffer;
+// - allow, when not null, has a bit per row of the buffer (bit r % 64 of word r / 64):
+//   only rows whose bit is set are reported (a filtered search; the kernels still
+//   compare every row of a probed list, the filter is checked on the hit path);
 // - probes is nq x nprobe list numbers, row q naming the lists query q scans; -1 entries
 //   are skipped and a list named twice is scanned once;
 // - outputs as in search.h: caller-owned nq x k arrays, each row the exact top-k of the
@@ -33,6 +36,7 @@ struct InvertedLists {
   const std::int64_t* size;   // nlist row counts
   std::size_t nlist;
   std::size_t nbytes;
+  const std::uint64_t* allow = nullptr;  // a bit per row, or null: every row
 };
 
 // Asymmetric screening (asym.h) over the same kind of lists, of 1-bit codes of nbytes

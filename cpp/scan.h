@@ -200,14 +200,16 @@ struct ScanBuffers {
 
 // Offers rows [r0, r1) to the selectors of queries [0, nq). A row must also beat
 // ceiling[q] when ceilings are given. Row r goes to the selectors as id row_ids[r], or as
-// r itself when row_ids is null; when allow is given, only if bit r of it is set (a
-// filtered search: the kernels still compare every row, which costs less than gathering
-// the allowed ones unless they are very few, but only allowed rows lower a threshold).
+// r itself when row_ids is null; when allow is given, only if bit allow_from + r of it is
+// set (a filtered search: the kernels still compare every row, which costs less than
+// gathering the allowed ones unless they are very few, but only allowed rows lower a
+// threshold; allow_from places a range that starts inside a larger bitmap).
 template <class S>
 void scan_range(const S& s, const typename S::Elem* rows, std::size_t r0, std::size_t r1,
                 const typename S::Elem* queries, std::size_t nq, typename S::Selector* heaps,
                 const std::vector<Value<S>>& ceiling, ScanBuffers<S>& buf,
-                const std::int64_t* row_ids = nullptr, const std::uint64_t* allow = nullptr) {
+                const std::int64_t* row_ids = nullptr, const std::uint64_t* allow = nullptr,
+                std::size_t allow_from = 0) {
   const std::size_t block = full_block_rows(S::kKind, s.row_bytes(), nq);
   std::vector<Value<S>>& thresh = buf.thresh;
   thresh.resize(nq);
@@ -227,7 +229,7 @@ void scan_range(const S& s, const typename S::Elem* rows, std::size_t r0, std::s
       const std::size_t h = s.run(queries, t, nt, blk, nb, thresh.data() + t, hits);
       for (std::size_t i = 0; i < h; ++i) {
         const std::size_t r = b + hits[i].row;
-        if (allow && !(allow[r / 64] >> (r % 64) & 1)) continue;
+        if (allow && !(allow[(allow_from + r) / 64] >> ((allow_from + r) % 64) & 1)) continue;
         heaps[t + hits[i].query].push(S::value(hits[i]),
                                       row_ids ? row_ids[r] : static_cast<std::int64_t>(r));
       }

@@ -243,7 +243,7 @@ def test_save_and_load_keep_the_screen(tmp_path, mmap):
     index = _index(v, codes, nprobe=3)
     path = tmp_path / "asym.cofi"
     index.save(path)
-    assert int.from_bytes(path.read_bytes()[36:40], "little") == 2  # layout 2
+    assert int.from_bytes(path.read_bytes()[36:40], "little") == 3  # layout 3: ids
     loaded = cofisearch.load_index(path, mmap=mmap)
     assert loaded.screen == "asymmetric" and loaded.screen_bits == index.screen_bits
     _same(loaded.search(qc, 10, vectors=q), index.search(qc, 10, vectors=q))
@@ -253,14 +253,17 @@ def test_save_and_load_keep_the_screen(tmp_path, mmap):
     _same(loaded.search(qc, 10, vectors=q), index.search(qc, 10, vectors=q))
 
 
-def test_hamming_indexes_still_write_layout_1(tmp_path):
-    v, codes, _, _ = _data()
-    plain = cofisearch.IVFBinaryIndex(32, 8)
-    plain.train(codes, v)
-    plain.add(codes, v)
-    path = tmp_path / "plain.cofi"
-    plain.save(path)
-    assert int.from_bytes(path.read_bytes()[36:40], "little") == 1
+def test_files_of_layouts_1_and_2_still_load(tmp_path):
+    v, codes, q, qc = _data()
+    for index, layout in ((cofisearch.IVFBinaryIndex(32, 8), 1), (_index(v, codes), 2)):
+        if layout == 1:
+            index.train(codes, v)
+            index.add(codes, v)
+        settings, *arrays = index._parts()
+        path = tmp_path / f"layout{layout}.cofi"
+        ivf_module._save(str(path), settings._replace(next_id=-1), *arrays)
+        assert int.from_bytes(path.read_bytes()[36:40], "little") == layout
+        _same(cofisearch.load_index(path).search(qc, 10, vectors=q), index.search(qc, 10, vectors=q))
 
 
 def test_pickles_keep_the_screen_and_old_pickles_load():
@@ -275,7 +278,9 @@ def test_pickles_keep_the_screen_and_old_pickles_load():
     plain.train(codes, v)
     plain.add(codes, v)
     settings, *rest = plain.__reduce__()[1]
-    old = ivf_module._restore(settings[:9], *rest)
+    arrays = [*rest[:4], None, None, None, None]
+    legacy = ivf_module._checksum(ivf_module._Settings(*settings[:9]), arrays)
+    old = ivf_module._restore(settings[:9], *rest[:4], legacy)
     _same(old.search(qc, 10, vectors=q), plain.search(qc, 10, vectors=q))
 
 

@@ -16,12 +16,18 @@ from cofisearch._reference import hamming_distances, topk_by_id
 from conftest import hamming_path_forced
 
 
-@pytest.fixture(params=["scan", "gather"])
+@pytest.fixture(params=["scan", "pack", "gather"])
 def filter_path(request, monkeypatch):
-    """Forces a filtered search onto the fused scan or the gather of its rows."""
-    if request.param == "scan":
+    """Forces a filtered search onto the fused scan, the scan of a packed copy of its rows
+    or the gather of its rows."""
+    if request.param in ("scan", "pack"):
         monkeypatch.setattr(_index, "GATHER_ROWS", -1)
         monkeypatch.setattr(_index, "_GATHER_FRACTION", {"binary": 1 << 62, "float": 1 << 62})
+        if request.param == "scan":
+            monkeypatch.setattr(_index, "_PACK_BYTES", -1)
+        else:
+            monkeypatch.setattr(_index, "_PACK_MOST", 1.0)
+            monkeypatch.setattr(_index, "_PACK_FEW", 1.0)
     else:
         monkeypatch.setattr(_index, "GATHER_ROWS", 1 << 62)
     return request.param

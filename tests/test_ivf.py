@@ -508,13 +508,14 @@ def test_truncated_and_padded_files_are_refused(tmp_path):
 
 
 def test_a_checksummed_file_with_ids_out_of_list_order_is_refused(tmp_path):
-    # A valid checksum does not make the contents valid: the same checks as a pickle.
+    # A valid checksum does not make the contents valid: the same checks as a pickle. In
+    # the layouts before the caller's ids, ids ascend within each list.
     index = _persisted()[0]
     settings, centroids, sizes, ids, codes, *screened = index._parts()
     ids = ids.copy()
     ids[[0, 1]] = ids[[1, 0]]
     path = tmp_path / "ivf.cofi"
-    ivf_module._save(str(path), settings, centroids, sizes, ids, codes, *screened)
+    ivf_module._save(str(path), settings._replace(next_id=-1), centroids, sizes, ids, codes, *screened)
     with pytest.raises(ValueError, match="ascend within each list"):
         cofisearch.load_index(path)
 
@@ -530,12 +531,12 @@ def _flip_first(a):
     [
         ("codes", _flip_first, "checksum mismatch"),
         ("centroids", _flip_first, "checksum mismatch"),
-        ("settings", lambda s: s[:-1], "settings must be a tuple"),
+        ("settings", lambda s: s[:-2], "settings must be a tuple"),
         ("settings", lambda s: (*s[:2], 2.0, *s[3:]), "settings must be ints"),
         ("settings", lambda s: (s[0], 0, *s[2:]), "nlist 0"),
         ("sizes", lambda a: a.astype(np.int32), "sizes must be a"),
         ("sizes", lambda a: a + 1, "add up to ntotal"),
-        ("ids", np.zeros_like, "every id exactly once"),
+        ("ids", np.zeros_like, "ids must be unique"),
         ("centroids", np.ma.masked_array, "masked"),
         ("checksum", lambda c: 1.5, "checksum mismatch"),
     ],

@@ -69,6 +69,7 @@ def ivf_search(
     probes: npt.NDArray[np.int64],
     k: int,
     num_threads: int,
+    allow: npt.NDArray[np.uint64] | None = ...,
 ) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int64]]: ...
 def ivf_asym_search(
     codes: npt.NDArray[np.uint8],
@@ -83,6 +84,7 @@ def ivf_asym_search(
     bias: npt.NDArray[np.float32],
     k: int,
     num_threads: int,
+    allow: npt.NDArray[np.uint64] | None = ...,
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]: ...
 
 # Private, for the tests: what the scan drivers decide (cpp/search.h).

@@ -180,7 +180,7 @@ class _Items:
         return cached[1]
 
 
-def _words(mask):
+def row_words(mask):
     """A boolean row mask as uint64 words, bit r % 64 of word r // 64."""
     bits = np.packbits(mask, bitorder="little")
     padded = np.zeros(-(-bits.size // 8) * 8, dtype=np.uint8)
@@ -270,10 +270,20 @@ _COMPACT_FRACTION = 4
 # fractions stay below the crossovers.
 GATHER_ROWS = 4096
 _GATHER_FRACTION = {"binary": 64, "float": 16}
+# A larger filter is searched by packing its rows into a contiguous copy, scanned by the
+# unfiltered kernels, when that costs less than scanning every row with the bitmap: a
+# batch of at least _PACK_QUERIES is compute-bound, so packing pays up to _PACK_MOST of
+# the rows; fewer queries read memory at the rate a scan does, and a copy (a read and a
+# write of the allowed rows, then the scan of them) pays only below _PACK_FEW of them.
+# The copy is bounded by _PACK_BYTES; past it the bitmap scan runs.
+_PACK_QUERIES = 8
+_PACK_MOST = 0.75
+_PACK_FEW = 0.25
+_PACK_BYTES = 256 << 20
 _MAX_ID = np.iinfo(np.int64).max
 
 
-def _quote(ids, limit=8):
+def quote_ids(ids, limit=8):
     shown = ", ".join(str(int(i)) for i in ids[:limit])
     return shown + (f", ... ({len(ids)} in all)" if len(ids) > limit else "")
 
@@ -337,7 +347,7 @@ class _Indexed:
                 new = np.arange(items.next_id, items.next_id + m, dtype=np.int64)
             else:
                 new = self._checked_new_ids(ids, m, items, n)
-            if items.ids is None and new.size and new[0] == n and ids is None:
+            if items.ids is None and (ids is None or np.array_equal(new, np.arange(n, n + m))):
                 table = None  # still row r = id r
             else:
                 table = items.ids if items.ids is not None else np.arange(n, dtype=np.int64)
@@ -353,24 +363,30 @@ class _Indexed:
             )
             live = items.live
             if live is not None:
-                live = _words(np.concatenate([items.present_rows(n), np.ones(m, dtype=bool)]))
+                live = row_words(np.concatenate([items.present_rows(n), np.ones(m, dtype=bool)]))
             next_id = max(items.next_id, int(new.max()) + 1) if m else items.next_id
             # The items first, then the rows: a search takes the rows first.
             store.items = _Items(table, ascending, live, items.dead, next_id)
             store.append(rows)
 
+    def _next_id(self):
+        """The id the next add without ids gives its first item."""
+        store = self._store
+        items = store.items
+        return store.n if items is None else items.next_id
+
     def _checked_new_ids(self, ids, m, items, n):
         new = check_ids(ids, "ids", count=m)
         negative = new[new < 0]
         if negative.size:
-            raise ValueError(f"ids must be non-negative, got {_quote(negative)}")
+            raise ValueError(f"ids must be non-negative, got {quote_ids(negative)}")
         ordered = np.sort(new)
         repeated = ordered[1:][ordered[1:] == ordered[:-1]]
         if repeated.size:
-            raise ValueError(f"ids must be unique, got repeated id(s) {_quote(np.unique(repeated))}")
+            raise ValueError(f"ids must be unique, got repeated id(s) {quote_ids(np.unique(repeated))}")
         present = new[items.rows_of(new, n) >= 0]
         if present.size:
-            raise ValueError(f"ids already present in the index: {_quote(present)}")
+            raise ValueError(f"ids already present in the index: {quote_ids(present)}")
         return new
 
     def remove(self, ids):
@@ -388,7 +404,7 @@ class _Indexed:
                 return 0
             mask = items.present_rows(n)
             mask[rows] = False
-            store.items = _Items(items.ids, items.ascending, _words(mask),
+            store.items = _Items(items.ids, items.ascending, row_words(mask),
                                  items.dead + int(rows.size), items.next_id)
             return int(rows.size)
 
@@ -414,25 +430,35 @@ class _Indexed:
         self._store = fresh
         return fresh
 
-    def _plan(self, allowed, name="allowed"):
-        """What a search scans: ``(buffer, n, items, allow, gather)``, taken once (one
-        snapshot). ``allow`` is the row bitmap for the scan (None: every row), ``gather``
-        the rows to score instead of a scan (None: scan)."""
+    def _plan(self, allowed, nq, name="allowed"):
+        """What a search scans, taken once (one snapshot): ``(buffer, n, ids, ascending,
+        allow, gather)``, rows ``[0, n)`` of ``buffer`` reporting ``ids`` (None: the row
+        numbers), ascending with the row or not; ``allow`` is the row bitmap for the scan
+        (None: every row), ``gather`` the rows to score instead of a scan (None: scan).
+        The rows of a filter may be a packed copy (see _PACK_QUERIES)."""
         store = self._store
         buffer, n = store.snapshot
         items = store.items
+        ids = None if items is None else items.ids
+        ascending = items is None or items.ascending
         if allowed is None:
-            return buffer, n, items, (None if items is None else items.live), None
+            return buffer, n, ids, ascending, (None if items is None else items.live), None
         wanted = check_ids(allowed, name)
         lookup = items or _Items(None, True, None, 0, n)
         rows = lookup.rows_of(wanted, n)
         rows = rows[rows >= 0]
         # Counted with repeats, which only a few filters have: no sort of a large filter.
         if rows.size <= max(GATHER_ROWS, n // _GATHER_FRACTION[self.kind]):
-            return buffer, n, items, None, np.unique(rows)
+            return buffer, n, ids, ascending, None, np.unique(rows)
         mask = np.zeros(n, dtype=bool)
         mask[rows] = True
-        return buffer, n, items, _words(mask), None
+        count = int(np.count_nonzero(mask))
+        share = count / n
+        if (share <= (_PACK_MOST if nq >= _PACK_QUERIES else _PACK_FEW)
+                and count * buffer.strides[0] <= _PACK_BYTES):
+            rows = np.flatnonzero(mask)  # ascending: the ids keep their order
+            return np.ascontiguousarray(buffer[rows]), count, lookup.id_of(rows), ascending, None, None
+        return buffer, n, ids, ascending, row_words(mask), None
 
 
 class BinaryIndex(_Indexed):
@@ -490,16 +516,14 @@ class BinaryIndex(_Indexed):
         q = check_codes(queries, "queries", self.code_size, one_d_ok=True)
         k = check_k(k)
         threads = check_num_threads(num_threads)
-        buffer, n, items, allow, gather = self._plan(allowed)
-        if n == 0:
+        if self._store.n == 0:
             raise ValueError("the index is empty: add codes before searching")
+        buffer, n, ids, ascending, allow, gather = self._plan(allowed, q.shape[0])
         check_result_size(q.shape[0], k, n, threads=threads)
-        if items is None and allow is None and gather is None:
+        if ids is None and allow is None and gather is None:
             return SearchResult(*_core.hamming_search(buffer, n, q, k, threads))
-        ids = None if items is None else items.ids
         if gather is not None:
             return SearchResult(*_core.hamming_gather(buffer, n, q, gather, k, threads, ids))
-        ascending = items is None or items.ascending
         return SearchResult(*_core.hamming_search(buffer, n, q, k, threads, allow, ids, ascending))
 
     def save(self, path):
@@ -602,18 +626,16 @@ class FloatIndex(_Indexed):
         store = self._store
         if candidates is not None:
             return self._rerank(store, q, candidates, k, allowed, threads)
-        buffer, n, items, allow, gather = self._plan(allowed)
-        if n == 0:
+        if store.n == 0:
             raise ValueError("the index is empty: add vectors before searching")
+        buffer, n, ids, ascending, allow, gather = self._plan(allowed, q.shape[0])
         check_result_size(q.shape[0], k, n, threads=threads)
-        ids = None if items is None else items.ids
         if gather is not None:
             return SearchResult(*_core.dot_gather(buffer, n, q, gather, k, threads, ids))
         # The bound is read after the snapshot, so it covers every row of it.
         bound = store.norm_bound()
-        if items is None and allow is None:
+        if ids is None and allow is None:
             return SearchResult(*_core.dot_search(buffer, n, q, k, threads, bound))
-        ascending = items is None or items.ascending
         return SearchResult(
             *_core.dot_search(buffer, n, q, k, threads, bound, allow, ids, ascending)
         )

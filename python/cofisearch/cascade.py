@@ -29,6 +29,7 @@ from ._checks import (
     as_numpy,
     check_codes,
     check_floats,
+    check_ids,
     check_k,
     check_num_threads,
     check_positive_int,
@@ -139,8 +140,8 @@ class Cascade:
         query vectors (estimated inner products). The ``"coarse"`` timing includes the
         probe.
     fine:
-        A :class:`FloatIndex` over the same items in the same order (id ``i`` is the same
-        item in both).
+        A :class:`FloatIndex` over the same items: the same ids in both (checked here), id
+        ``i`` the same item in both.
     n_candidates:
         Stage-1 depth: how many Hamming nearest neighbours each query keeps.
     reranker:
@@ -153,9 +154,10 @@ class Cascade:
         Stage-3 depth: how many of the stage-2 results the reranker scores (default:
         ``n_candidates``).
 
-    Thread safety: :meth:`search` and :meth:`add` may be called from any number of
-    threads at once. :meth:`add` grows both indexes together (the fine one first), so a
-    concurrent search never screens an item that its rerank cannot score; adding to
+    Thread safety: :meth:`search`, :meth:`add`, :meth:`remove` and :meth:`compact` may be
+    called from any number of threads at once. :meth:`add` grows both indexes together
+    (the fine one first) and :meth:`remove` shrinks them together (the coarse one first),
+    so a concurrent search never screens an item that its rerank cannot score; changing
     ``coarse`` or ``fine`` directly while searches run is not covered by that promise.
     """
 
@@ -167,6 +169,7 @@ class Cascade:
         if not isinstance(fine, FloatIndex):
             raise TypeError(f"fine must be a FloatIndex, got {type(fine).__name__}")
         _check_routing_dim(coarse, fine)
+        _check_same_items(coarse, fine)
         self.coarse = coarse
         self.fine = fine
         self.n_candidates, self.n_rerank = check_stages(n_candidates, reranker, n_rerank)
@@ -182,21 +185,27 @@ class Cascade:
     def __reduce__(self):
         # The lock is per process; a copy gets its own. The indexes' pickles carry their
         # own CRCs; the stage depths carry one here, so that a corrupted pickle cannot
-        # restore a cascade of other depths.
+        # restore a cascade of other depths. Both stages are reduced between two adds:
+        # pickled one after the other, they could differ by the items of an add.
         n_rerank = self.n_rerank if self.reranker is not None else None
+        with self._adding:
+            coarse, fine = self.coarse.__reduce__(), self.fine.__reduce__()
         return (
             _restore_cascade,
-            (self.coarse, self.fine, self.n_candidates, self.reranker, n_rerank,
+            (coarse, fine, self.n_candidates, self.reranker, n_rerank,
              _depths_checksum(self.n_candidates, n_rerank)),
         )
 
-    def add(self, codes, vectors):
+    def add(self, codes, vectors, *, ids=None):
         """Adds items to both stages: ``codes[i]`` and ``vectors[i]`` describe one item,
-        which gets the same id in ``coarse`` and ``fine``. Both are checked before either
-        index changes."""
+        which gets the same id in ``coarse`` and ``fine``: ``ids[i]`` (int64, unique,
+        non-negative, not present) or, without ``ids``, the next sequential id. Everything
+        is checked before either index changes."""
         n = count_queries(codes, vectors)
         codes = check_codes(codes, "codes", self.coarse.code_size, one_d_ok=True)
         vectors = check_floats(vectors, "vectors", self.fine.dim, one_d_ok=True)
+        if ids is not None:
+            ids = check_ids(ids, "ids", count=n)
         with self._adding:
             if self.coarse.ntotal != self.fine.ntotal:
                 raise ValueError(
@@ -209,17 +218,46 @@ class Cascade:
                 if not self.coarse.is_trained:
                     raise ValueError("coarse is an untrained IVFBinaryIndex: train it before adding")
                 _check_routing_dim(self.coarse, self.fine)
-            # Fine first: a search that sees the new codes also sees their vectors.
-            self.fine.add(vectors)
+            if ids is None:
+                # Spelled out, so that both stages give the same ids whatever their pasts.
+                first = max(self.fine._next_id(), self.coarse._next_id())
+                ids = np.arange(first, first + n, dtype=np.int64)
+            # Fine first (it refuses bad ids before anything changes): a search that sees
+            # the new codes also sees their vectors.
+            self.fine.add(vectors, ids=ids)
             if routed:
-                self.coarse.add(codes, vectors)
+                self.coarse.add(codes, vectors, ids=ids)
             else:
-                self.coarse.add(codes)
+                self.coarse.add(codes, ids=ids)
 
-    def search(self, query_codes, query_vectors, k, *, rerank_queries=None, num_threads=None):
+    def remove(self, ids):
+        """Removes the items with these ids from both stages; returns how many were
+        present (absent ids are ignored)."""
+        ids = check_ids(ids, "ids")
+        with self._adding:
+            # Coarse first: a search never screens an item whose vector is gone.
+            screened = self.coarse.remove(ids)
+            scored = self.fine.remove(ids)
+        if screened != scored:
+            raise ValueError(
+                f"coarse and fine held different items: removed {screened} from coarse and "
+                f"{scored} from fine"
+            )
+        return scored
+
+    def compact(self):
+        """Reclaims the rows of removed items (see ``FloatIndex.compact``)."""
+        with self._adding:
+            self.fine.compact()
+            self.coarse.compact()
+
+    def search(self, query_codes, query_vectors, k, *, allowed=None, rerank_queries=None,
+               num_threads=None):
         """Top-``k`` per query through the stages; query ``i`` is ``query_codes[i]`` for the
-        screen and ``query_vectors[i]`` for the rerank. Returns a :class:`CascadeResult`
-        holding float scores of the last stage that ran."""
+        screen and ``query_vectors[i]`` for the rerank. ``allowed``, a 1-D array of ids,
+        restricts every stage to those items (the screen filters in its scan, see
+        ``BinaryIndex.search`` / ``IVFBinaryIndex.search``). Returns a
+        :class:`CascadeResult` holding float scores of the last stage that ran."""
         k = check_k(k)
         threads = check_num_threads(num_threads)
         with self._adding:  # both counts between adds, not in the middle of one
@@ -235,7 +273,7 @@ class Cascade:
             self.coarse, self.fine, query_codes, query_vectors,
             n_candidates=self.n_candidates,
             depth=fine_depth(k, reranker=self.reranker, n_rerank=self.n_rerank),
-            num_threads=threads,
+            num_threads=threads, allowed=allowed,
         )
         return run_last_stage(
             first, k=k, reranker=self.reranker, n_rerank=self.n_rerank,
@@ -255,6 +293,16 @@ def _check_routing_dim(coarse, fine):
         )
 
 
+def _check_same_items(coarse, fine):
+    if coarse.ntotal != fine.ntotal:
+        raise ValueError(
+            f"coarse and fine must index the same items: coarse holds {coarse.ntotal}, fine "
+            f"holds {fine.ntotal}"
+        )
+    if coarse.ntotal and not np.array_equal(np.sort(coarse.ids), np.sort(fine.ids)):
+        raise ValueError("coarse and fine must index the same items under the same ids")
+
+
 def _depths_checksum(n_candidates, n_rerank):
     return zlib.crc32(repr((n_candidates, n_rerank)).encode())
 
@@ -262,7 +310,22 @@ def _depths_checksum(n_candidates, n_rerank):
 def _restore_cascade(coarse, fine, n_candidates, reranker, n_rerank, checksum):
     if checksum != _depths_checksum(n_candidates, n_rerank):
         raise ValueError("cannot restore a Cascade: checksum mismatch (corrupted pickle)")
+    # Each stage as its index's own reduction (restorer, arguments), or, in pickles
+    # written before, as the index itself.
+    coarse, fine = _rebuilt(coarse, "coarse"), _rebuilt(fine, "fine")
     return Cascade(coarse, fine, n_candidates, reranker, n_rerank)
+
+
+def _rebuilt(stage, name):
+    if not isinstance(stage, tuple):
+        return stage
+    if len(stage) != 2 or stage[0] not in _RESTORERS or not isinstance(stage[1], tuple):
+        raise ValueError(f"cannot restore a Cascade: {name} is not an index's reduction")
+    return stage[0](*stage[1])
+
+
+# The functions the indexes' reductions name, read from empty indexes' reductions.
+_RESTORERS = tuple({type(index).__reduce__(index)[0] for index in (BinaryIndex(8), IVFBinaryIndex(8, 1))})
 
 
 # ---- the stages, shared with cofisearch.distributed -----------------------------------
@@ -327,8 +390,9 @@ class FirstStages(NamedTuple):
 
 
 def run_first_stages(coarse, fine, query_codes, query_vectors, *, n_candidates, depth,
-                     num_threads):
-    """Stage 1 then stage 2, each timed.
+                     num_threads, allowed=None):
+    """Stage 1 then stage 2, each timed; ``allowed`` (ids, or None) filters stage 1, and
+    so stage 2, which scores only its candidates.
 
     ``coarse`` and ``fine`` are a :class:`BinaryIndex` (or an :class:`IVFBinaryIndex`,
     routed by ``query_vectors`` when it was trained on vectors) and a :class:`FloatIndex`
@@ -337,12 +401,15 @@ def run_first_stages(coarse, fine, query_codes, query_vectors, *, n_candidates, 
     screen merged over every shard.
     """
     t0 = time.perf_counter()
+    # Passed only when given: stand-ins for the screen need not know the keyword.
+    filtered = {} if allowed is None else {"allowed": allowed}
     if _routed_by_vectors(coarse):
         screened, candidates = coarse.search(
-            query_codes, n_candidates, vectors=query_vectors, num_threads=num_threads
+            query_codes, n_candidates, vectors=query_vectors, num_threads=num_threads, **filtered
         )
     else:
-        screened, candidates = coarse.search(query_codes, n_candidates, num_threads=num_threads)
+        screened, candidates = coarse.search(query_codes, n_candidates, num_threads=num_threads,
+                                             **filtered)
     t1 = time.perf_counter()
     scores, ids = fine.search(query_vectors, depth, candidates=candidates, num_threads=num_threads)
     t2 = time.perf_counter()

@@ -376,6 +376,17 @@ def _ivf_rows(result, codes, coders, sides, emb, fine, n_candidates, seed, num_t
             result.cascade.append(_cascade_row(
                 label, direction, Cascade(coarse, fine[direction], n_candidates=depth),
                 qc, emb[side.q_kind][side.q], side, depth, num_threads, repeats))
+        # The float query against the items' 1-bit residual codes, routed by the vectors:
+        # the screen that holds recall when queries and items are different texts.
+        q, db = emb[side.q_kind][side.q], emb[side.db_kind][side.db]
+        asym = IVFBinaryIndex(bits, nlist, nprobe=max(1, nlist // 8), seed=seed, screen="asymmetric")
+        asym.train(dbc, db, num_threads=num_threads)
+        asym.add(dbc, db, num_threads=num_threads)
+        label = f"asymmetric IVF({nlist} lists, nprobe {asym.nprobe}, {asym.screen_bits}-bit residuals)"
+        for depth in n_candidates:
+            result.cascade.append(_cascade_row(
+                label, direction, Cascade(asym, fine[direction], n_candidates=depth),
+                qc, q, side, depth, num_threads, repeats))
 
 
 def _peer_rows(result, sides, emb, fine, n_candidates, num_threads, repeats):

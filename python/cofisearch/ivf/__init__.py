@@ -50,18 +50,16 @@ never in between.
 from __future__ import annotations
 
 import os
-import stat
-import struct
 import threading
-import zlib
 from typing import NamedTuple
 
 import numpy as np
 
-from . import _core
-from ._checks import (
+from .. import _core
+from .._checks import (
     check_codes,
     check_floats,
+    check_ids,
     check_int,
     check_k,
     check_nbits,
@@ -69,11 +67,25 @@ from ._checks import (
     check_positive_int,
     check_result_size,
 )
-from ._files import atomic_write, byte_chunks
-from ._index import MAX_NBITS, MAX_ROWS, SearchResult
-from ._reference import quantize_queries, unit_rows
+from .._index import (
+    GATHER_ROWS,
+    MAX_NBITS,
+    MAX_ROWS,
+    SearchResult,
+    quote_ids,
+    row_words,
+)
+from .._reference import quantize_queries, unit_rows
+from ._file import (
+    MAX_SCREEN_BITS,
+    _checksum,
+    _restore,
+    _save,
+    _Settings,
+    load_ivf_index,
+)
 
-__all__ = ["IVFBinaryIndex"]
+__all__ = ["IVFBinaryIndex", "load_ivf_index"]
 
 _ROUTINGS = (None, "codes", "vectors")
 _SCREENS = ("hamming", "asymmetric")
@@ -81,7 +93,11 @@ _SCREENS = ("hamming", "asymmetric")
 # against float queries on cross-modal data (recall@10 within 0.005 at every depth), as
 # RaBitQ's authors found.
 _QUERY_BITS = 4
-_MAX_SCREEN_BITS = 8192
+# A filter of at most GATHER_ROWS present items, or of a 1 / _GATHER_FRACTION part of
+# them, is searched over those items alone in every list (exact over the allowed items,
+# whatever nprobe), instead of probing with a bitmap: a selective filter would leave most
+# probed lists empty, and scoring a few thousand rows costs less than one probe.
+_GATHER_FRACTION = 64
 
 
 class _Routing(NamedTuple):
@@ -123,10 +139,17 @@ class _Lists(NamedTuple):
     #: (``None`` for a Hamming-only index).
     acodes: np.ndarray | None = None
     factors: np.ndarray | None = None
+    #: The id an add without ids gives the next item: above every id ever added, so that
+    #: a removed id is not given again.
+    next_id: int = 0
 
     def rows(self):
         """The per-row arrays, in the order that _append and the payload keep them."""
         return [a for a in (self.codes, self.ids, self.acodes, self.factors) if a is not None]
+
+    def list_rows(self):
+        """The rows of every item, list by list (int64)."""
+        return _ranges(self.start, self.size)
 
 
 def _empty_lists(nlist, nbytes, screen_bits=0):
@@ -175,8 +198,10 @@ class IVFBinaryIndex:
         held recall@10 0.990 and those of 256-bit codes 0.942,
         bench/results/ivf_asym_200k.txt).
 
-    Ids are insertion order, as in ``BinaryIndex``. With ``nprobe >= nlist`` a Hamming
-    search returns exactly what ``BinaryIndex`` returns on the same codes.
+    Ids are the caller's (``add(..., ids=...)``) or, without them, sequential as in
+    ``BinaryIndex``; :meth:`remove` takes items out and ``search(..., allowed=...)``
+    restricts a search to some ids. With ``nprobe >= nlist`` a Hamming search returns
+    exactly what ``BinaryIndex`` returns on the same codes and ids.
     """
 
     kind = "ivf_binary"
@@ -198,7 +223,7 @@ class IVFBinaryIndex:
         if screen_bits is not None:
             if self._screen != "asymmetric":
                 raise ValueError('screen_bits only applies to screen="asymmetric"')
-            screen_bits = check_int(screen_bits, "screen_bits", minimum=64, maximum=_MAX_SCREEN_BITS)
+            screen_bits = check_int(screen_bits, "screen_bits", minimum=64, maximum=MAX_SCREEN_BITS)
             if screen_bits % 64:
                 raise ValueError(f"screen_bits must be a multiple of 64, got {screen_bits}")
         self._screen_bits = screen_bits
@@ -284,8 +309,19 @@ class IVFBinaryIndex:
         """Items per inverted list, an int64 array of ``nlist`` entries (a copy)."""
         return self._state[1].size.copy()
 
+    @property
+    def ids(self):
+        """The ids of the items, int64, list by list (a copy)."""
+        lists = self._state[1]
+        return lists.ids[lists.list_rows()]
+
+    def _next_id(self):
+        """The id the next add without ids gives its first item."""
+        return self._state[1].next_id
+
     def list_ids(self, list_no):
-        """Ids of the items of list ``list_no``, ascending, read-only (no copy)."""
+        """Ids of the items of list ``list_no`` in the order they were added, read-only (no
+        copy)."""
         list_no = check_int(list_no, "list_no", minimum=0, maximum=self._nlist - 1)
         lists = self._state[1]
         s = int(lists.start[list_no])
@@ -311,10 +347,10 @@ class IVFBinaryIndex:
                     f"screen_bits must be at least the vectors' dimension {v.shape[1]}, got "
                     f"{self._screen_bits}"
                 )
-            if v.shape[1] > _MAX_SCREEN_BITS // 2 and self._screen_bits is None:
+            if v.shape[1] > MAX_SCREEN_BITS // 2 and self._screen_bits is None:
                 raise ValueError(
                     f"vectors of dim {v.shape[1]} need an explicit screen_bits (at most "
-                    f"{_MAX_SCREEN_BITS}): the default is twice the dimension"
+                    f"{MAX_SCREEN_BITS}): the default is twice the dimension"
                 )
         threads = check_num_threads(num_threads)
         if c.shape[0] < self._nlist:
@@ -342,29 +378,59 @@ class IVFBinaryIndex:
                 routing = routing._replace(rotation=_rotation(v.shape[1], bits, rng),
                                            scale=_centre_scale(routing, v if sample is None else v[sample],
                                                                threads))
-            self._state = (routing, _empty_lists(self._nlist, self.code_size, bits))
+            # An index emptied by removals keeps its next id: a removed id is not reused.
+            fresh = _empty_lists(self._nlist, self.code_size, bits)
+            self._state = (routing, fresh._replace(next_id=self._state[1].next_id))
 
-    def add(self, codes, vectors=None, *, num_threads=None):
-        """Appends codes, which get the ids ``ntotal .. ntotal + n - 1``; ``vectors`` (one
-        per code) is required when the index was trained on vectors, and refused
-        otherwise."""
+    def add(self, codes, vectors=None, *, ids=None, num_threads=None):
+        """Appends codes as the items ``ids`` (int64, unique, non-negative, none present
+        already) or, without ``ids``, as the next sequential ids (above every id added
+        before); ``vectors`` (one per code) is required when the index was trained on
+        vectors, and refused otherwise. Nothing is added when anything is refused."""
         c = check_codes(codes, "codes", self.code_size, one_d_ok=True)
         threads = check_num_threads(num_threads)
         with self._lock:
             routing, lists = self._state
             if routing is None:
                 raise ValueError("the index is not trained: call train before add")
-            if lists.ntotal + c.shape[0] > MAX_ROWS:
+            m = c.shape[0]
+            if lists.ntotal + m > MAX_ROWS:
                 raise ValueError(
-                    f"an index holds at most {MAX_ROWS} rows, adding would give "
-                    f"{lists.ntotal + c.shape[0]}"
+                    f"an index holds at most {MAX_ROWS} rows, adding would give {lists.ntotal + m}"
                 )
+            new = _sequential(lists.next_id, m) if ids is None else _new_ids(ids, m, lists)
             assign = _route(routing, c, vectors, "vectors", 1, threads)[0][:, 0]
             screened = ()
             if routing.rotation is not None:
                 screened = _screen_codes(routing, check_floats(vectors, "vectors", None, one_d_ok=True),
                                          assign)
-            self._state = (routing, _append(lists, c, assign, screened))
+            self._state = (routing, _append(lists, c, assign, new, screened))
+
+    def remove(self, ids):
+        """Removes the items with these ids; returns how many were present (absent ids are
+        ignored). The lists that held them are rewritten without them (into the buffers'
+        free room, or all lists into new buffers when it is short); searches in progress
+        keep reading the lists as they were."""
+        wanted = check_ids(ids, "ids")
+        with self._lock:
+            routing, lists = self._state
+            if lists.ntotal == 0 or wanted.size == 0:
+                return 0
+            rows = lists.list_rows()
+            hit = np.isin(lists.ids[rows], wanted)
+            count = int(np.count_nonzero(hit))
+            if count:
+                self._state = (routing, _without(lists, rows, hit))
+            return count
+
+    def compact(self):
+        """Copies the lists into new buffers without the room that removals and moved
+        lists left behind (searches in progress keep reading the old ones)."""
+        with self._lock:
+            routing, lists = self._state
+            codes, ids, *screened = (a[lists.list_rows()] for a in lists.rows())
+            self._state = (routing, _lists_from(lists.size.copy(), ids, codes, *screened,
+                                                next_id=lists.next_id))
 
     # ---- searching -----------------------------------------------------------------
 
@@ -377,10 +443,17 @@ class IVFBinaryIndex:
         routing = self._trained_routing()
         return _route(routing, q, vectors, "vectors", min(nprobe, self._nlist), threads)[0]
 
-    def search(self, queries, k, *, nprobe=None, vectors=None, num_threads=None, screen=None):
+    def search(self, queries, k, *, nprobe=None, vectors=None, allowed=None, num_threads=None,
+               screen=None):
         """Top-``k`` among the items of the ``nprobe`` lists nearest to each query; a 1-D
         query is a batch of one. ``vectors`` routes the queries when the index was
         trained on vectors (required then, refused otherwise).
+
+        ``allowed``, a 1-D array of ids, restricts the results to those items: checked on
+        the scan's hit path over the probed lists; a filter of a few thousand items
+        (at most ``GATHER_ROWS``, or 1/64 of the index) is instead ranked over all of its
+        items whatever their lists, so that a selective filter still fills ``k``
+        results (for the Hamming screen, exactly ``BinaryIndex``'s answer).
 
         ``screen`` (default: the index's) chooses the ranking. ``"hamming"``: exact
         Hamming distances of the codes over the probed lists, a
@@ -402,16 +475,22 @@ class IVFBinaryIndex:
             raise ValueError("the index is empty: add codes before searching")
         if screen == "asymmetric" and routing.rotation is None:
             raise ValueError('screen="asymmetric" needs an index built with it; this one screens by Hamming')
+        allow = None
+        if allowed is not None:
+            lists, allow = _filtered(lists, check_ids(allowed, "allowed"))
+            if allow is None:
+                nprobe = self._nlist  # a few items: rank them all, wherever they are
         probes, bias = _route(routing, q, vectors, "vectors", min(nprobe, self._nlist), threads)
-        check_result_size(q.shape[0], k, lists.ntotal)
+        check_result_size(q.shape[0], k, max(lists.ntotal, 1))
         if screen == "hamming":
-            d, i = _core.ivf_search(lists.codes, lists.ids, lists.start, lists.size, q, probes, k, threads)
+            d, i = _core.ivf_search(lists.codes, lists.ids, lists.start, lists.size, q, probes, k,
+                                    threads, allow)
             return SearchResult(d, i)
         v = check_floats(vectors, "vectors", routing.centroids.shape[1], one_d_ok=True)
         planes, consts = quantize_queries(v @ routing.rotation, _QUERY_BITS)
         bias = routing.scale[probes] * bias
         d, i = _core.ivf_asym_search(lists.acodes, lists.factors, lists.ids, lists.start, lists.size,
-                                     planes, _QUERY_BITS, consts, probes, bias, k, threads)
+                                     planes, _QUERY_BITS, consts, probes, bias, k, threads, allow)
         return SearchResult(d, i)
 
     def _trained_routing(self):
@@ -432,7 +511,7 @@ class IVFBinaryIndex:
             self._nbits, self._nlist, self._nprobe, self._seed, self._niter, self._max_points,
             _ROUTINGS.index(None if routing is None else routing.kind),
             0 if routing is None or routing.kind == "codes" else routing.centroids.shape[1],
-            lists.ntotal, _SCREENS.index(self._screen), self.screen_bits or 0,
+            lists.ntotal, _SCREENS.index(self._screen), self.screen_bits or 0, lists.next_id,
         )
         if routing is None:
             return settings, None, None, None, None, None, None, None, None
@@ -624,9 +703,49 @@ def _norm_bound(rows):
 # ---- the lists ----------------------------------------------------------------------------
 
 
-def _append(lists, codes, assign, screened=()):
-    """The snapshot after appending ``codes`` (and, for the asymmetric screen, the
-    ``screened`` pair of their 1-bit codes and factors) to the lists ``assign`` names.
+def _sequential(next_id, m):
+    if next_id > np.iinfo(np.int64).max - m:
+        raise ValueError(f"no sequential ids left after {next_id - 1}: pass ids")
+    return np.arange(next_id, next_id + m, dtype=np.int64)
+
+
+def _new_ids(ids, m, lists):
+    """The caller's ids for ``m`` new items, checked: non-negative, unique, not present."""
+    new = check_ids(ids, "ids", count=m)
+    negative = new[new < 0]
+    if negative.size:
+        raise ValueError(f"ids must be non-negative, got {quote_ids(negative)}")
+    ordered = np.sort(new)
+    repeated = ordered[1:][ordered[1:] == ordered[:-1]]
+    if repeated.size:
+        raise ValueError(f"ids must be unique, got repeated id(s) {quote_ids(np.unique(repeated))}")
+    present = new[np.isin(new, lists.ids[lists.list_rows()])]
+    if present.size:
+        raise ValueError(f"ids already present in the index: {quote_ids(present)}")
+    return new
+
+
+def _filtered(lists, allowed):
+    """``(lists, allow)`` for a search restricted to the ids ``allowed``: the lists and
+    a bitmap of their allowed rows, or, for a selective filter, lists of the allowed items
+    alone and no bitmap."""
+    rows = lists.list_rows()
+    hit = np.isin(lists.ids[rows], allowed)
+    count = int(np.count_nonzero(hit))
+    if count <= max(GATHER_ROWS, lists.ntotal // _GATHER_FRACTION):
+        nlist = lists.size.shape[0]
+        size = np.bincount(np.repeat(np.arange(nlist), lists.size)[hit], minlength=nlist)
+        codes, ids, *screened = (a[rows[hit]] for a in lists.rows())
+        return _lists_from(size.astype(np.int64), ids, codes, *screened, next_id=lists.next_id), None
+    mask = np.zeros(lists.codes.shape[0], dtype=bool)
+    mask[rows[hit]] = True
+    return lists, row_words(mask)
+
+
+def _append(lists, codes, assign, new_ids, screened=()):
+    """The snapshot after appending ``codes`` as the items ``new_ids`` (and, for the
+    asymmetric screen, the ``screened`` pair of their 1-bit codes and factors) to the
+    lists ``assign`` names.
 
     A list that outgrows its room moves to the free tail with room for 1.5 times its new
     size (so each item is moved O(1) times on average); when the tail is too short, or
@@ -660,318 +779,52 @@ def _append(lists, codes, assign, screened=()):
         for buf, a in zip(bufs, old):
             buf[dst] = a[src]
         used = total
-    # New items in id order within each list, after the list's current items.
+    # New items in the order given within each list, after the list's current items.
     order = np.argsort(assign, kind="stable")
     sorted_lists = assign[order]
     first_of_list = np.cumsum(counts) - counts
     rank = np.arange(order.size) - first_of_list[sorted_lists]
     dst = start[sorted_lists] + lists.size[sorted_lists] + rank
-    for buf, new in zip(bufs, (codes, lists.ntotal + np.arange(order.size), *screened)):
+    for buf, new in zip(bufs, (codes, new_ids, *screened)):
         buf[dst] = new[order]
-    return _Lists(bufs[0], bufs[1], start, need, cap, used, lists.ntotal + codes.shape[0], *bufs[2:])
+    next_id = max(lists.next_id, int(new_ids.max()) + 1) if new_ids.size else lists.next_id
+    return _Lists(bufs[0], bufs[1], start, need, cap, used, lists.ntotal + codes.shape[0], *bufs[2:],
+                  next_id=next_id)
 
 
-def _lists_from(sizes, ids, codes, *screened):
+def _without(lists, rows, hit):
+    """The snapshot without the items at ``rows[hit]`` (``rows``: ``lists.list_rows()``).
+
+    The lists that lose items are rewritten compactly into the free tail, as ``_append``
+    moves a list that outgrows its room; when the tail is too short or the buffers are
+    read-only, every list is copied into new buffers with a quarter of their rows spare.
+    """
+    nlist = lists.size.shape[0]
+    list_of = np.repeat(np.arange(nlist), lists.size)
+    size = lists.size - np.bincount(list_of[hit], minlength=nlist)
+    touched = size != lists.size
+    kept = rows[~hit]
+    src = kept[touched[list_of[~hit]]]
+    old = lists.rows()
+    start, cap = lists.start.copy(), lists.cap.copy()
+    if all(a.flags.writeable for a in old) and lists.used + src.size <= lists.codes.shape[0]:
+        bufs, used = old, lists.used + src.size
+        start[touched] = lists.used + np.cumsum(size[touched]) - size[touched]
+        cap[touched] = size[touched]
+        dst = _ranges(start[touched], size[touched])
+        for buf in bufs:
+            buf[dst] = buf[src]
+    else:
+        total = int(size.sum())
+        bufs = [np.empty((total + total // 4, *a.shape[1:]), dtype=a.dtype) for a in old]
+        for buf, a in zip(bufs, old):
+            buf[:total] = a[kept]
+        start, cap, used = np.cumsum(size) - size, size.copy(), total
+    return _Lists(bufs[0], bufs[1], start, size, cap, used, int(size.sum()), *bufs[2:],
+                  next_id=lists.next_id)
+
+
+def _lists_from(sizes, ids, codes, *screened, next_id):
     start = np.cumsum(sizes) - sizes
-    return _Lists(codes, ids, start, sizes, sizes.copy(), codes.shape[0], codes.shape[0], *screened)
-
-
-# ---- persistence ------------------------------------------------------------------------
-#
-# File layout (little-endian), kind 3 of the container that cofisearch.load_index reads:
-#   0  magic      8 bytes  b"COFISRCH"
-#   8  version    u32      1, the container's version
-#  12  kind       u32      3 = inverted-file binary index
-#  16  nbits      u64
-#  24  ntotal     u64
-#  32  routing    u32      0 = untrained, 1 = codes, 2 = vectors
-#  36  layout     u32      1, this layout's version
-#  40  payload    u64      bytes after the 128-byte header
-#  48  checksum   u32      CRC-32 of the header (this field as zero) and the payload
-#  52  niter      u32
-#  56  nlist      u64
-#  64  dim        u64      0 unless routed by vectors
-#  72  nprobe     u64
-#  80  seed       u64
-#  88  max_points_per_centroid  u64
-#  96  screen     u32      0 = Hamming, 1 = asymmetric (layout 2 only; zero in layout 1)
-# 100  reserved   u32      0
-# 104  screen_bits u64     bits of the asymmetric codes, 0 if none (or not yet chosen)
-# 112  zero padding up to 128.
-# Then, each padded with zeros to a multiple of 64 bytes (so that a memory map of any of
-# them is aligned), for a trained index: the centroids (nlist x code_size uint8, or
-# nlist x dim float32), the list sizes (nlist int64), the ids (ntotal int64, list by
-# list) and the codes (ntotal x code_size uint8, in the same order); for the asymmetric
-# screen, then the rotation (dim x screen_bits float32), the lists' centre scales (nlist
-# float32), its codes (ntotal x screen_bits / 8 uint8) and factors (ntotal float32), in
-# the same order.
-#
-# Layout 1 (the Hamming-only index, which still writes it) is layout 2 with screen 0:
-# files of either load.
-
-_MAGIC = b"COFISRCH"
-_CONTAINER_VERSION = 1
-_KIND = 3
-_LAYOUTS = (1, 2)
-_HEAD = struct.Struct("<8sIIQQIIQIIQQQQQIIQ")
-_HEADER_SIZE = 128
-_CRC_OFFSET = 48
-_ALIGN = 64
-
-
-class _Settings(NamedTuple):
-    nbits: int
-    nlist: int
-    nprobe: int
-    seed: int
-    niter: int
-    max_points: int
-    routing: int
-    dim: int
-    ntotal: int
-    screen: int = 0
-    screen_bits: int = 0
-
-
-def _layout(s):
-    return _LAYOUTS[s.screen]
-
-
-def _header(s, payload, checksum=0):
-    head = _HEAD.pack(
-        _MAGIC, _CONTAINER_VERSION, _KIND, s.nbits, s.ntotal, s.routing, _layout(s), payload,
-        checksum, s.niter, s.nlist, s.dim, s.nprobe, s.seed, s.max_points, s.screen, 0,
-        s.screen_bits,
-    )
-    return head + b"\0" * (_HEADER_SIZE - len(head))
-
-
-def _padded(nbytes):
-    return -(-nbytes // _ALIGN) * _ALIGN
-
-
-def _sections(s):
-    """(dtype, shape) of each payload section of an index with settings ``s``."""
-    if s.routing == 0:
-        return []
-    nbytes = s.nbits // 8
-    cent = (np.dtype(np.uint8), (s.nlist, nbytes)) if s.routing == 1 else (
-        np.dtype(np.float32), (s.nlist, s.dim))
-    out = [cent, (np.dtype(np.int64), (s.nlist,)), (np.dtype(np.int64), (s.ntotal,)),
-           (np.dtype(np.uint8), (s.ntotal, nbytes))]
-    if s.screen:
-        out += [(np.dtype(np.float32), (s.dim, s.screen_bits)), (np.dtype(np.float32), (s.nlist,)),
-                (np.dtype(np.uint8), (s.ntotal, s.screen_bits // 8)), (np.dtype(np.float32), (s.ntotal,))]
-    return out
-
-
-def _payload_size(s):
-    return sum(_padded(int(np.prod(shape)) * dtype.itemsize) for dtype, shape in _sections(s))
-
-
-def _payload(arrays):
-    """The payload's bytes in order, each array padded with zeros to the alignment."""
-    for a in arrays:
-        if a is None:
-            continue
-        flat = np.ascontiguousarray(a).reshape(-1).view(np.uint8)
-        yield from byte_chunks(flat)
-        yield b"\0" * (_padded(flat.size) - flat.size)
-
-
-def _checksum(settings, arrays):
-    crc = zlib.crc32(_header(settings, _payload_size(settings)))
-    for chunk in _payload(arrays):
-        crc = zlib.crc32(chunk, crc)
-    return crc & 0xFFFFFFFF
-
-
-def _save(path, settings, *arrays):
-    header = _header(settings, _payload_size(settings), _checksum(settings, arrays))
-
-    def write(f):
-        f.write(header)
-        for chunk in _payload(arrays):
-            f.write(chunk)
-
-    # Written beside the target, then renamed over it: a crash mid-save leaves the old file.
-    atomic_write(path, write)
-
-
-# Settings of the pickles that the Hamming-only index wrote (before the screen fields).
-_OLD_SETTINGS = 9
-
-
-def _restore(settings, centroids, sizes, ids, codes, checksum, rotation=None, scale=None,
-             acodes=None, factors=None):
-    """Rebuilds an index from a pickle, refusing what ``add`` or ``train`` could not have
-    produced and parts whose CRC does not match."""
-    if isinstance(settings, tuple) and len(settings) == _OLD_SETTINGS:
-        settings += (0, 0)  # a Hamming index, pickled before the asymmetric screen
-    problem = _settings_problem(settings)
-    if problem is None:
-        settings = _Settings(*settings)
-        arrays = [centroids, sizes, ids, codes, rotation, scale, acodes, factors]
-        problem = _parts_problem(settings, arrays)
-    if problem:
-        raise ValueError(f"cannot restore an IVFBinaryIndex: {problem}")
-    arrays = [None if a is None else np.ascontiguousarray(a) for a in arrays]
-    if type(checksum) is not int or checksum != _checksum(settings, arrays):
-        raise ValueError("cannot restore an IVFBinaryIndex: checksum mismatch (corrupted pickle)")
-    return _build(settings, *arrays)
-
-
-def _build(s, centroids, sizes, ids, codes, rotation=None, scale=None, acodes=None, factors=None):
-    index = IVFBinaryIndex(s.nbits, s.nlist, nprobe=s.nprobe, seed=s.seed, niter=s.niter,
-                           max_points_per_centroid=s.max_points, screen=_SCREENS[s.screen],
-                           screen_bits=s.screen_bits or None)
-    if s.routing == 0:
-        return index
-    kind = _ROUTINGS[s.routing]
-    bound = float("nan") if kind == "codes" else _norm_bound(centroids)
-    screened = () if rotation is None else (acodes, factors)
-    index._state = (_Routing(kind, centroids, bound, rotation, scale),
-                    _lists_from(sizes, ids, codes, *screened))
-    return index
-
-
-def _settings_problem(settings):
-    if not isinstance(settings, tuple) or len(settings) != len(_Settings._fields):
-        return f"settings must be a tuple of {len(_Settings._fields)} ints"
-    if any(type(v) is not int for v in settings):  # not bool, float or NumPy scalars
-        return f"settings must be ints, got {settings!r}"
-    s = _Settings(*settings)
-    if s.nbits < 8 or s.nbits % 8 or s.nbits > MAX_NBITS:
-        return f"nbits {s.nbits} is not a multiple of 8 in [8, {MAX_NBITS}]"
-    if not 1 <= s.nlist <= MAX_ROWS or not 1 <= s.nprobe or not 0 <= s.seed < 2**63:
-        return f"nlist {s.nlist}, nprobe {s.nprobe} or seed {s.seed} out of range"
-    if not 1 <= s.niter < 2**31 or not 1 <= s.max_points <= MAX_ROWS:
-        return f"niter {s.niter} or max_points_per_centroid {s.max_points} out of range"
-    if s.routing not in (0, 1, 2) or (s.dim > 0) != (s.routing == 2) or s.dim < 0:
-        return f"routing {s.routing} with dim {s.dim} is not a valid routing"
-    if not 0 <= s.ntotal <= MAX_ROWS or (s.routing == 0 and s.ntotal):
-        return f"ntotal {s.ntotal} does not fit routing {s.routing}"
-    if s.dim > 2**31 or s.nlist * max(s.dim * 4, s.nbits // 8) > 2**40:
-        return f"centroids of {s.nlist} x dim {s.dim} are too large"
-    if s.screen not in (0, 1) or (s.screen == 0 and s.screen_bits):
-        return f"screen {s.screen} with screen_bits {s.screen_bits} is not a valid screen"
-    if s.screen_bits and (s.screen_bits % 64 or not 64 <= s.screen_bits <= _MAX_SCREEN_BITS):
-        return f"screen_bits {s.screen_bits} is not a multiple of 64 in [64, {_MAX_SCREEN_BITS}]"
-    if s.screen and s.routing and (s.routing != 2 or s.screen_bits < s.dim):
-        return (f"an asymmetric screen needs a vector routing and screen_bits >= dim, got routing "
-                f"{s.routing}, screen_bits {s.screen_bits}, dim {s.dim}")
-    return None
-
-
-def _parts_problem(s, arrays):
-    """Why ``arrays`` (centroids, sizes, ids, codes, rotation, scale, screen codes,
-    factors) cannot be an index with settings ``s``, or None: the layout, finite unit
-    centroids, sizes adding up to ntotal, ids that are every id once, ascending within
-    each list, and for the asymmetric screen a finite rotation and scale and finite
-    factors >= 0."""
-    if s.routing == 0:
-        return None if all(a is None for a in arrays) else "an untrained index holds no arrays"
-    sections = _sections(s)
-    if any(a is not None for a in arrays[len(sections):]):
-        return "an index without the asymmetric screen holds no rotation, scale, screen codes or factors"
-    names = ("centroids", "sizes", "ids", "codes", "rotation", "scale", "screen codes", "factors")
-    for a, (dtype, shape), name in zip(arrays, sections, names):
-        if isinstance(a, np.ma.MaskedArray):
-            return f"{name} must not be a masked array (its mask would be ignored)"
-        if not isinstance(a, np.ndarray) or a.dtype != dtype or a.shape != shape:
-            got = f"{a.dtype} {a.shape}" if isinstance(a, np.ndarray) else type(a).__name__
-            return f"{name} must be a {shape} array of {dtype}, got {got}"
-    centroids, sizes, ids, _, rotation, scale, _, factors = arrays
-    if s.screen and not all(np.isfinite(a).all() for a in (rotation, scale, factors)):
-        return "the rotation, scale and factors must be finite"
-    if s.screen and (factors < 0).any():
-        return "the factors must be >= 0"
-    if s.routing == 2:
-        if not np.isfinite(centroids).all():
-            return "centroids hold NaN or infinite values"
-        norms = np.sqrt(np.einsum("ij,ij->i", centroids, centroids, dtype=np.float64))
-        if (np.abs(norms - 1) > 1e-4).any():
-            return "centroids of a vector routing must have unit norm"
-    if (sizes < 0).any() or int(sizes.sum()) != s.ntotal:
-        return f"list sizes must be >= 0 and add up to ntotal {s.ntotal}"
-    if s.ntotal:
-        if int(ids.min()) < 0 or int(ids.max()) >= s.ntotal:
-            return f"ids must lie in [0, {s.ntotal})"
-        if (np.bincount(ids, minlength=s.ntotal) != 1).any():
-            return "ids must hold every id exactly once"
-        rising = np.diff(ids) > 0
-        first = (np.cumsum(sizes) - sizes)[sizes > 0][1:]  # each list's first row but the first
-        rising[first - 1] = True
-        if not rising.all():
-            return "ids must ascend within each list (insertion order)"
-    return None
-
-
-def load_ivf_index(path, *, mmap=False):
-    """Loads a file written by :meth:`IVFBinaryIndex.save`; :func:`cofisearch.load_index`
-    calls this for such files. ``mmap`` maps the ids and codes (and centroids) read-only;
-    an add then copies the lists into memory first."""
-    path = os.fspath(path)
-
-    def bad(problem):
-        return ValueError(f"{path!r} is not a valid cofisearch index: {problem}")
-
-    try:
-        info = os.stat(path)
-        if not stat.S_ISREG(info.st_mode):
-            raise ValueError(f"cannot read index file {path!r}: not a regular file")
-        with open(path, "rb") as f:
-            header = f.read(_HEADER_SIZE)
-    except OSError as exc:
-        raise ValueError(f"cannot read index file {path!r}: {exc.strerror or exc}") from exc
-    if len(header) < _HEADER_SIZE:
-        raise bad(f"file is {info.st_size} bytes, shorter than the {_HEADER_SIZE}-byte header")
-    (magic, version, kind, nbits, ntotal, routing, layout, payload, stored_crc, niter, nlist,
-     dim, nprobe, seed, max_points, screen, reserved, screen_bits) = _HEAD.unpack_from(header)
-    if magic != _MAGIC or version != _CONTAINER_VERSION or kind != _KIND:
-        raise bad(f"not an inverted-file index (magic {magic!r}, version {version}, kind {kind})")
-    if layout not in _LAYOUTS:
-        raise bad(f"inverted-file layout {layout} is not supported (this build reads {list(_LAYOUTS)})")
-    if header[_HEAD.size :] != b"\0" * (_HEADER_SIZE - _HEAD.size):
-        raise bad("corrupt header (padding is not zero)")
-    settings = (nbits, nlist, nprobe, seed, niter, max_points, routing, dim, ntotal, screen, screen_bits)
-    problem = _settings_problem(settings)
-    if problem:
-        raise bad(f"corrupt header ({problem})")
-    s = _Settings(*settings)
-    if reserved or layout != _layout(s):
-        raise bad(f"corrupt header (layout {layout} with screen {screen}, reserved {reserved})")
-    if payload != _payload_size(s):
-        raise bad(f"corrupt header (payload {payload} bytes, the settings need {_payload_size(s)})")
-    if info.st_size != _HEADER_SIZE + payload:
-        raise bad(f"file is {info.st_size} bytes, expected {_HEADER_SIZE + payload} (truncated or padded)")
-    arrays, offset, padding_ok = [], _HEADER_SIZE, True
-    try:
-        with open(path, "rb") as f:
-            for dtype, shape in _sections(s):
-                count = int(np.prod(shape))
-                used = count * dtype.itemsize
-                if mmap and count:
-                    a = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
-                else:
-                    a = np.empty(shape, dtype=dtype)
-                    f.seek(offset)
-                    if f.readinto(a.reshape(-1).view(np.uint8)) != a.nbytes:
-                        raise bad("payload ended early")
-                arrays.append(a)
-                # The padding after a section is part of the checksum: read it too.
-                pad = _padded(used) - used
-                if pad:
-                    f.seek(offset + used)
-                    padding_ok &= f.read(pad) == b"\0" * pad
-                offset += _padded(used)
-    except OSError as exc:
-        raise ValueError(f"cannot read index file {path!r}: {exc.strerror or exc}") from exc
-    if not padding_ok or _checksum(s, arrays) != stored_crc:
-        raise bad("checksum mismatch: the file is corrupted")
-    arrays += [None] * (8 - len(arrays))
-    problem = _parts_problem(s, arrays)
-    if problem:
-        raise bad(problem)
-    return _build(s, *arrays)
-
+    return _Lists(codes, ids, start, sizes, sizes.copy(), codes.shape[0], codes.shape[0], *screened,
+                  next_id=next_id)
