@@ -5,6 +5,7 @@
     python bench/targets.py --scale tiny   # seconds: every path and check, no real timing
     python bench/targets.py --json out.json --sections hamming,float
     python bench/targets.py --sections widths,shapes   # issue 12's rows alone
+    python bench/targets.py --sections sublinear --sub-data debian   # issue 13 on real text
 
 Sections: ``bandwidth``, ``hamming``, ``float``, ``study`` (issue 3), ``widths``
 (cost per code at widths off the power-of-two path against the next power of two;
@@ -39,7 +40,7 @@ import contextlib
 import json
 import os
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import List, Optional
 
 from cofisearch._bench.checks import group_problems
@@ -60,7 +61,13 @@ from cofisearch._bench.machine import blas_warnings, faiss_available, format_mac
 from cofisearch._bench.measure import CLOCKS, compare, flush_caches, read_bandwidth
 from cofisearch._bench.plans import SCALES
 from cofisearch._bench.report import markdown_table
-from cofisearch._bench.sections import STUDY_RATIO_TEXT, cross_modal_data, matched_recall, table7
+from cofisearch._bench.sections import (
+    STUDY_RATIO_TEXT,
+    cross_modal_data,
+    debian_ann_data,
+    matched_recall,
+    table7,
+)
 
 SECTIONS = ("bandwidth", "hamming", "float", "study", "widths", "shapes", "sublinear")
 
@@ -101,6 +108,10 @@ class Sizes:
     sub_nbits: int = 256
     sub_nlist: int = 1024
     sub_faiss_nlist: int = 2048
+    # "synthetic" (cross_modal_data) or "debian": real MiniLM embeddings of Debian's
+    # descriptions (summaries against descriptions, ~58k items; sub_n and sub_dim then
+    # come from the data, and the lists are scaled to it).
+    sub_data: str = "synthetic"
 
 
 # The issue's sizes.
@@ -729,10 +740,21 @@ def sublinear_section(report, sizes):
     two threads: the fastest cofisearch setting against the fastest setting of each of
     faiss IndexHNSWFlat, IndexIVFFlat and IndexIVFRaBitQ + IndexRefineFlat, batch and
     single queries; build time and the coarse stage's memory against IndexHNSWFlat's."""
-    n, nq, threads = sizes.sub_n, sizes.sub_nq, SUB_THREADS
-    progress(f"sublinear: {_n(n)} x {sizes.sub_dim}-d cross-modal items, {nq} queries, "
-             f"{sizes.sub_nbits}-bit ITQ codes, {threads} threads")
-    data = cross_modal_data(n, nq, sizes.sub_dim, sizes.sub_nbits)[sizes.sub_nbits]
+    nq, threads = sizes.sub_nq, SUB_THREADS
+    if sizes.sub_data == "debian":
+        progress(f"sublinear: Debian descriptions (all-MiniLM-L6-v2), {nq} summaries as queries")
+        data = debian_ann_data(nq, sizes.sub_nbits)[sizes.sub_nbits]
+        n = data.vectors.shape[0]
+        # Lists of about the sizes they have at 1M items, within faiss's 39 training points
+        # per list.
+        sizes = replace(sizes, sub_n=n, sub_dim=data.vectors.shape[1],
+                        sub_nlist=max(16, min(sizes.sub_nlist, int(4 * n**0.5))),
+                        sub_faiss_nlist=max(16, min(sizes.sub_faiss_nlist, n // 39)))
+    else:
+        n = sizes.sub_n
+        progress(f"sublinear: {_n(n)} x {sizes.sub_dim}-d cross-modal items, {nq} queries, "
+                 f"{sizes.sub_nbits}-bit ITQ codes, {threads} threads")
+        data = cross_modal_data(n, nq, sizes.sub_dim, sizes.sub_nbits)[sizes.sub_nbits]
     exact = open_engines(FLOAT, data.vectors, ["cofisearch"])["cofisearch"]
     with exact.running(threads) as search:
         truth = search(data.query_vectors, K)[1]
@@ -742,12 +764,14 @@ def sublinear_section(report, sizes):
                           repeat=report.repeat, single=sizes.sub_single, progress=progress)
     params = {"n": n, "nq": nq, "dim": sizes.sub_dim, "nbits": sizes.sub_nbits, "k": K,
               "threads": threads, "nlist": sizes.sub_nlist, "faiss_nlist": sizes.sub_faiss_nlist,
-              "single": sizes.sub_single}
+              "single": sizes.sub_single, "data": sizes.sub_data}
     report.raw.append({"label": "sublinear", "params": params, "contenders": rows})
     names = {c.name for c in ours}
     mine = [r for r in rows if r["name"] in names]
     theirs = [r for r in rows if r["name"] not in names]
     setting = f"n={_n(n)} d={sizes.sub_dim} nq={nq} k={K} {threads} threads"
+    if sizes.sub_data == "debian":
+        setting += " Debian MiniLM"
     for i, target in enumerate(SUB_TARGETS):
         reached = [(r, r["targets"][i]) for r in mine if r["targets"][i]["setting"] is not None]
         best = min(reached, key=lambda x: x[1]["batch_s_per_query"]) if reached else None
@@ -855,6 +879,12 @@ def main(argv=None):
     parser.add_argument(
         "--strict", action="store_true", help="exit with status 1 if a target fails"
     )
+    parser.add_argument(
+        "--sub-data", choices=("synthetic", "debian"), default="synthetic",
+        help="data of the sublinear section: synthetic cross-modal vectors (default) or "
+        "the real MiniLM embeddings of Debian's package descriptions (needs the text extra "
+        "and apt's Translation-en; cached by bench/debian_study.py)",
+    )
     args = parser.parse_args(argv)
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = sorted(set(sections) - set(SECTIONS))
@@ -866,7 +896,7 @@ def main(argv=None):
     if not faiss_available():
         progress("faiss-cpu is not installed: faiss comparisons left out (pip install faiss-cpu)")
 
-    sizes = SIZES[args.scale]
+    sizes = replace(SIZES[args.scale], sub_data=args.sub_data)
     before = machine_info()
     report = Report(repeat=repeat, clock=args.clock)
     progress(f"measuring ({args.scale} sizes, median of {repeat})")

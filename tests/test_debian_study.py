@@ -64,3 +64,32 @@ def test_sign_codes_are_sentence_transformers_ubinary():
     quantization = pytest.importorskip("sentence_transformers.util.quantization")
     np.testing.assert_array_equal(study_debian._sign(x),
                                   quantization.quantize_embeddings(x, precision="ubinary"))
+
+
+def test_the_sublinear_benchmark_reads_each_distinct_description_once(tmp_path, monkeypatch):
+    import cofisearch.encoders
+    from cofisearch._bench.sections import debian_ann_data
+    from test_debian import _lists
+
+    class Encoder:
+        """Stands in for MiniLM: a vector from each text's bytes, so that equal texts
+        embed equally."""
+
+        def __init__(self, **kwargs):
+            pass
+
+        def encode(self, texts):
+            out = np.zeros((len(texts), 8), np.float32)
+            for i, text in enumerate(texts):
+                out[i, : min(8, len(text))] = [ord(c) % 7 - 3 for c in text[:8]]
+                out[i, 7] += 1.0
+            return out
+
+    monkeypatch.setattr(cofisearch.encoders, "SentenceEncoder", Encoder)
+    data = debian_ann_data(2, 8, directory=_lists(tmp_path))[8]
+    # Alpha's, the shared one (two packages) and the viewer's; the summary-only package has none.
+    assert data.vectors.shape == (3, 8) and data.query_vectors.shape == (2, 8)
+    np.testing.assert_allclose(np.linalg.norm(data.vectors, axis=1), 1, rtol=1e-5)
+    assert data.codes.shape == (3, 1) and data.query_codes.shape == (2, 1)
+    with pytest.raises(ValueError, match="nq must be below"):
+        debian_ann_data(3, 8, directory=_lists(tmp_path))

@@ -562,6 +562,36 @@ def cross_modal_data(n, nq, dim, nbits, *, code_bits=(), seed=SEED):
     return out
 
 
+def debian_ann_data(nq, nbits, *, seed=SEED, directory=None, cache_dir=None):
+    """Real embeddings for the approximate contenders: all-MiniLM-L6-v2 of Debian's
+    package descriptions (:func:`cofisearch.datasets.load_debian_descriptions`; each
+    distinct description once) as the database and of ``nq`` package summaries (drawn by
+    ``seed``) as the queries: short text against long text, the real-data counterpart of
+    :func:`cross_modal_data`. Codes are ITQ codes of ``nbits`` fitted on the database.
+
+    The embeddings come from :class:`cofisearch.encoders.SentenceEncoder`'s cache when
+    the Debian study (``bench/debian_study.py``) has run; otherwise they are computed
+    (about half an hour for the whole corpus on 2 cores). Returns ``{nbits: AnnData}``.
+    """
+    from ..encoders import SentenceEncoder
+
+    data = datasets.load_debian_descriptions(directory, seed=seed)
+    encoder = SentenceEncoder(cache_dir=cache_dir)
+    titles = encoder.encode(list(data.titles))
+    descs = encoder.encode(list(data.descriptions))
+    has_text = np.array([bool(d.strip()) for d in data.descriptions])
+    _, first = np.unique(np.asarray(data.descriptions, dtype=object), return_index=True)
+    first = np.sort(first[has_text[first]])
+    if nq >= first.size:
+        raise ValueError(f"nq must be below the {first.size} distinct descriptions, got {nq}")
+    queries = np.random.default_rng(seed).choice(first, nq, replace=False)
+    db = unit_rows(descs[first])
+    q = unit_rows(titles[queries])
+    with blas_threads(1):
+        itq = ITQBinarizer(nbits, seed=seed).fit(db)
+    return {nbits: AnnData(db, itq.transform(db), q, itq.transform(q))}
+
+
 def matched_recall(contenders, data, truth, targets, *, k, threads, repeat, single,
                    progress=None):
     """Each contender built (timed), then for each recall target its fastest setting
