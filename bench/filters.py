@@ -40,7 +40,8 @@ def median_time(fn, repeats):
     return statistics.median(times)
 
 
-_KNOBS = ("GATHER_ROWS", "_GATHER_FRACTION", "_PACK_BYTES", "_PACK_MOST", "_PACK_FEW")
+_KNOBS = ("GATHER_ROWS", "_GATHER_FRACTION", "_PACK_BYTES", "_PACK_MOST", "_PACK_FEW",
+          "_PACK_QUERIES")
 
 
 class forced_path:
@@ -62,7 +63,7 @@ class forced_path:
                 _index._PACK_MOST = _index._PACK_FEW = 1.0
                 _index._PACK_BYTES = 1 << 62
         elif self.path == "gather":
-            _index.GATHER_ROWS = 1 << 62
+            _index.GATHER_ROWS = _index._PACK_QUERIES = 1 << 62
 
     def __exit__(self, *exc):
         for name, value in zip(_KNOBS, self.saved):

@@ -30,6 +30,7 @@ def filter_path(request, monkeypatch):
             monkeypatch.setattr(_index, "_PACK_FEW", 1.0)
     else:
         monkeypatch.setattr(_index, "GATHER_ROWS", 1 << 62)
+        monkeypatch.setattr(_index, "_PACK_QUERIES", 1 << 62)
     return request.param
 
 
