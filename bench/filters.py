@@ -40,8 +40,8 @@ def median_time(fn, repeats):
     return statistics.median(times)
 
 
-_KNOBS = ("GATHER_ROWS", "_GATHER_FRACTION", "_PACK_BYTES", "_PACK_MOST", "_PACK_FEW",
-          "_PACK_QUERIES")
+_KNOBS = ("GATHER_ROWS", "_GATHER_FRACTION", "PACK_BYTES", "_PACK_MOST", "_PACK_FEW",
+          "PACK_QUERIES")
 
 
 class forced_path:
@@ -58,12 +58,12 @@ class forced_path:
             _index.GATHER_ROWS = -1
             _index._GATHER_FRACTION = {"binary": 1 << 62, "float": 1 << 62}
             if self.path == "scan":
-                _index._PACK_BYTES = -1
+                _index.PACK_BYTES = -1
             else:
                 _index._PACK_MOST = _index._PACK_FEW = 1.0
-                _index._PACK_BYTES = 1 << 62
+                _index.PACK_BYTES = 1 << 62
         elif self.path == "gather":
-            _index.GATHER_ROWS = _index._PACK_QUERIES = 1 << 62
+            _index.GATHER_ROWS = _index.PACK_QUERIES = 1 << 62
 
     def __exit__(self, *exc):
         for name, value in zip(_KNOBS, self.saved):

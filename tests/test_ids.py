@@ -24,13 +24,13 @@ def filter_path(request, monkeypatch):
         monkeypatch.setattr(_index, "GATHER_ROWS", -1)
         monkeypatch.setattr(_index, "_GATHER_FRACTION", {"binary": 1 << 62, "float": 1 << 62})
         if request.param == "scan":
-            monkeypatch.setattr(_index, "_PACK_BYTES", -1)
+            monkeypatch.setattr(_index, "PACK_BYTES", -1)
         else:
             monkeypatch.setattr(_index, "_PACK_MOST", 1.0)
             monkeypatch.setattr(_index, "_PACK_FEW", 1.0)
     else:
         monkeypatch.setattr(_index, "GATHER_ROWS", 1 << 62)
-        monkeypatch.setattr(_index, "_PACK_QUERIES", 1 << 62)
+        monkeypatch.setattr(_index, "PACK_QUERIES", 1 << 62)
     return request.param
 
 

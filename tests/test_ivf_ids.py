@@ -18,12 +18,14 @@ from cofisearch import ivf as ivf_module
 from test_ids import Model
 
 
-@pytest.fixture(params=["bitmap", "gather"])
+@pytest.fixture(params=["bitmap", "pack", "gather"])
 def filter_path(request, monkeypatch):
-    """Forces a filtered search onto the bitmap probe or the allowed items' own lists."""
-    if request.param == "bitmap":
+    """Forces a filtered search onto the bitmap probe, the probe of lists of the allowed
+    items alone, or those lists probed everywhere."""
+    if request.param in ("bitmap", "pack"):
         monkeypatch.setattr(ivf_module, "GATHER_ROWS", -1)
         monkeypatch.setattr(ivf_module, "_GATHER_FRACTION", 1 << 62)
+        monkeypatch.setattr(ivf_module, "PACK_QUERIES", 1 << 62 if request.param == "bitmap" else 0)
     else:
         monkeypatch.setattr(ivf_module, "GATHER_ROWS", 1 << 62)
     return request.param

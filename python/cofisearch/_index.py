@@ -271,20 +271,20 @@ _COMPACT_FRACTION = 4
 GATHER_ROWS = 4096
 _GATHER_FRACTION = {"binary": 64, "float": 16}
 # The gather pays for a few queries only: it reads each query's rows at random. A batch
-# of at least _PACK_QUERIES, and a larger filter, is searched by packing the allowed rows
+# of at least PACK_QUERIES, and a larger filter, is searched by packing the allowed rows
 # into a contiguous copy scanned by the unfiltered kernels, when that costs less than
 # scanning every row with the bitmap: a batch is compute-bound, so packing pays up to
 # _PACK_MOST of the rows; fewer queries read memory at the rate a scan does, and a copy
 # (a read and a write of the allowed rows, then the scan of them) pays only below
-# _PACK_FEW of them. The copy is bounded by _PACK_BYTES; past it the bitmap scan runs.
+# _PACK_FEW of them. The copy is bounded by PACK_BYTES; past it the bitmap scan runs.
 # Measured by bench/filters.py (1,000 queries, one thread, AVX-512, Intel Xeon @2.80GHz
 # model 106): 1M 64-bit codes at 1% pack 0.004 s, gather 0.133 s, bitmap scan 0.195 s;
 # at 50% pack 0.086 s, bitmap scan 0.121 s; 200k 512-d floats at 50% pack 1.5 s, bitmap
 # scan 2.9 s.
-_PACK_QUERIES = 8
+PACK_QUERIES = 8
 _PACK_MOST = 0.75
 _PACK_FEW = 0.25
-_PACK_BYTES = 256 << 20
+PACK_BYTES = 256 << 20
 _MAX_ID = np.iinfo(np.int64).max
 
 
@@ -440,7 +440,7 @@ class _Indexed:
         allow, gather)``, rows ``[0, n)`` of ``buffer`` reporting ``ids`` (None: the row
         numbers), ascending with the row or not; ``allow`` is the row bitmap for the scan
         (None: every row), ``gather`` the rows to score instead of a scan (None: scan).
-        The rows of a filter may be a packed copy (see _PACK_QUERIES)."""
+        The rows of a filter may be a packed copy (see PACK_QUERIES)."""
         store = self._store
         buffer, n = store.snapshot
         items = store.items
@@ -452,7 +452,7 @@ class _Indexed:
         lookup = items or _Items(None, True, None, 0, n)
         rows = lookup.rows_of(wanted, n)
         rows = rows[rows >= 0]
-        few = nq < _PACK_QUERIES
+        few = nq < PACK_QUERIES
         # Counted with repeats, which only a few filters have: no sort of a large filter.
         if rows.size == 0 or (few and rows.size <= max(GATHER_ROWS, n // _GATHER_FRACTION[self.kind])):
             return buffer, n, ids, ascending, None, np.unique(rows)
@@ -460,7 +460,7 @@ class _Indexed:
         mask[rows] = True
         count = int(np.count_nonzero(mask))
         share = count / n
-        if share <= (_PACK_FEW if few else _PACK_MOST) and count * buffer.strides[0] <= _PACK_BYTES:
+        if share <= (_PACK_FEW if few else _PACK_MOST) and count * buffer.strides[0] <= PACK_BYTES:
             rows = np.flatnonzero(mask)  # ascending: the ids keep their order
             return np.ascontiguousarray(buffer[rows]), count, lookup.id_of(rows), ascending, None, None
         return buffer, n, ids, ascending, row_words(mask), None

@@ -70,6 +70,8 @@ from .._checks import (
 from .._index import (
     GATHER_ROWS,
     MAX_NBITS,
+    PACK_BYTES,
+    PACK_QUERIES,
     MAX_ROWS,
     SearchResult,
     quote_ids,
@@ -449,8 +451,9 @@ class IVFBinaryIndex:
         query is a batch of one. ``vectors`` routes the queries when the index was
         trained on vectors (required then, refused otherwise).
 
-        ``allowed``, a 1-D array of ids, restricts the results to those items: checked on
-        the scan's hit path over the probed lists; a filter of a few thousand items
+        ``allowed``, a 1-D array of ids, restricts the results to those items of the probed
+        lists: checked on the scan's hit path for a few queries, or, for a batch, by
+        probing lists of the allowed items alone (a copy); a filter of a few thousand items
         (at most ``GATHER_ROWS``, or 1/64 of the index) is instead ranked over all of its
         items whatever their lists, so that a selective filter still fills ``k``
         results (for the Hamming screen, exactly ``BinaryIndex``'s answer).
@@ -477,8 +480,8 @@ class IVFBinaryIndex:
             raise ValueError('screen="asymmetric" needs an index built with it; this one screens by Hamming')
         allow = None
         if allowed is not None:
-            lists, allow = _filtered(lists, check_ids(allowed, "allowed"))
-            if allow is None:
+            lists, allow, everywhere = _filtered(lists, check_ids(allowed, "allowed"), q.shape[0])
+            if everywhere:
                 nprobe = self._nlist  # a few items: rank them all, wherever they are
         probes, bias = _route(routing, q, vectors, "vectors", min(nprobe, self._nlist), threads)
         check_result_size(q.shape[0], k, max(lists.ntotal, 1))
@@ -725,21 +728,25 @@ def _new_ids(ids, m, lists):
     return new
 
 
-def _filtered(lists, allowed):
-    """``(lists, allow)`` for a search restricted to the ids ``allowed``: the lists and
-    a bitmap of their allowed rows, or, for a selective filter, lists of the allowed items
-    alone and no bitmap."""
+def _filtered(lists, allowed, nq):
+    """``(lists, allow, everywhere)`` for a search of ``nq`` queries restricted to the ids
+    ``allowed``: lists of the allowed items alone and no bitmap, to be probed in every list
+    (``everywhere``) for a selective filter, or as the index's own lists for a batch; for a
+    few queries, the index's lists and a bitmap of their allowed rows (copying the allowed
+    items would cost more than the probed lists' scan)."""
     rows = lists.list_rows()
     hit = np.isin(lists.ids[rows], allowed)
     count = int(np.count_nonzero(hit))
-    if count <= max(GATHER_ROWS, lists.ntotal // _GATHER_FRACTION):
+    everywhere = count <= max(GATHER_ROWS, lists.ntotal // _GATHER_FRACTION)
+    if everywhere or (nq >= PACK_QUERIES and count * lists.codes.strides[0] <= PACK_BYTES):
         nlist = lists.size.shape[0]
         size = np.bincount(np.repeat(np.arange(nlist), lists.size)[hit], minlength=nlist)
         codes, ids, *screened = (a[rows[hit]] for a in lists.rows())
-        return _lists_from(size.astype(np.int64), ids, codes, *screened, next_id=lists.next_id), None
+        sub = _lists_from(size.astype(np.int64), ids, codes, *screened, next_id=lists.next_id)
+        return sub, None, everywhere
     mask = np.zeros(lists.codes.shape[0], dtype=bool)
     mask[rows[hit]] = True
-    return lists, row_words(mask)
+    return lists, row_words(mask), False
 
 
 def _append(lists, codes, assign, new_ids, screened=()):
