@@ -404,14 +404,14 @@ def test_loaded_index_keeps_growing_with_the_next_ids(float_pair, tmp_path):
         _assert_same(loaded.search(queries, 30), expected)
 
 
-def test_manifest_records_layout_counts_and_id_ranges(binary_pair, tmp_path):
+def test_manifest_records_layout_counts_and_next_id(binary_pair, tmp_path):
     sharded = binary_pair[0]
     sharded.save(tmp_path)
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert (manifest["kind"], manifest["nbits"], manifest["n_shards"]) == ("binary", 16, 3)
-    assert manifest["ntotal"] == 3001
+    assert (manifest["version"], manifest["ntotal"], manifest["next_id"]) == (2, 3001, 3001)
     assert [e["count"] for e in manifest["shards"]] == [1001, 1000, 1000]
-    assert manifest["shards"][1]["ids"] == {"start": 1, "step": 3, "stop": 3001}
+    assert all(e["sequential"] for e in manifest["shards"])
     for entry in manifest["shards"]:
         assert (tmp_path / entry["files"]["codes"]).is_file()
 
@@ -440,13 +440,18 @@ def test_loading_with_a_missing_shard_file_names_the_shard(binary_pair, tmp_path
         load_sharded(tmp_path)
 
 
-def test_loading_a_manifest_whose_counts_break_routing_raises(binary_pair, tmp_path):
+def test_loading_a_manifest_whose_counts_disagree_raises(binary_pair, tmp_path):
     binary_pair[0].save(tmp_path)
     path = tmp_path / "manifest.json"
     manifest = json.loads(path.read_text())
     manifest["shards"][0]["count"] += 1
     path.write_text(json.dumps(manifest))
-    with pytest.raises(ValueError, match="shard 0 entry is corrupt"):
+    with pytest.raises(ValueError, match="counts add up to 3002, not ntotal 3001"):
+        load_sharded(tmp_path)
+    manifest["ntotal"] += 1
+    manifest["next_id"] += 1
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="shard 0 .* holds 1001 items, the manifest says 1002"):
         load_sharded(tmp_path)
 
 
@@ -554,7 +559,9 @@ def test_killed_shard_with_rows_added_since_its_save_is_reported_lost(tmp_path):
     with sharded:
         sharded.add(codes[:3])  # one row reaches each shard, so no save matches any more
         _kill(sharded.actors[0])
-        with pytest.raises(ShardLostError, match="shard 0 of 3.*added since its last save") as info:
+        with pytest.raises(
+            ShardLostError, match="shard 0 of 3.*added or removed since its last save"
+        ) as info:
             sharded.search(queries, 10)
         assert isinstance(info.value, RuntimeError)
         assert info.value.shards == (0,)
@@ -592,7 +599,7 @@ def test_shard_restarted_empty_by_ray_is_caught_by_its_row_count():
             time.sleep(0.05)
         # Ray may still be restarting the actor when the search reaches it: either way the
         # shard is reported lost, never answered for with an empty shard.
-        with pytest.raises(ShardLostError, match="shard 1 of 2.*(reported 0 rows where 450|died)"):
+        with pytest.raises(ShardLostError, match="shard 1 of 2.*(reported 0 items where 450|died)"):
             sharded.search(queries, 10)
 
 

@@ -14,11 +14,19 @@ dependency shows up where the module is named).
 
 How it works
 ------------
-- **Id routing.** Rows are dealt round-robin by global id: global id ``g`` lives on shard
-  ``g % n_shards`` as local id ``g // n_shards``. No id map is stored (nothing per row
-  beyond the data), shards stay balanced within one row whatever the batch sizes, and
-  local order equals global order on every shard, so each shard's own top-k, tie-break
-  included, is already the top-k of its part of the database in global terms.
+- **Id routing.** Item ``g`` lives on shard ``g % n_shards`` as the shard's id
+  ``g // n_shards``. Items added without ids get the next sequential ids, so they are
+  dealt round-robin: shards stay balanced within one item whatever the batch sizes, and
+  hold the shard ids ``0, 1, 2, ...``, for which they store no id map (nothing per item
+  beyond the data). On every shard the order of shard ids is the order of global ids,
+  so each shard's own top-k, tie-break included, is already the top-k of its part of
+  the database in global terms.
+- **Ids, removals, filters.** ``add(data, ids=...)`` names the items by the caller's
+  int64 ids (unique, non-negative, none present: checked on the driver, asking the
+  shards that may hold one, before any shard changes); ``remove(ids)`` forwards each id
+  to its shard and returns how many were present; ``search(..., allowed=ids)`` sends
+  each shard the allowed ids it holds, which it checks inside its scan, so the merged
+  top-k is the exact top-k among the allowed items. ``ids`` gathers the present ids.
 - **Search.** One remote call per shard per query batch, all shards at once; a large
   query batch is put in Ray's object store once and read there by every shard. Shards
   search with the engine's own threads (``num_threads`` is passed through; by default
@@ -29,7 +37,7 @@ How it works
 - **Faults.** Every answer carries the shard's row count, checked against what the driver
   expects. When a shard's actor has died (or came back empty, restarted by Ray), the call
   is retried once on a fresh actor restored from the shard's last save, if the shard was
-  saved and nothing was added to it since; otherwise :class:`ShardLostError` names the
+  saved and nothing was added to it or removed from it since; otherwise :class:`ShardLostError` names the
   lost shards, and the index refuses every later call. Results are never assembled from
   the surviving shards alone. The fresh actor goes where ``actor_options`` allow: a shard
   pinned to a node that died waits for that node to come back, up to
@@ -37,8 +45,10 @@ How it works
   Ray does not know yet to be dead) is followed by another until ``start_timeout_s``.
 - **Persistence.** ``save(directory)`` has each shard write its own file(s) in the
   engine's format (see :func:`cofisearch.load_index`), then writes ``manifest.json``
-  atomically; files of the previous save in that directory are removed only after the new
-  manifest is in place, so a crash mid-save leaves the previous save whole.
+  atomically (with the ids: each shard file keeps its items' ids, the manifest the next
+  sequential id); files of the previous save in that directory are removed only after
+  the new manifest is in place, so a crash mid-save leaves the previous save whole.
+  Manifests written before ids existed (version 1) still load.
   :func:`load_sharded` (or ``ShardedIndex.load``) restores from the directory. The
   directory must be the same path on every node: a shared file system, or a local
   directory per node when shards are pinned to nodes (then the manifest is on the
@@ -87,9 +97,10 @@ Modules: :mod:`.index` holds :class:`ShardedIndex`, :mod:`.cascade`
 :class:`ShardedCascade`; the private ``_sharded`` (actors, calls, faults, saving),
 ``_shard`` (the actor) and ``_manifest`` (the on-disk format) are shared by both.
 
-Threads: one driver may search a sharded index from several threads; each shard answers
-one call at a time, in the order they were sent. ``add`` and ``save`` must not overlap
-other calls on the same index.
+Threads: one driver may search a sharded index from several threads (and ``compact``
+meanwhile); each shard answers one call at a time, in the order they were sent. ``add``,
+``remove`` and ``save`` must not overlap other calls on the same index: a search that
+overlapped a ``remove`` could see it done on one shard and not yet on another.
 """
 
 from __future__ import annotations

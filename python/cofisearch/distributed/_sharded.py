@@ -1,10 +1,11 @@
-"""What every sharded class shares: the shard actors, calling them, faults, persistence.
+"""What every sharded class shares: the shard actors, calling them, ids, faults,
+persistence.
 
-:class:`Sharded` starts ``n_shards`` :class:`~._shard.Shard` actors, deals rows to them
-round-robin, calls them all at once and checks each answer's row count; a shard that died
-or came back empty is restored from its last save and asked again, once, or the index
-raises :class:`ShardLostError` and refuses every later call. ``save`` and the loading of
-a save follow :mod:`._manifest`.
+:class:`Sharded` starts ``n_shards`` :class:`~._shard.Shard` actors, routes each item to
+shard ``id % n_shards`` (as the shard id ``id // n_shards``), calls the shards all at once
+and checks each answer's item count; a shard that died or came back empty is restored
+from its last save and asked again, once, or the index raises :class:`ShardLostError`
+and refuses every later call. ``save`` and the loading of a save follow :mod:`._manifest`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 import ray
 import ray.exceptions
 
-from .._checks import check_float, check_num_threads, check_positive_int
+from .._checks import check_float, check_ids, check_num_threads, check_positive_int
 from .._index import BinaryIndex
 from ._manifest import read_manifest, shard_file_names, shard_paths, write_manifest
 from ._shard import ShardActor, empty_like
@@ -29,6 +30,7 @@ _PUT_BYTES = 64 << 10
 _DEFAULT_ACTOR_OPTIONS = {"scheduling_strategy": "SPREAD"}
 # Between two replacement actors for one shard, when the first died on arrival.
 _RETRY_PAUSE_S = 0.5
+_MAX_ID = np.iinfo(np.int64).max
 
 
 class ShardLostError(RuntimeError):
@@ -99,6 +101,11 @@ def check_threads(num_threads):
     return None if num_threads is None else check_num_threads(num_threads)
 
 
+def _quote(ids, limit=8):
+    shown = ", ".join(str(int(i)) for i in ids[:limit])
+    return shown + (f", ... ({len(ids)} in all)" if len(ids) > limit else "")
+
+
 class Sharded:
     """Actors, routing, fault handling and persistence shared by the sharded classes."""
 
@@ -110,7 +117,10 @@ class Sharded:
         self._templates = tuple(empty_like(t) for t in templates)
         self._options = _actor_options(actor_options, self._n_shards)
         self._counts = [0] * self._n_shards
-        # Per shard: (paths, mmap) of a save that matches its rows, or None.
+        # One past the largest id ever held: the first id of an add without ids.
+        self._next_id = 0
+        # Per shard: (paths, mmap, checksums, sequential) of a save that matches its
+        # items, or None.
         self._saved = [None] * self._n_shards
         self._ever_saved = [False] * self._n_shards
         self._mmap = False
@@ -145,6 +155,7 @@ class Sharded:
 
     @property
     def ntotal(self):
+        """Items present (added and not removed)."""
         return sum(self._counts)
 
     def __len__(self):
@@ -152,8 +163,20 @@ class Sharded:
 
     @property
     def shard_sizes(self):
-        """Rows per shard (shard ``s`` holds the global ids ``s, s + n_shards, ...``)."""
+        """Items present per shard (shard ``s`` holds the ids ``g`` with ``g % n_shards ==
+        s``)."""
         return tuple(self._counts)
+
+    @property
+    def ids(self):
+        """The ids of the present items, int64, ascending (gathered from every shard: a
+        round trip and a copy of them all)."""
+        self._check_usable()
+        shards = self._live_shards()
+        if not shards:
+            return np.empty(0, dtype=np.int64)
+        got = self._call("ids", shards, lambda s: ())
+        return np.sort(np.concatenate([got[s] for s in shards]))
 
     @property
     def actors(self):
@@ -194,13 +217,15 @@ class Sharded:
     def _call(self, method, shards, args_for, expected=None):
         """Calls ``method`` on ``shards`` at once and returns ``{shard: payload}``.
 
-        ``expected(s)`` is the row count shard ``s`` must report afterwards (by default, its
-        current count). A shard that died or reports another count is restored from its
-        save and asked again, once; if that is impossible, :class:`ShardLostError`.
+        ``expected(s, payload)`` is the item count shard ``s`` must report afterwards (by
+        default, its current count). A shard that died or reports another count is
+        restored from its save and asked again, once; if that is impossible,
+        :class:`ShardLostError`.
         """
         self._check_usable()
         if expected is None:
-            expected = self._counts.__getitem__
+            def expected(s, _):
+                return self._counts[s]
         used = {s: self._actors[s] for s in shards}
         refs = {s: getattr(actor, method).remote(*args_for(s)) for s, actor in used.items()}
         payloads, failures = self._collect(refs, expected)
@@ -240,9 +265,10 @@ class Sharded:
             except ray.exceptions.RayActorError as exc:
                 failures[s] = f"its Ray actor died ({type(exc).__name__})"
                 continue
-            if count != expected(s):
+            want = expected(s, payload)
+            if count != want:
                 failures[s] = (
-                    f"its actor reported {count} rows where {expected(s)} were expected "
+                    f"its actor reported {count} items where {want} were expected "
                     "(restarted by Ray without its data?)"
                 )
                 continue
@@ -254,11 +280,11 @@ class Sharded:
         saved = self._saved[s]
         if saved is None:
             if self._ever_saved[s]:
-                why = "rows were added since its last save"
+                why = "items were added or removed since its last save"
             else:
                 why = "it was never saved"
             return f"{reason}, and it cannot be restored: {why}"
-        paths, mmap, checksums = saved
+        paths, mmap, checksums, sequential = saved
         # A node that has just died is still alive to Ray's scheduler until its health
         # checks lapse (seconds): a replacement may be placed there and die at once.
         # Another one is tried, until the start timeout, rather than giving up a shard
@@ -273,8 +299,8 @@ class Sharded:
             self._actors[s] = self._new_actor(s)
             attempts += 1
             try:
-                count, problem = ray.get(
-                    self._actors[s].load.remote(paths, mmap, checksums),
+                count, (problem, _) = ray.get(
+                    self._actors[s].load.remote(paths, mmap, checksums, sequential),
                     timeout=max(deadline - time.monotonic(), 0.0),
                 )
                 break
@@ -294,7 +320,7 @@ class Sharded:
             return f"{reason}, and restoring it from its save failed: {problem}"
         if count != self._counts[s]:
             return (
-                f"{reason}, and its save at {paths[0]!r} holds {count} rows where "
+                f"{reason}, and its save at {paths[0]!r} holds {count} items where "
                 f"{self._counts[s]} are expected (the file was overwritten?)"
             )
         return None
@@ -302,27 +328,117 @@ class Sharded:
     def _put(self, array, n_calls):
         return ray.put(array) if n_calls > 1 and array.nbytes >= _PUT_BYTES else array
 
-    def _add_parts(self, parts):
-        """Deals the rows of ``parts`` (arrays with equal row counts) round-robin."""
-        n = parts[0].shape[0]
-        if n == 0:
-            return
-        start = self.ntotal
-        slices = {}
-        for s in range(self._n_shards):
-            first = (s - start) % self._n_shards
-            if first < n:
-                slices[s] = tuple(np.ascontiguousarray(p[first :: self._n_shards]) for p in parts)
-        sizes = {s: rows[0].shape[0] for s, rows in slices.items()}
+    def _live_shards(self):
+        return [s for s in range(self._n_shards) if self._counts[s] > 0]
+
+    # -- ids
+
+    def _by_shard(self, ids):
+        """Per shard, the positions in ``ids`` (non-negative int64) of those it holds, in
+        their order in ``ids``."""
+        n = self._n_shards
+        if n == 1:
+            return [np.arange(ids.size)]
+        # Shard numbers in 16 bits sort by radix, in one pass.
+        shard_of = (ids % n).astype(np.uint16 if n <= 1 << 16 else np.int64)
+        order = np.argsort(shard_of, kind="stable")
+        bounds = np.searchsorted(shard_of[order], np.arange(n + 1))
+        return [order[bounds[s] : bounds[s + 1]] for s in range(n)]
+
+    def _local_ids(self, ids, name):
+        """Per shard, the shard ids of the ``ids`` it may hold (checked as ``name``;
+        negative ids and ids never given name no item and are dropped)."""
+        ids = check_ids(ids, name)
+        ids = ids[(ids >= 0) & (ids < self._next_id)]
+        return [ids[at] // self._n_shards for at in self._by_shard(ids)]
+
+    def _checked_new_ids(self, ids, m):
+        """The ``m`` ids of an add, checked before any shard changes: non-negative,
+        unique, none present (the shards that may hold one are asked)."""
+        new = check_ids(ids, "ids", count=m)
+        negative = new[new < 0]
+        if negative.size:
+            raise ValueError(f"ids must be non-negative, got {_quote(negative)}")
+        ordered = np.sort(new)
+        repeated = ordered[1:][ordered[1:] == ordered[:-1]]
+        if repeated.size:
+            raise ValueError(f"ids must be unique, got repeated id(s) {_quote(np.unique(repeated))}")
+        # An id at or past next_id was never held.
+        local = self._local_ids(ordered[ordered < self._next_id], "ids")
+        asked = [s for s in range(self._n_shards) if local[s].size and self._counts[s]]
+        if asked:
+            got = self._call("present", asked, lambda s: (local[s],))
+            present = np.sort(np.concatenate([got[s] for s in asked]))
+            if present.size:
+                raise ValueError(f"ids already present in the index: {_quote(present)}")
+        return new
+
+    def _add_items(self, parts, ids):
+        """Adds the items of ``parts`` (arrays with equal row counts, one per shard index)
+        as ``ids``, or as the next sequential ids; each goes to shard ``id % n_shards``."""
+        n = self._n_shards
+        m = parts[0].shape[0]
+        batches = {}
+        if ids is None:
+            start = self._next_id
+            if start > _MAX_ID + 1 - m:
+                raise ValueError(f"no sequential ids left after {start - 1}: pass ids")
+            if m == 0:
+                return
+            # Round-robin from start: strided slices, and consecutive shard ids.
+            for s in range(n):
+                first = (s - start) % n
+                if first < m:
+                    rows = tuple(np.ascontiguousarray(p[first::n]) for p in parts)
+                    lo = (start + first) // n
+                    batches[s] = (range(lo, lo + rows[0].shape[0]), *rows)
+            end = start + m
+        else:
+            new = self._checked_new_ids(ids, m)
+            if m == 0:
+                return
+            for s, at in enumerate(self._by_shard(new)):
+                if at.size:
+                    batches[s] = (new[at] // n, *(np.ascontiguousarray(p[at]) for p in parts))
+            end = max(self._next_id, int(new.max()) + 1)
+        sizes = {s: batch[1].shape[0] for s, batch in batches.items()}
         self._call(
-            "add", slices, lambda s: slices[s], expected=lambda s: self._counts[s] + sizes[s]
+            "add", batches, lambda s: batches[s],
+            expected=lambda s, _: self._counts[s] + sizes[s],
         )
         for s, size in sizes.items():
             self._counts[s] += size
             self._saved[s] = None
+        self._next_id = end
 
-    def _live_shards(self):
-        return [s for s in range(self._n_shards) if self._counts[s] > 0]
+    def remove(self, ids):
+        """Removes the items with these ids from the shards that hold them; returns how
+        many were present (absent ids are ignored). They never appear in a result again;
+        each shard reclaims their space as a single index does (see ``BinaryIndex``)."""
+        self._check_usable()
+        local = self._local_ids(ids, "ids")
+        asked = [s for s in range(self._n_shards) if local[s].size and self._counts[s]]
+        if not asked:
+            return 0
+        got = self._call(
+            "remove", asked, lambda s: (local[s],),
+            expected=lambda s, removed: self._counts[s] - removed,
+        )
+        for s in asked:
+            if got[s]:
+                self._counts[s] -= got[s]
+                self._saved[s] = None
+        return sum(got.values())
+
+    def compact(self):
+        """Has every shard rewrite its rows without the removed ones now (see
+        ``BinaryIndex.compact``); searches may run meanwhile."""
+        self._check_usable()
+        self._call("compact", range(self._n_shards), lambda s: ())
+
+    def _allowed_per_shard(self, allowed):
+        """``allowed`` (global ids) as each shard's own, or None for no filter."""
+        return None if allowed is None else self._local_ids(allowed, "allowed")
 
     # -- persistence
 
@@ -334,6 +450,7 @@ class Sharded:
 
         ``directory`` must be the same path on every node (shared file system, or a local
         directory per node for shards pinned to nodes); it is created where missing.
+        Removed items are not written (each shard file is compacted).
         """
         self._check_usable()
         directory = os.path.abspath(os.fspath(directory))
@@ -345,7 +462,7 @@ class Sharded:
         names = shard_file_names(self.kind, self._n_shards, uuid.uuid4().hex[:12])
         paths = shard_paths(directory, self.kind, names)
         try:
-            checksums = self._call("save", range(self._n_shards), lambda s: (paths[s],))
+            got = self._call("save", range(self._n_shards), lambda s: (paths[s],))
         except BaseException:
             # The previous save stays whole; only this attempt's files are litter.
             for path in (p for shard in paths for p in shard):
@@ -354,13 +471,15 @@ class Sharded:
                 except FileNotFoundError:
                     pass
             raise
-        checksums = [checksums[s] for s in range(self._n_shards)]
+        checksums = [got[s][0] for s in range(self._n_shards)]
+        sequential = [got[s][1] for s in range(self._n_shards)]
         write_manifest(
-            directory, kind=self.kind, counts=self._counts, file_names=names,
-            checksums=checksums, extra=self._manifest_extra(),
+            directory, kind=self.kind, counts=self._counts, next_id=self._next_id,
+            sequential=sequential, file_names=names, checksums=checksums,
+            extra=self._manifest_extra(),
         )
         for s in range(self._n_shards):
-            self._saved[s] = (paths[s], self._mmap, checksums[s])
+            self._saved[s] = (paths[s], self._mmap, checksums[s], sequential[s])
             self._ever_saved[s] = True
         if old is not None:
             self._remove_old_files(directory, old, {n for d in names for n in d.values()})
@@ -375,7 +494,7 @@ class Sharded:
         if not stale:
             return
         # Per-node directories: each node removes its own copies; missing files are fine.
-        refs = [actor.remove.remote(stale) for actor in self._actors]
+        refs = [actor.unlink.remote(stale) for actor in self._actors]
         for ref in refs:
             try:
                 ray.get(ref)
@@ -393,25 +512,30 @@ class Sharded:
         self._init_from_manifest(manifest)
         self._start(templates, manifest["n_shards"], **kwargs)
         self._mmap = bool(mmap)
-        paths = shard_paths(
-            directory, manifest["kind"], [entry["files"] for entry in manifest["shards"]]
-        )
-        checksums = [entry.get("checksums") for entry in manifest["shards"]]
+        entries = manifest["shards"]
+        paths = shard_paths(directory, manifest["kind"], [entry["files"] for entry in entries])
         refs = [
-            self._actors[s].load.remote(paths[s], mmap, checksums[s])
+            self._actors[s].load.remote(
+                paths[s], mmap, entries[s].get("checksums"), entries[s]["sequential"]
+            )
             for s in range(self._n_shards)
         ]
+        next_id = manifest["next_id"]
         for s, ref in enumerate(refs):
-            count, problem = ray.get(ref)
-            expected = manifest["shards"][s]["count"]
+            count, (problem, largest) = ray.get(ref)
+            expected = entries[s]["count"]
             if problem is None and count != expected:
-                problem = f"it holds {count} rows, the manifest says {expected}"
+                problem = f"it holds {count} items, the manifest says {expected}"
             if problem is not None:
                 self.close()
                 raise ValueError(f"cannot load shard {s} of the index in {directory!r}: {problem}")
             self._counts[s] = count
-            self._saved[s] = (paths[s], bool(mmap), checksums[s])
+            self._saved[s] = (paths[s], bool(mmap), entries[s].get("checksums"),
+                              entries[s]["sequential"])
             self._ever_saved[s] = True
+            # The ids the files hold are never given again, whatever next_id says.
+            next_id = max(next_id, largest + 1)
+        self._next_id = next_id
         return self
 
     def _init_from_manifest(self, manifest):

@@ -86,8 +86,10 @@ class ShardedCascade(Sharded):
     def metric(self):
         return self._templates[1].metric
 
-    def add(self, codes, vectors):
-        """Appends items: ``codes[i]`` and ``vectors[i]`` are one item, with id ``ntotal + i``."""
+    def add(self, codes, vectors, *, ids=None):
+        """Adds items: ``codes[i]`` and ``vectors[i]`` are one item, named ``ids[i]`` or,
+        without ``ids``, by the next sequential id; as ``ShardedIndex.add``. A shard's two
+        indexes always hold the same items under the same ids."""
         self._check_usable()
         c = check_codes(codes, "codes", self.code_size, one_d_ok=True)
         v = check_floats(vectors, "vectors", self.dim, one_d_ok=True)
@@ -96,19 +98,23 @@ class ShardedCascade(Sharded):
                 f"codes and vectors must hold the same items: got {c.shape[0]} and "
                 f"{v.shape[0]} rows"
             )
-        self._add_parts((c, v))
+        self._add_items((c, v), ids)
 
-    def search(self, query_codes, query_vectors, k, *, rerank_queries=None, num_threads=None):
+    def search(self, query_codes, query_vectors, k, *, rerank_queries=None, allowed=None,
+               num_threads=None):
         """Top-``k`` per query through the stages, as ``Cascade.search``; returns a
-        :class:`~cofisearch.CascadeResult` with global ids.
+        :class:`~cofisearch.CascadeResult` with global ids. With ``allowed``, a 1-D array
+        of ids, stage 1 screens only those items (each shard the ones it holds), so every
+        candidate and result is one of them.
 
         ``timings`` has the keys of ``Cascade``: with ``screen="global"``, ``"coarse"`` and
         ``"fine"`` are the driver's wall time of each round trip; with ``"per_shard"``,
         they are the slowest shard's own stage times. ``"total"`` is the driver's wall
         time, Ray's overhead included. ``candidates`` is the global screen
         ``(nq, n_candidates)`` with ``"global"``; with ``"per_shard"`` it is the union of
-        the shards' screens, ``(nq, n_shards * n_candidates)``, sorted by (Hamming
-        distance, id), so its first ``n_candidates`` columns are the global screen.
+        the shards' screens, ``(nq, s * n_candidates)`` for the ``s`` shards holding items,
+        sorted by (Hamming distance, id), so its first ``n_candidates`` columns are the
+        global screen.
         """
         self._check_usable()
         k = check_k(k)
@@ -116,6 +122,7 @@ class ShardedCascade(Sharded):
         count_queries(query_codes, query_vectors)
         qc = check_codes(query_codes, "query_codes", self.code_size, one_d_ok=True)
         qv = check_floats(query_vectors, "query_vectors", self.dim, one_d_ok=True)
+        allowed = self._allowed_per_shard(allowed)
         if self.ntotal == 0:
             raise ValueError("the index is empty: add items before searching")
         depth = fine_depth(k, reranker=self.reranker, n_rerank=self.n_rerank)
@@ -124,30 +131,33 @@ class ShardedCascade(Sharded):
         qv_arg = self._put(qv, len(shards))
         started = time.perf_counter()
         if self.screen == "global":
-            first = self._global_stages(shards, qc_arg, qv_arg, depth, threads)
+            first = self._global_stages(shards, qc_arg, qv_arg, depth, threads, allowed)
         else:
-            first = self._per_shard_stages(shards, qc_arg, qv_arg, depth, threads)
+            first = self._per_shard_stages(shards, qc_arg, qv_arg, depth, threads, allowed)
         return run_last_stage(
             first, k=k, reranker=self.reranker, n_rerank=self.n_rerank,
             query_vectors=query_vectors, rerank_queries=rerank_queries, started=started,
         )
 
-    def _global_stages(self, shards, query_codes, query_vectors, depth, threads):
-        """Stages 1 and 2 in two round trips: the shards' screens merged into the global
-        one, then each shard reranks its share of it."""
+    def _global_stages(self, shards, query_codes, query_vectors, depth, threads, allowed):
+        """Stages 1 and 2 in two round trips: the shards' screens (among the ``allowed``
+        shard ids, per shard) merged into the global one, then each shard reranks its
+        share of it."""
         return run_first_stages(
-            _Merged(self, shards, "screen", largest=False),
+            _Merged(self, shards, "screen", largest=False, allowed=allowed),
             _Merged(self, shards, "rerank", largest=True),
             query_codes, query_vectors,
             n_candidates=self.n_candidates, depth=depth, num_threads=threads,
         )
 
-    def _per_shard_stages(self, shards, query_codes, query_vectors, depth, threads):
-        """Stages 1 and 2 in one round trip, each shard running both on its own rows; the
-        timings are the slowest shard's."""
+    def _per_shard_stages(self, shards, query_codes, query_vectors, depth, threads, allowed):
+        """Stages 1 and 2 in one round trip, each shard running both on its own items
+        (among its ``allowed`` shard ids); the timings are the slowest shard's."""
         n_candidates = self.n_candidates
         got = self._call(
-            "cascade", shards, lambda s: (query_codes, query_vectors, n_candidates, depth, threads)
+            "cascade", shards,
+            lambda s: (query_codes, query_vectors, n_candidates, depth, threads,
+                       None if allowed is None else allowed[s]),
         )
         parts = [got[s] for s in shards]
         scores, ids = merge_topk([(p.scores, p.ids) for p in parts], depth, largest=True)
@@ -208,18 +218,26 @@ class ShardedCascade(Sharded):
 
 class _Merged:
     """One cascade stage run by every shard and merged: a stand-in for the single index's
-    ``search`` in :func:`~cofisearch.cascade.run_first_stages`, in global ids."""
+    ``search`` in :func:`~cofisearch.cascade.run_first_stages`, in global ids. The screen
+    takes its filter here, per shard (``allowed[s]``, shard ids), not from the call."""
 
-    def __init__(self, sharded, shards, method, *, largest):
+    def __init__(self, sharded, shards, method, *, largest, allowed=None):
         self._sharded = sharded
         self._shards = shards
         self._method = method
         self._largest = largest
+        self._allowed = allowed
 
-    def search(self, queries, k, *, candidates=None, num_threads=None):
+    def search(self, queries, k, *, candidates=None, num_threads=None, allowed=None):
         if candidates is None:
-            args = (queries, k, num_threads)
+            mine = self._allowed
+
+            def args(s):
+                return (queries, k, num_threads, None if mine is None else mine[s])
         else:
-            args = (queries, self._sharded._put(candidates, len(self._shards)), k, num_threads)
-        got = self._sharded._call(self._method, self._shards, lambda s: args)
+            shared = (queries, self._sharded._put(candidates, len(self._shards)), k, num_threads)
+
+            def args(s):
+                return shared
+        got = self._sharded._call(self._method, self._shards, args)
         return merge_topk([got[s] for s in self._shards], k, largest=self._largest)

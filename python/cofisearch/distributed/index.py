@@ -81,29 +81,39 @@ class ShardedIndex(Sharded):
             return check_codes(rows, name, self.code_size, one_d_ok=True)
         return check_floats(rows, name, self.dim, one_d_ok=True)
 
-    def add(self, rows):
-        """Appends codes (binary) or vectors (float); they get the ids
-        ``ntotal .. ntotal + n - 1``, dealt round-robin over the shards."""
+    def add(self, rows, *, ids=None):
+        """Adds codes (binary) or vectors (float) as the items ``ids`` (int64, unique,
+        non-negative, none present already: otherwise ``ValueError`` naming them, and no
+        shard changes), or as the next sequential ids, one past the largest id the index
+        ever held (``ntotal .. ntotal + n - 1`` while no ids were given or removed). Item
+        ``g`` goes to shard ``g % n_shards``: sequential ids are dealt round-robin."""
         self._check_usable()
-        self._add_parts((self._check_rows(rows, "codes" if self.kind == "binary" else "vectors"),))
+        checked = self._check_rows(rows, "codes" if self.kind == "binary" else "vectors")
+        self._add_items((checked,), ids)
 
-    def search(self, queries, k, *, candidates=None, num_threads=None):
+    def search(self, queries, k, *, candidates=None, allowed=None, num_threads=None):
         """Exact top-``k`` over every shard; see ``BinaryIndex.search`` and
-        ``FloatIndex.search``. ``candidates`` (float only) are global ids."""
+        ``FloatIndex.search``. ``candidates`` (float only) and ``allowed`` (a 1-D array of
+        ids: results only among them, ``k`` whenever ``k`` allowed items are present) are
+        the index's ids; each shard gets the allowed ids it holds and filters in its scan."""
         self._check_usable()
         q = self._check_rows(queries, "queries")
         k = check_k(k)
         threads = check_threads(num_threads)
+        if candidates is not None and self.kind == "binary":
+            raise TypeError("candidates applies to a float index only; this one is binary")
+        allowed = self._allowed_per_shard(allowed)
         if self.ntotal == 0:
             raise ValueError("the index is empty: add rows before searching")
         if candidates is not None:
-            if self.kind == "binary":
-                raise TypeError("candidates applies to a float index only; this one is binary")
-            candidates = check_candidates(candidates, q.shape[0], self.ntotal)
+            candidates = check_candidates(candidates, q.shape[0], self._next_id)
         shards = self._live_shards()
         q_arg = self._put(q, len(shards))
         c_arg = None if candidates is None else self._put(candidates, len(shards))
-        payloads = self._call("search", shards, lambda s: (q_arg, k, threads, c_arg))
+        payloads = self._call(
+            "search", shards,
+            lambda s: (q_arg, k, threads, c_arg, None if allowed is None else allowed[s]),
+        )
         # Each shard's answer is the exact top-k of its rows, so the global top-k is
         # among their union.
         d, i = merge_topk([payloads[s] for s in shards], k, largest=self.kind == "float")
