@@ -181,9 +181,8 @@ class Shard:
                 *_padding(nq, n_candidates, "binary"), *_padding(nq, depth, "float"), 0.0, 0.0
             )
         first = run_first_stages(
-            coarse if allowed is None else _Screen(coarse, allowed), fine,
-            query_codes, query_vectors,
-            n_candidates=n_candidates, depth=depth, num_threads=threads,
+            coarse, fine, query_codes, query_vectors,
+            n_candidates=n_candidates, depth=depth, num_threads=threads, allowed=allowed,
         )
         return self._count(), first._replace(
             candidates=self._to_global(first.candidates), ids=self._to_global(first.ids)
@@ -242,19 +241,6 @@ class Shard:
             except FileNotFoundError:
                 pass
         return self._count(), None
-
-
-class _Screen:
-    """A coarse index seen through a filter: stage 1 of :func:`run_first_stages` among
-    the ``allowed`` shard ids only (stage 2 scores the candidates stage 1 kept)."""
-
-    def __init__(self, index, allowed):
-        self._index = index
-        self._allowed = allowed
-
-    def search(self, queries, k, *, num_threads=None, allowed=None):
-        # The filter is the one given above; run_first_stages passes none of its own.
-        return self._index.search(queries, k, allowed=self._allowed, num_threads=num_threads)
 
 
 ShardActor = ray.remote(Shard)
