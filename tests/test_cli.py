@@ -305,6 +305,29 @@ def test_demo_tiny_writes_tables_and_plots(tmp_path):
     assert (tmp_path / "demo.md").read_text().startswith("## ")
     if HAS_MATPLOTLIB:
         assert is_png(tmp_path / "demo_recall.png") and is_png(tmp_path / "demo_latency.png")
+        assert is_png(tmp_path / "demo_scale.png")
+    # The section at scale: checked, not only timed.
+    with open(tmp_path / "demo.json") as f:
+        report = json.load(f)
+    assert report["config"]["scale_items"] == 20_000 and "At scale:" in text
+    rows = {}
+    for row in report["scale"]:
+        rows.setdefault(row["contender"], []).append(row)
+    (exact,) = rows["exhaustive float"]
+    assert exact["recall@10"] == 1.0
+    deepest = max(rows["exhaustive cascade"], key=lambda r: r["n_candidates"])
+    assert deepest["recall@10"] >= 0.5  # 1,000 ITQ candidates of 20,000 captions
+    best = max(r["recall@10"] for r in rows["IVF cascade, asymmetric"])
+    assert best >= 0.7
+
+
+def test_demo_refuses_a_scale_that_cannot_fit(tmp_path, capsys):
+    pytest.importorskip("torch")
+    status, out = run_cli(["demo", "--scale", "tiny", "--quiet", "--no-fashion-mnist",
+                           "--scale-items", str(10**13), "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert status == 1 and "scale_items=10000000000000 needs about" in err
+    assert "## " not in out  # refused before any training
 
 
 # ---- bad arguments --------------------------------------------------------------------------
@@ -322,6 +345,8 @@ BAD_ARGUMENTS = [
     (["bench", "--scale", "tiny", "--quick"], 2, "not allowed with"),
     (["demo", "--threads", "-1"], 2, "--threads"),
     (["demo", "--scale", "huge"], 2, "--scale"),
+    (["demo", "--scale-items", "-1"], 2, "--scale-items"),
+    (["demo", "--scale-items", "many"], 2, "--scale-items"),
     (["eval", "{tmp}", "--ks", "0"], 2, "--ks"),
     (["eval", "{tmp}", "--out", "{tmp}"], 1, "holds no FiCo-ITR model outputs"),
     (["eval", "{tmp}/missing"], 2, "does not exist"),

@@ -17,7 +17,7 @@ LAYERS = {
     "": 2.5,
     "distributed": 3,
     "_bench": 4,
-    "study": 5, "study_debian": 5,
+    "study": 5, "study_debian": 5, "study_scale": 5,
     "cli": 6, "__main__": 6,
 }
 # Package-private modules whose public-in-module names are the package's internal API:

@@ -24,7 +24,7 @@ import cofisearch
 
 from . import study
 from ._bench.plans import SCALES as BENCH_SCALES
-from ._checks import check_output_dir, check_positive_int
+from ._checks import check_int, check_output_dir, check_positive_int
 
 DEFAULT_OUT = "cofisearch-report"
 
@@ -38,6 +38,13 @@ def _positive_int(text):
         return check_positive_int(int(text), "value")
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+
+
+def _non_negative_int(text):
+    try:
+        return check_int(int(text), "value", minimum=0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
 
 
 def _int_list(text):
@@ -61,6 +68,11 @@ def _parser():
                       help="synthetic paired features (default), or Debian's package "
                       "descriptions embedded with all-MiniLM-L6-v2 (needs the text extra and "
                       "apt's lists; the scale picks the number of packages)")
+    demo.add_argument("--scale-items", type=_non_negative_int, default=None, metavar="N",
+                      help="captions streamed through the trained encoders for the section "
+                      "at scale, where exhaustive float search meets the cascades (default: "
+                      "the scale's, 1,000,000 at small; 0 skips it; 5,000,000 needs about "
+                      "7 GiB at small)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--threads", type=_positive_int, default=1,
                       help="search threads for the latency tables (default: %(default)s)")
@@ -124,7 +136,9 @@ def cmd_demo(args, out):
         raise RuntimeError('the demo trains torch models: pip install "cofisearch[torch]"') from None
     if args.data == "debian":
         return _demo_debian(args, out)
-    preset = study.DEMO_SCALES[args.scale]
+    preset = dict(study.DEMO_SCALES[args.scale])
+    if args.scale_items is not None:
+        preset["scale_items"] = args.scale_items
     print(f"cofisearch demo, scale {args.scale}: {preset}", file=out)
     result = study.run_study(seed=args.seed, num_threads=args.threads,
                              show_progress_bar=not args.quiet, **preset)
@@ -138,6 +152,8 @@ def cmd_demo(args, out):
         else:
             written += fashion.save(args.out, "fashion_mnist")
             print(fashion.to_markdown(), file=out)
+    if result.scale_summary:
+        print("At scale:\n" + "\n".join(f"- {line}" for line in result.scale_summary), file=out)
     print("wrote " + ", ".join(written), file=out)
     return 0
 

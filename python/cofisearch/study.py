@@ -11,7 +11,10 @@ evaluates, in both directions (image->text and text->image) on the test split:
   for every hashing encoder and several depths;
 
 with the study's metrics (R@K in percent, mAP@k as a fraction), the latency of each
-stage and the storage per item. :func:`run_fashion_mnist` adds category-level retrieval
+stage and the storage per item. With ``scale_items``, it then streams that many more
+captions through the trained dual encoder and measures exhaustive float search against
+the exhaustive and IVF cascades at that size, where the cascade pays
+(:mod:`cofisearch.study_scale`). :func:`run_fashion_mnist` adds category-level retrieval
 on real images. Both return a result that renders as Markdown and saves JSON and plots.
 
 Training needs torch (``pip install "cofisearch[torch]"``); plots need matplotlib.
@@ -26,7 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import datasets, metrics
+from . import datasets, metrics, study_scale
 from ._bench.measure import measure
 from ._checks import check_int, check_positive_int
 from ._files import json_default
@@ -36,12 +39,17 @@ from .cascade import Cascade
 __all__ = ["DEMO_SCALES", "StudyResult", "run_fashion_mnist", "run_study"]
 
 # Presets of ``cofisearch demo --scale``: images (train + test), test images, epochs,
-# hidden and embedding widths (keyword arguments of run_study).
+# hidden and embedding widths, and the captions and image queries of the section at
+# scale (keyword arguments of run_study).
 DEMO_SCALES = {
-    "tiny": dict(n_images=1_200, n_test=400, epochs=2, hidden=128, embed_dim=64),
-    "small": dict(n_images=6_000, n_test=2_000, epochs=4, hidden=256, embed_dim=128),
-    "medium": dict(n_images=24_000, n_test=5_000, epochs=6, hidden=512, embed_dim=256),
-    "large": dict(n_images=60_000, n_test=10_000, epochs=8, hidden=1024, embed_dim=256),
+    "tiny": dict(n_images=1_200, n_test=400, epochs=2, hidden=128, embed_dim=64,
+                 scale_items=20_000, scale_queries=100),
+    "small": dict(n_images=6_000, n_test=2_000, epochs=4, hidden=256, embed_dim=128,
+                  scale_items=1_000_000, scale_queries=300),
+    "medium": dict(n_images=24_000, n_test=5_000, epochs=6, hidden=512, embed_dim=256,
+                   scale_items=2_000_000, scale_queries=1_000),
+    "large": dict(n_images=60_000, n_test=10_000, epochs=8, hidden=1024, embed_dim=256,
+                  scale_items=5_000_000, scale_queries=1_000),
 }
 
 RECALL_KS = (1, 5, 10, 50, 100, 200)
@@ -59,6 +67,9 @@ class StudyResult:
     latency: list = field(default_factory=list)
     cascade: list = field(default_factory=list)
     notes: list = field(default_factory=list)
+    #: The section at scale (study_scale.ScaleSection's rows and summary), if it ran.
+    scale: list = field(default_factory=list)
+    scale_summary: list = field(default_factory=list)
 
     def to_markdown(self):
         parts = [f"## {self.title}", "", _config_line(self.config), ""]
@@ -72,6 +83,11 @@ class StudyResult:
         if self.cascade:
             parts += ["", "### Cascade: recall and latency against n_candidates", ""]
             parts += _table(self.cascade, list(self.cascade[0]))
+        if self.scale:
+            n = self.config.get("scale_items", 0)
+            parts += ["", f"### At scale: {n:,} captions, recall@10 against exact float search", ""]
+            parts += _table(self.scale, list(self.scale[0]))
+            parts += [""] + [f"- {line}" for line in self.scale_summary]
         if self.notes:
             parts += [""] + [f"- {n}" for n in self.notes]
         return "\n".join(parts) + "\n"
@@ -84,11 +100,14 @@ class StudyResult:
             "latency": self.latency,
             "cascade": self.cascade,
             "notes": self.notes,
+            "scale": self.scale,
+            "scale_summary": self.scale_summary,
         }
 
     def save(self, out_dir, stem):
         """Writes ``{stem}.md``, ``{stem}.json`` and, with matplotlib and a cascade table,
-        ``{stem}_recall.png`` and ``{stem}_latency.png``; returns the paths written."""
+        ``{stem}_recall.png`` and ``{stem}_latency.png`` (and ``{stem}_scale.png`` with
+        the section at scale); returns the paths written."""
         os.makedirs(out_dir, exist_ok=True)
         paths = [os.path.join(out_dir, f"{stem}.md"), os.path.join(out_dir, f"{stem}.json")]
         with open(paths[0], "w") as f:
@@ -97,6 +116,13 @@ class StudyResult:
             json.dump(self.to_dict(), f, indent=2, default=json_default)
         if self.cascade:
             paths += _plot_cascade(self, out_dir, stem)
+        if self.scale:
+            path = os.path.join(out_dir, f"{stem}_scale.png")
+            title = (f"{self.config.get('scale_items', 0):,} captions, "
+                     f"{self.config.get('scale_queries')} image queries, "
+                     f"{self.config.get('search_threads')} thread(s)")
+            if study_scale.plot_scale(self.scale, path, title):
+                paths.append(path)
         return paths
 
 
@@ -109,6 +135,8 @@ def _config_line(config):
 def _fmt(value):
     if value is None:
         return "—"
+    if isinstance(value, bool):
+        return "yes" if value else ""
     if isinstance(value, float):
         if value != value:
             return "—"
@@ -121,16 +149,6 @@ def _table(rows, columns):
     for row in rows:
         lines.append("| " + " | ".join(_fmt(row.get(c)) for c in columns) + " |")
     return lines
-
-
-def _progress(total, desc, enabled):
-    if not enabled:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, desc=desc, leave=False)
 
 
 def run_study(
@@ -148,6 +166,8 @@ def run_study(
     num_threads=1,
     torch_threads=1,
     repeats=3,
+    scale_items=0,
+    scale_queries=300,
     show_progress_bar=False,
 ):
     """Runs the FG / CG / cascade comparison on synthetic data; returns a :class:`StudyResult`.
@@ -156,6 +176,11 @@ def run_study(
     form the evaluation pool. Latencies are medians of ``repeats`` runs over all test
     queries with ``num_threads`` search threads, divided by the number of queries
     (the benchmark timer: a warm-up call, then interleaved samples).
+
+    ``scale_items`` > 0 adds the section at scale (:func:`cofisearch.study_scale.
+    run_scale`): that many more captions, ``scale_queries`` image queries, the trained
+    dual encoder's embeddings and ITQ codes of them, in ``result.scale`` and
+    ``result.scale_summary``. Its sizes and memory are checked before any training.
     """
     from .encoders import DualEncoder, HashEncoder
 
@@ -165,10 +190,15 @@ def run_study(
         raise ValueError(f"n_test must be smaller than n_images ({n_images}), got {n_test}")
     nbits = tuple(check_positive_int(b, "nbits") for b in nbits)
     n_candidates = tuple(sorted({check_positive_int(c, "n_candidates") for c in n_candidates}))
+    embed_dim = check_positive_int(embed_dim, "embed_dim")
+    scale_items = study_scale.check_scale_items(
+        scale_items, embed_dim=embed_dim, nbits=nbits, n_queries=scale_queries,
+        captions_per_image=captions_per_image)
     config = dict(
         n_images=n_images, n_test=n_test, captions_per_image=captions_per_image, nbits=nbits,
         n_candidates=n_candidates, epochs=epochs, hidden=hidden, embed_dim=embed_dim,
         seed=seed, search_threads=num_threads, torch_threads=torch_threads,
+        scale_items=scale_items, scale_queries=scale_queries if scale_items else None,
     )
     data = datasets.make_paired(n_images, captions_per_image, seed=seed, n_test=n_test)
     train, test = data.train, data.test
@@ -260,6 +290,14 @@ def run_study(
         "mAP@N of a cascade is not defined (it ranks only its candidates); its mAP@k uses "
         "the same normalisation as fico-itr (relevant items found in the top k)."
     )
+    if scale_items:
+        section = study_scale.run_scale(
+            dual, train.text_features, n_items=scale_items, n_queries=scale_queries,
+            first_image=n_images, nbits=nbits, captions_per_image=captions_per_image,
+            seed=seed, num_threads=num_threads, repeats=repeats,
+            show_progress_bar=show_progress_bar)
+        result.scale, result.scale_summary = section.rows, section.summary
+        result.config.update(scale_nbits=section.config["nbits"], scale_nlist=section.config["nlist"])
     return result
 
 
