@@ -112,6 +112,7 @@ class Sizes:
     # descriptions (summaries against descriptions, ~58k items; sub_n and sub_dim then
     # come from the data, and the lists are scaled to it).
     sub_data: str = "synthetic"
+    sub_max_items: Optional[int] = None  # a seeded subset of the Debian corpus
 
 
 # The sizes.
@@ -743,7 +744,7 @@ def sublinear_section(report, sizes):
     nq, threads = sizes.sub_nq, SUB_THREADS
     if sizes.sub_data == "debian":
         progress(f"sublinear: Debian descriptions (all-MiniLM-L6-v2), {nq} summaries as queries")
-        data = debian_ann_data(nq, sizes.sub_nbits)[sizes.sub_nbits]
+        data = debian_ann_data(nq, sizes.sub_nbits, max_items=sizes.sub_max_items)[sizes.sub_nbits]
         n = data.vectors.shape[0]
         # Lists of about the sizes they have at 1M items, within faiss's 39 training points
         # per list.
@@ -885,6 +886,11 @@ def main(argv=None):
         "the real MiniLM embeddings of Debian's package descriptions (needs the text extra "
         "and apt's Translation-en; cached by bench/debian_study.py)",
     )
+    parser.add_argument(
+        "--sub-max-items", type=int, default=None,
+        help="with --sub-data debian: the seeded subset of the corpus that "
+        "bench/debian_study.py --max-items takes (default: the whole corpus)",
+    )
     args = parser.parse_args(argv)
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = sorted(set(sections) - set(SECTIONS))
@@ -896,7 +902,7 @@ def main(argv=None):
     if not faiss_available():
         progress("faiss-cpu is not installed: faiss comparisons left out (pip install faiss-cpu)")
 
-    sizes = replace(SIZES[args.scale], sub_data=args.sub_data)
+    sizes = replace(SIZES[args.scale], sub_data=args.sub_data, sub_max_items=args.sub_max_items)
     before = machine_info()
     report = Report(repeat=repeat, clock=args.clock)
     progress(f"measuring ({args.scale} sizes, median of {repeat})")

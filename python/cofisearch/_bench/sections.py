@@ -562,12 +562,14 @@ def cross_modal_data(n, nq, dim, nbits, *, code_bits=(), seed=SEED):
     return out
 
 
-def debian_ann_data(nq, nbits, *, seed=SEED, directory=None, cache_dir=None):
+def debian_ann_data(nq, nbits, *, seed=SEED, max_items=None, directory=None, cache_dir=None):
     """Real embeddings for the approximate contenders: all-MiniLM-L6-v2 of Debian's
     package descriptions (:func:`cofisearch.datasets.load_debian_descriptions`; each
     distinct description once) as the database and of ``nq`` package summaries (drawn by
     ``seed``) as the queries: short text against long text, the real-data counterpart of
     :func:`cross_modal_data`. Codes are ITQ codes of ``nbits`` fitted on the database.
+    ``max_items`` takes the corpus subset the Debian study takes with the same number
+    (drawn with its seed, 0), so that its cached embeddings serve here too.
 
     The embeddings come from :class:`cofisearch.encoders.SentenceEncoder`'s cache when
     the Debian study (``bench/debian_study.py``) has run; otherwise they are computed
@@ -575,7 +577,8 @@ def debian_ann_data(nq, nbits, *, seed=SEED, directory=None, cache_dir=None):
     """
     from ..encoders import SentenceEncoder
 
-    data = datasets.load_debian_descriptions(directory, seed=seed)
+    # Seed 0, as the Debian study: the same texts, so the same cached embeddings.
+    data = datasets.load_debian_descriptions(directory, seed=0, max_items=max_items)
     encoder = SentenceEncoder(cache_dir=cache_dir)
     titles = encoder.encode(list(data.titles))
     descs = encoder.encode(list(data.descriptions))
