@@ -293,6 +293,24 @@ def quote_ids(ids, limit=8):
     return shown + (f", ... ({len(ids)} in all)" if len(ids) > limit else "")
 
 
+def check_new_ids(ids, m, present):
+    """The caller's ids for ``m`` new items, as int64: non-negative and unique, and none
+    of them among ``present(new)``, the ids of ``new`` that an index already holds; else a
+    ValueError naming the offending ids. Shared by every index that takes ids."""
+    new = check_ids(ids, "ids", count=m)
+    negative = new[new < 0]
+    if negative.size:
+        raise ValueError(f"ids must be non-negative, got {quote_ids(negative)}")
+    ordered = np.sort(new)
+    repeated = ordered[1:][ordered[1:] == ordered[:-1]]
+    if repeated.size:
+        raise ValueError(f"ids must be unique, got repeated id(s) {quote_ids(np.unique(repeated))}")
+    held = present(new)
+    if held.size:
+        raise ValueError(f"ids already present in the index: {quote_ids(held)}")
+    return new
+
+
 class _Indexed:
     """The caller's ids, removals and filters, shared by both exact indexes. A subclass
     has ``_store`` (a :class:`_Storage`), ``_lock`` (serialising every change) and
@@ -381,18 +399,7 @@ class _Indexed:
         return store.n if items is None else items.next_id
 
     def _checked_new_ids(self, ids, m, items, n):
-        new = check_ids(ids, "ids", count=m)
-        negative = new[new < 0]
-        if negative.size:
-            raise ValueError(f"ids must be non-negative, got {quote_ids(negative)}")
-        ordered = np.sort(new)
-        repeated = ordered[1:][ordered[1:] == ordered[:-1]]
-        if repeated.size:
-            raise ValueError(f"ids must be unique, got repeated id(s) {quote_ids(np.unique(repeated))}")
-        present = new[items.rows_of(new, n) >= 0]
-        if present.size:
-            raise ValueError(f"ids already present in the index: {quote_ids(present)}")
-        return new
+        return check_new_ids(ids, m, lambda new: new[items.rows_of(new, n) >= 0])
 
     def remove(self, ids):
         """Removes the items with these ids; returns how many were present (absent ids are

@@ -20,7 +20,7 @@ import ray
 import ray.exceptions
 
 from .._checks import check_float, check_ids, check_num_threads, check_positive_int
-from .._index import BinaryIndex
+from .._index import BinaryIndex, check_new_ids
 from ._manifest import read_manifest, shard_file_names, shard_paths, write_manifest
 from ._shard import ShardActor, empty_like
 
@@ -99,11 +99,6 @@ def _actor_options(actor_options, n_shards):
 def check_threads(num_threads):
     # None travels as None: each shard then uses its own node's default, not the driver's.
     return None if num_threads is None else check_num_threads(num_threads)
-
-
-def _quote(ids, limit=8):
-    shown = ", ".join(str(int(i)) for i in ids[:limit])
-    return shown + (f", ... ({len(ids)} in all)" if len(ids) > limit else "")
 
 
 class Sharded:
@@ -355,23 +350,19 @@ class Sharded:
     def _checked_new_ids(self, ids, m):
         """The ``m`` ids of an add, checked before any shard changes: non-negative,
         unique, none present (the shards that may hold one are asked)."""
-        new = check_ids(ids, "ids", count=m)
-        negative = new[new < 0]
-        if negative.size:
-            raise ValueError(f"ids must be non-negative, got {_quote(negative)}")
+        return check_new_ids(ids, m, self._present)
+
+    def _present(self, new):
+        """The ids of ``new`` that some shard holds, ascending (only the shards that may
+        hold one are asked)."""
         ordered = np.sort(new)
-        repeated = ordered[1:][ordered[1:] == ordered[:-1]]
-        if repeated.size:
-            raise ValueError(f"ids must be unique, got repeated id(s) {_quote(np.unique(repeated))}")
         # An id at or past next_id was never held.
         local = self._local_ids(ordered[ordered < self._next_id], "ids")
         asked = [s for s in range(self._n_shards) if local[s].size and self._counts[s]]
-        if asked:
-            got = self._call("present", asked, lambda s: (local[s],))
-            present = np.sort(np.concatenate([got[s] for s in asked]))
-            if present.size:
-                raise ValueError(f"ids already present in the index: {_quote(present)}")
-        return new
+        if not asked:
+            return ordered[:0]
+        got = self._call("present", asked, lambda s: (local[s],))
+        return np.sort(np.concatenate([got[s] for s in asked]))
 
     def _add_items(self, parts, ids):
         """Adds the items of ``parts`` (arrays with equal row counts, one per shard index)

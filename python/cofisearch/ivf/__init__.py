@@ -70,11 +70,11 @@ from .._checks import (
 from .._index import (
     GATHER_ROWS,
     MAX_NBITS,
+    MAX_ROWS,
     PACK_BYTES,
     PACK_QUERIES,
-    MAX_ROWS,
     SearchResult,
-    quote_ids,
+    check_new_ids,
     row_words,
 )
 from .._reference import quantize_queries, unit_rows
@@ -714,18 +714,7 @@ def _sequential(next_id, m):
 
 def _new_ids(ids, m, lists):
     """The caller's ids for ``m`` new items, checked: non-negative, unique, not present."""
-    new = check_ids(ids, "ids", count=m)
-    negative = new[new < 0]
-    if negative.size:
-        raise ValueError(f"ids must be non-negative, got {quote_ids(negative)}")
-    ordered = np.sort(new)
-    repeated = ordered[1:][ordered[1:] == ordered[:-1]]
-    if repeated.size:
-        raise ValueError(f"ids must be unique, got repeated id(s) {quote_ids(np.unique(repeated))}")
-    present = new[np.isin(new, lists.ids[lists.list_rows()])]
-    if present.size:
-        raise ValueError(f"ids already present in the index: {quote_ids(present)}")
-    return new
+    return check_new_ids(ids, m, lambda new: new[np.isin(new, lists.ids[lists.list_rows()])])
 
 
 def _filtered(lists, allowed, nq):
