@@ -202,25 +202,37 @@ std::size_t hamming_b8_scan_avx2(const std::uint8_t* queries, std::size_t nq,
 
 void hamming_b8_dist_packed_avx2(const std::uint64_t* qwords, std::size_t nq,
                                  const std::uint64_t* panel, std::size_t n, std::size_t words,
-                                 std::uint8_t* dist, std::size_t ld, const RowCounts& rc) {
+                                 std::uint8_t* dist, std::size_t ld, const RowBlocks& rb) {
   sz q = 0;
   for (; q + kQueryGroup <= nq; q += kQueryGroup)
     dist_group<kQueryGroup>(qwords, q, panel, n, words, dist, ld);
   for (; q < nq; ++q) dist_group<1>(qwords, q, panel, n, words, dist, ld);
-  for (q = 0; q < nq; ++q)
-    rc.listed[q] = static_cast<u32>(hamming_u8_count_avx2(
-        dist + q * ld, ld, rc.t, rc.counts + q * kCountSpan, rc.blocks + q * (ld / kDistBlock)));
+  const __m256i t = _mm256_set1_epi8(static_cast<char>(rb.t));
+  for (q = 0; q < nq; ++q) {
+    const u8* row = dist + q * ld;
+    u32* blocks = rb.blocks + q * (ld / kDistBlock);
+    u32 nb = 0;
+    for (sz i = 0; i < ld; i += kDistBlock) {
+      const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + i));
+      const __m256i hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + i + 32));
+      blocks[nb] = static_cast<u32>(i);
+      nb += (le_mask(lo, t) | le_mask(hi, t)) != 0;
+    }
+    rb.listed[q] = nb;
+  }
 }
 
-std::size_t hamming_u8_count_avx2(const std::uint8_t* d, std::size_t ld, const std::uint8_t* t,
-                                  std::uint32_t* counts, std::uint32_t* blocks) {
+std::size_t hamming_u8_count_avx2(const std::uint8_t* d, const std::uint32_t* from,
+                                  std::size_t nfrom, const std::uint8_t* t, std::uint32_t* counts,
+                                  std::uint32_t* blocks) {
   const __m256i t0 = _mm256_set1_epi8(static_cast<char>(t[0])),
                 t1 = _mm256_set1_epi8(static_cast<char>(t[1])),
                 t2 = _mm256_set1_epi8(static_cast<char>(t[2])),
                 t3 = _mm256_set1_epi8(static_cast<char>(t[3]));
   u64 c0 = 0, c1 = 0, c2 = 0, c3 = 0;
   sz nb = 0;
-  for (sz i = 0; i < ld; i += 64) {
+  for (sz b = 0; b < nfrom; ++b) {
+    const u32 i = from[b];
     const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(d + i));
     const __m256i hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(d + i + 32));
     c0 += static_cast<u64>(_mm_popcnt_u32(le_mask(lo, t0)) + _mm_popcnt_u32(le_mask(hi, t0)));
@@ -228,7 +240,7 @@ std::size_t hamming_u8_count_avx2(const std::uint8_t* d, std::size_t ld, const s
     c2 += static_cast<u64>(_mm_popcnt_u32(le_mask(lo, t2)) + _mm_popcnt_u32(le_mask(hi, t2)));
     const u32 top = le_mask(lo, t3), top_hi = le_mask(hi, t3);
     c3 += static_cast<u64>(_mm_popcnt_u32(top) + _mm_popcnt_u32(top_hi));
-    blocks[nb] = static_cast<u32>(i);
+    blocks[nb] = i;
     nb += (top | top_hi) != 0;
   }
   counts[0] = static_cast<u32>(c0);

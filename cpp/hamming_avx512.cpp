@@ -323,19 +323,14 @@ HammingHit* packed_group(const u64* qwords, sz q0, const u64* panel, sz n, sz wo
 // operations per 8 codes and query, as much again as the popcounts.
 template <int G, int W>
 void dist_group(const u64* qwords, sz q0, const u64* panel, sz n, sz words, u8* dist, sz ld,
-                const RowCounts& rc) {
+                const RowBlocks& rb) {
   const sz nw = W > 0 ? static_cast<sz>(W) : words;
   const u64* qw = qwords + q0 * nw;
   const __m512i top = _mm512_set1_epi64(kByteDistanceMax);
-  static_assert(kCountSpan == 4, "one register and one counter per threshold");
-  const __m512i t0 = _mm512_set1_epi8(static_cast<char>(rc.t[0])),
-                t1 = _mm512_set1_epi8(static_cast<char>(rc.t[1])),
-                t2 = _mm512_set1_epi8(static_cast<char>(rc.t[2])),
-                t3 = _mm512_set1_epi8(static_cast<char>(rc.t[3]));
-  u64 cnt[G][kCountSpan] = {};
+  const __m512i t = _mm512_set1_epi8(static_cast<char>(rb.t));
   u32 listed[G] = {};
   u32* blocks[G];
-  for (int j = 0; j < G; ++j) blocks[j] = rc.blocks + (q0 + j) * (ld / kDistBlock);
+  for (int j = 0; j < G; ++j) blocks[j] = rb.blocks + (q0 + j) * (ld / kDistBlock);
   for (sz g0 = 0; 8 * g0 < n; g0 += 8) {
     __m512i acc[8][G];
     if (8 * g0 + 64 <= n) {
@@ -372,32 +367,24 @@ void dist_group(const u64* qwords, sz q0, const u64* panel, sz n, sz words, u8* 
                                                   _mm512_slli_epi64(acc[7][j], 56), a, 0xFE);
       const __m512i v = _mm512_or_si512(b, c);
       _mm512_storeu_si512(dist + (q0 + j) * ld + 8 * g0, v);
-      // As in hamming_u8_count_avx512, while the row is in a register.
-      cnt[j][0] += static_cast<u64>(__builtin_popcountll(_mm512_cmple_epu8_mask(v, t0)));
-      cnt[j][1] += static_cast<u64>(__builtin_popcountll(_mm512_cmple_epu8_mask(v, t1)));
-      cnt[j][2] += static_cast<u64>(__builtin_popcountll(_mm512_cmple_epu8_mask(v, t2)));
-      const u64 up = _mm512_cmple_epu8_mask(v, t3);
-      cnt[j][3] += static_cast<u64>(__builtin_popcountll(up));
+      // Listed without a branch, as in hamming_u8_count_avx512.
       blocks[j][listed[j]] = static_cast<u32>(8 * g0);
-      listed[j] += up != 0;
+      listed[j] += _mm512_cmple_epu8_mask(v, t) != 0;
     }
   }
-  for (int j = 0; j < G; ++j) {
-    for (sz i = 0; i < kCountSpan; ++i) rc.counts[(q0 + j) * kCountSpan + i] = static_cast<u32>(cnt[j][i]);
-    rc.listed[q0 + j] = listed[j];
-  }
+  for (int j = 0; j < G; ++j) rb.listed[q0 + j] = listed[j];
 }
 
 template <int W>
 void dist_packed(const u64* qwords, sz nq, const u64* panel, sz n, sz words, u8* dist, sz ld,
-                 const RowCounts& rc) {
+                 const RowBlocks& rb) {
   // Two queries share each loaded code where their 16 accumulators leave room for the
   // query words (256-bit codes: a 5,000 x 5,000 all-vs-all at k = 1 ran at 0.83 of the
   // large-batch rate, against 0.61 with one query).
   constexpr int G = W > 0 && W <= 4 ? 2 : 1;
   sz q = 0;
-  for (; q + G <= nq; q += G) dist_group<G, W>(qwords, q, panel, n, words, dist, ld, rc);
-  for (; q < nq; ++q) dist_group<1, W>(qwords, q, panel, n, words, dist, ld, rc);
+  for (; q + G <= nq; q += G) dist_group<G, W>(qwords, q, panel, n, words, dist, ld, rb);
+  for (; q < nq; ++q) dist_group<1, W>(qwords, q, panel, n, words, dist, ld, rb);
 }
 
 template <int W>
@@ -546,19 +533,20 @@ std::size_t hamming_b8_scan_packed_avx512(const std::uint64_t* qwords, std::size
 
 void hamming_b8_dist_packed_avx512(const std::uint64_t* qwords, std::size_t nq,
                                    const std::uint64_t* panel, std::size_t n, std::size_t words,
-                                   std::uint8_t* dist, std::size_t ld, const RowCounts& rc) {
+                                   std::uint8_t* dist, std::size_t ld, const RowBlocks& rb) {
   switch (words) {
-    case 1: return dist_packed<1>(qwords, nq, panel, n, words, dist, ld, rc);
-    case 2: return dist_packed<2>(qwords, nq, panel, n, words, dist, ld, rc);
-    case 3: return dist_packed<3>(qwords, nq, panel, n, words, dist, ld, rc);
-    case 4: return dist_packed<4>(qwords, nq, panel, n, words, dist, ld, rc);
-    case 5: return dist_packed<5>(qwords, nq, panel, n, words, dist, ld, rc);
-    case 6: return dist_packed<6>(qwords, nq, panel, n, words, dist, ld, rc);
-    default: return dist_packed<0>(qwords, nq, panel, n, words, dist, ld, rc);
+    case 1: return dist_packed<1>(qwords, nq, panel, n, words, dist, ld, rb);
+    case 2: return dist_packed<2>(qwords, nq, panel, n, words, dist, ld, rb);
+    case 3: return dist_packed<3>(qwords, nq, panel, n, words, dist, ld, rb);
+    case 4: return dist_packed<4>(qwords, nq, panel, n, words, dist, ld, rb);
+    case 5: return dist_packed<5>(qwords, nq, panel, n, words, dist, ld, rb);
+    case 6: return dist_packed<6>(qwords, nq, panel, n, words, dist, ld, rb);
+    default: return dist_packed<0>(qwords, nq, panel, n, words, dist, ld, rb);
   }
 }
 
-std::size_t hamming_u8_count_avx512(const std::uint8_t* d, std::size_t ld, const std::uint8_t* t,
+std::size_t hamming_u8_count_avx512(const std::uint8_t* d, const std::uint32_t* from,
+                                    std::size_t nfrom, const std::uint8_t* t,
                                     std::uint32_t* counts, std::uint32_t* blocks) {
   static_assert(kCountSpan == 4, "one register and one counter per threshold");
   const __m512i t0 = _mm512_set1_epi8(static_cast<char>(t[0])),
@@ -568,7 +556,8 @@ std::size_t hamming_u8_count_avx512(const std::uint8_t* d, std::size_t ld, const
   // Named counters: with an array of them, the compiler stored every counter every step.
   u64 c0 = 0, c1 = 0, c2 = 0, c3 = 0;
   sz nb = 0;
-  for (sz i = 0; i < ld; i += 64) {
+  for (sz b = 0; b < nfrom; ++b) {
+    const u32 i = from[b];
     const __m512i v = _mm512_loadu_si512(d + i);
     c0 += static_cast<u64>(__builtin_popcountll(_mm512_cmple_epu8_mask(v, t0)));
     c1 += static_cast<u64>(__builtin_popcountll(_mm512_cmple_epu8_mask(v, t1)));
@@ -578,7 +567,7 @@ std::size_t hamming_u8_count_avx512(const std::uint8_t* d, std::size_t ld, const
     // A row's few bytes at or below the thresholds lie in a few blocks at random: a
     // branch per block on whether it holds any mispredicted about once per hit, which
     // cost more than the rest of the selection. The list is written without one.
-    blocks[nb] = static_cast<u32>(i);
+    blocks[nb] = i;
     nb += top != 0;
   }
   counts[0] = static_cast<u32>(c0);

@@ -95,7 +95,7 @@ std::size_t hamming_b8_scan_scalar(const std::uint8_t* queries, std::size_t nq,
 
 void hamming_b8_dist_packed_scalar(const std::uint64_t* qwords, std::size_t nq,
                                    const std::uint64_t* panel, std::size_t n, std::size_t words,
-                                   std::uint8_t* dist, std::size_t ld, const RowCounts& rc) {
+                                   std::uint8_t* dist, std::size_t ld, const RowBlocks& rb) {
   for (std::size_t q = 0; q < nq; ++q) {
     const std::uint64_t* qw = qwords + q * words;
     std::uint8_t* row = dist + q * ld;
@@ -111,22 +111,28 @@ void hamming_b8_dist_packed_scalar(const std::uint64_t* qwords, std::size_t nq,
       }
       row[i] = static_cast<std::uint8_t>(d < kByteDistanceMax ? d : kByteDistanceMax);
     }
-    rc.listed[q] = static_cast<std::uint32_t>(hamming_u8_count_scalar(
-        row, ld, rc.t, rc.counts + q * kCountSpan, rc.blocks + q * (ld / kDistBlock)));
+    std::uint32_t* blocks = rb.blocks + q * (ld / kDistBlock);
+    std::uint32_t nb = 0;
+    for (std::size_t b = 0; b < ld; b += kDistBlock)
+      if (*std::min_element(row + b, row + b + kDistBlock) <= rb.t)
+        blocks[nb++] = static_cast<std::uint32_t>(b);
+    rb.listed[q] = nb;
   }
 }
 
-std::size_t hamming_u8_count_scalar(const std::uint8_t* d, std::size_t ld, const std::uint8_t* t,
+std::size_t hamming_u8_count_scalar(const std::uint8_t* d, const std::uint32_t* from,
+                                    std::size_t nfrom, const std::uint8_t* t,
                                     std::uint32_t* counts, std::uint32_t* blocks) {
-  for (std::size_t j = 0; j < kCountSpan; ++j) {
-    std::uint32_t c = 0;
-    for (std::size_t i = 0; i < ld; ++i) c += d[i] <= t[j];
-    counts[j] = c;
-  }
+  std::fill_n(counts, kCountSpan, 0u);
   std::size_t nb = 0;
-  for (std::size_t b = 0; b < ld; b += kDistBlock)
-    if (*std::min_element(d + b, d + b + kDistBlock) <= t[kCountSpan - 1])
-      blocks[nb++] = static_cast<std::uint32_t>(b);
+  for (std::size_t b = 0; b < nfrom; ++b) {
+    const std::uint8_t* block = d + from[b];
+    for (std::size_t j = 0; j < kCountSpan; ++j)
+      counts[j] += static_cast<std::uint32_t>(
+          std::count_if(block, block + kDistBlock, [&](std::uint8_t v) { return v <= t[j]; }));
+    const std::uint32_t offset = from[b];
+    if (*std::min_element(block, block + kDistBlock) <= t[kCountSpan - 1]) blocks[nb++] = offset;
+  }
   return nb;
 }
 

@@ -97,30 +97,34 @@ constexpr std::uint32_t kByteDistanceMax = 255;
 // Thresholds counted in one pass over a row.
 constexpr std::size_t kCountSpan = 4;
 
-// Where a kernel writing rows of distances also counts each row at thresholds t (the
-// same for every row) as HammingCountFn would: row q's counts at counts + q * kCountSpan,
-// its listed blocks at blocks + q * (ld / kDistBlock) and their number at listed[q].
-// Counting a row while it is still in registers costs a few compares; a pass over it
-// afterwards cost a quarter of a 5,000-code all-vs-all.
-struct RowCounts {
-  const std::uint8_t* t;
-  std::uint32_t* counts;
+// Where a kernel writing rows of distances also lists, for each row, the blocks of
+// kDistBlock bytes that hold a byte <= t (one t for every row): row q's offsets at
+// blocks + q * (ld / kDistBlock), ascending, their number at listed[q]. The count that
+// follows (HammingCountFn) then reads those blocks only, a third of a row of 5,000 codes
+// at k = 10. A compare per block, while the row is still in registers, is all it costs
+// there; counting at four thresholds in the kernel cost a sixth of a 64-bit all-vs-all,
+// and a pass over the whole row afterwards a quarter.
+struct RowBlocks {
+  std::uint8_t t;
   std::uint32_t* blocks;
   std::uint32_t* listed;
 };
 
 // Writes row q of nq queries (words as for HammingPackedScanFn) to dist + q * ld, and
-// counts it into rc.
+// lists its blocks into rb.
 using HammingDistFn = void(const std::uint64_t* qwords, std::size_t nq,
                            const std::uint64_t* panel, std::size_t n, std::size_t words,
-                           std::uint8_t* dist, std::size_t ld, const RowCounts& rc);
+                           std::uint8_t* dist, std::size_t ld, const RowBlocks& rb);
 
-// counts[j] = the number of bytes of row d (ld bytes, a multiple of kDistBlock) that are
-// <= t[j], for j < kCountSpan, with t ascending and below kByteDistanceMax (so padding
-// never counts). Also lists, in blocks, the offsets of the blocks of kDistBlock bytes
-// that hold a byte <= t[kCountSpan - 1], and returns their number: the only blocks a
-// collect at that threshold or below needs to read.
-using HammingCountFn = std::size_t(const std::uint8_t* d, std::size_t ld, const std::uint8_t* t,
+// counts[j] = the number of bytes <= t[j], for j < kCountSpan, in the nfrom blocks of
+// kDistBlock bytes of row d at offsets from[0, nfrom) (ascending), with t ascending and
+// below kByteDistanceMax (so padding never counts): the row's counts when those blocks
+// hold every byte of the row <= t[kCountSpan - 1]. Also lists, in blocks, the offsets of
+// those of them that hold a byte <= t[kCountSpan - 1], and returns their number: the only
+// blocks a later count or collect at that threshold or below needs to read. blocks may be
+// from itself (the list then shrinks in place).
+using HammingCountFn = std::size_t(const std::uint8_t* d, const std::uint32_t* from,
+                                   std::size_t nfrom, const std::uint8_t* t,
                                    std::uint32_t* counts, std::uint32_t* blocks);
 
 // Of the nb blocks of row d at offsets blocks[0, nb) (ascending), writes in ascending

@@ -323,7 +323,7 @@ struct RowSelection {
   float level = -1.0f;
 
   // The thresholds counted first: the neighbourhood of the guess g, g - 2 ... g + 1,
-  // which settles g - 1 ... g + 1 in one pass.
+  // which settles g - 1 ... g + 1 in one count.
   void first_thresholds(std::uint8_t* t) const {
     const auto g = level < 0 ? 0u : static_cast<std::uint32_t>(level + 0.5f);
     for (std::size_t j = 0; j < kCountSpan; ++j)
@@ -332,37 +332,42 @@ struct RowSelection {
   }
 };
 
-// One count of a row: its thresholds, counts and listed blocks (kernels.h).
-struct RowCount {
-  const std::uint8_t* t;
-  const std::uint32_t* counts;
-  const std::uint32_t* blocks;
-  std::size_t listed;
-};
-
-// The cap best of one row d of ld byte distances (kernels.h), best first, into best,
-// from the row's first count (done by the kernel that wrote it, at w's first thresholds)
-// and as many more as it takes. A row has at least cap codes, but those past
-// kByteDistanceMax are saturated there: returns false when the cap-th best is one of
-// them (the caller then searches the query exactly).
+// The cap best of one row d of ld byte distances (kernels.h), best first, into best. The
+// kernel that wrote the row listed its nfirst blocks holding a distance up to
+// first[kCountSpan - 1]; the row is counted there at the thresholds `first`, then as
+// many more times as it takes. A row has at least cap codes, but those past
+// kByteDistanceMax are saturated there: returns false when the cap-th best is one of them
+// (the caller then searches the query exactly).
 bool select_row(const KernelSet& ks, const std::uint8_t* d, std::size_t ld, std::size_t cap,
-                RowCount count, RowSelection& w, Hit8* best) {
+                const std::uint8_t* first, const std::uint32_t* listed, std::size_t nfirst,
+                RowSelection& w, Hit8* best) {
   constexpr std::uint32_t kTop = kByteDistanceMax;
+  const std::size_t nblocks = ld / kDistBlock;
+  if (w.every.size() != nblocks) {
+    w.every.resize(nblocks);
+    for (std::size_t b = 0; b < nblocks; ++b) w.every[b] = static_cast<std::uint32_t>(b * kDistBlock);
+    w.blocks.resize(nblocks);
+  }
   // The cap-th distance lies in [lo, hi]; `below` counts the distances under lo.
   std::uint32_t lo = 0, hi = kTop;
   std::size_t below = 0;
   std::uint8_t t[kCountSpan];
+  std::copy_n(first, kCountSpan, t);
   std::uint32_t counts[kCountSpan];
+  // A count lists, in w.blocks, the blocks holding a distance up to its highest
+  // threshold: below that, the next count or the collect reads only those.
+  std::size_t nlisted = ks.hamming_count(d, listed, nfirst, t, counts, w.blocks.data());
   for (;;) {
     for (std::size_t j = 0; j < kCountSpan; ++j) {
-      if (count.counts[j] >= cap) {
-        hi = std::min<std::uint32_t>(hi, count.t[j]);
-      } else if (count.t[j] + 1u > lo) {
-        lo = count.t[j] + 1u;
-        below = count.counts[j];
+      if (counts[j] >= cap) {
+        hi = std::min<std::uint32_t>(hi, t[j]);
+      } else if (t[j] + 1u > lo) {
+        lo = t[j] + 1u;
+        below = counts[j];
       }
     }
     if (lo == hi) break;
+    const bool within = hi <= t[kCountSpan - 1];
     // Next: the first values from lo when few are left, else the interval cut in five.
     for (std::size_t j = 0; j < kCountSpan; ++j) {
       const auto step = static_cast<std::uint32_t>(j);
@@ -370,27 +375,17 @@ bool select_row(const KernelSet& ks, const std::uint8_t* d, std::size_t ld, std:
                                            ? std::min(lo + step, hi - 1)
                                            : lo + (hi - lo) * (step + 1) / (kCountSpan + 1));
     }
-    w.blocks.resize(ld / kDistBlock);
-    count = {t, counts, w.blocks.data(), ks.hamming_count(d, ld, t, counts, w.blocks.data())};
+    nlisted = within ? ks.hamming_count(d, w.blocks.data(), nlisted, t, counts, w.blocks.data())
+                     : ks.hamming_count(d, w.every.data(), nblocks, t, counts, w.blocks.data());
   }
   w.level = w.level < 0 ? static_cast<float>(lo) : w.level + 0.25f * (static_cast<float>(lo) - w.level);
   if (lo == kTop) return false;
-  // The last count listed the blocks holding a distance up to its highest threshold;
-  // above that, every block is read.
-  if (lo > count.t[kCountSpan - 1]) {
-    if (w.every.size() != ld / kDistBlock) {
-      w.every.resize(ld / kDistBlock);
-      for (std::size_t b = 0; b < w.every.size(); ++b)
-        w.every[b] = static_cast<std::uint32_t>(b * kDistBlock);
-    }
-    count.blocks = w.every.data();
-    count.listed = w.every.size();
-  }
+  const bool within = lo <= t[kCountSpan - 1];
   w.pos.resize(cap + kCollectSlack);
   std::uint32_t* const under = w.pos.data();
   std::uint32_t* const tied = under + below + kCollectSlack;
-  ks.hamming_collect(d, count.blocks, count.listed, static_cast<std::uint8_t>(lo), cap - below,
-                     under, tied);
+  ks.hamming_collect(d, within ? w.blocks.data() : w.every.data(), within ? nlisted : nblocks,
+                     static_cast<std::uint8_t>(lo), cap - below, under, tied);
   // Codes under lo come in id order; a counting sort by distance keeps that order within
   // each distance, which is the tie-break. The ties at lo follow, in id order.
   std::uint32_t start[kTop + 1];
@@ -436,7 +431,7 @@ void hamming_dense(const HammingScan<CountingSelector>& s, const std::uint8_t* c
   run_parallel(T, [&](int) {
     std::vector<std::uint8_t> dist(kDenseTile * ld);
     std::vector<std::uint64_t> qwords(kDenseTile * words);
-    std::vector<std::uint32_t> counts(kDenseTile * kCountSpan), listed(kDenseTile);
+    std::vector<std::uint32_t> listed(kDenseTile);
     std::vector<std::uint32_t> blocks(kDenseTile * (ld / kDistBlock));
     RowSelection rows;
     std::vector<Hit8> best(cap);
@@ -449,16 +444,15 @@ void hamming_dense(const HammingScan<CountingSelector>& s, const std::uint8_t* c
       for (std::size_t q = 0; q < m; ++q)
         std::memcpy(qwords.data() + q * words, queries + (q0 + q) * s.stride, s.stride);
       // The tile's rows are counted first around the guess as the tile starts.
-      std::uint8_t t[kCountSpan];
-      rows.first_thresholds(t);
+      std::uint8_t first[kCountSpan];
+      rows.first_thresholds(first);
       ks.hamming_dist(qwords.data(), m, panel.data(), n, words, dist.data(), ld,
-                      {t, counts.data(), blocks.data(), listed.data()});
+                      {first[kCountSpan - 1], blocks.data(), listed.data()});
       for (std::size_t q = 0; q < m; ++q) {
         const std::size_t row = q0 + q;
-        const RowCount first{t, counts.data() + q * kCountSpan,
-                             blocks.data() + q * (ld / kDistBlock), listed[q]};
         std::size_t got = cap;
-        if (!select_row(ks, dist.data() + q * ld, ld, cap, first, rows, best.data())) {
+        if (!select_row(ks, dist.data() + q * ld, ld, cap, first,
+                        blocks.data() + q * (ld / kDistBlock), listed[q], rows, best.data())) {
           fresh_selectors(s, exact, 1, cap);
           scan_range(s, codes, 0, n, queries + row * s.stride, 1, exact.data(), {}, buf);
           got = exact[0].take(best.data());
