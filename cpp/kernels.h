@@ -100,10 +100,10 @@ constexpr std::size_t kCountSpan = 4;
 // Where a kernel writing rows of distances also lists, for each row, the blocks of
 // kDistBlock bytes that hold a byte <= t (one t for every row): row q's offsets at
 // blocks + q * (ld / kDistBlock), ascending, their number at listed[q]. The count that
-// follows (HammingCountFn) then reads those blocks only, a third of a row of 5,000 codes
-// at k = 10. A compare per block, while the row is still in registers, is all it costs
-// there; counting at four thresholds in the kernel cost a sixth of a 64-bit all-vs-all,
-// and a pass over the whole row afterwards a quarter.
+// follows (HammingCountFn) then reads those blocks only: a quarter of a row of 5,000
+// random codes at k = 10. Listing costs the kernel a compare per block; counting there at
+// four thresholds cost four, and the 64-bit 5,000 x 5,000 all-vs-all took 4.4 ms of CPU
+// against 3.7 ms listing (Intel Xeon, family 6 model 106).
 struct RowBlocks {
   std::uint8_t t;
   std::uint32_t* blocks;
