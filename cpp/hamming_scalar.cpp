@@ -8,10 +8,9 @@
 #include "kernels.h"
 
 namespace cofisearch {
-namespace {
 
-inline std::uint32_t hamming(const std::uint8_t* a, const std::uint8_t* b,
-                             std::size_t nbytes) {
+std::uint32_t hamming_b8_distance_scalar(const std::uint8_t* a, const std::uint8_t* b,
+                                         std::size_t nbytes) {
   std::uint32_t d = 0;
   std::size_t i = 0;
   for (; i + 8 <= nbytes; i += 8) {
@@ -23,8 +22,6 @@ inline std::uint32_t hamming(const std::uint8_t* a, const std::uint8_t* b,
   for (; i < nbytes; ++i) d += static_cast<std::uint32_t>(__builtin_popcount(a[i] ^ b[i]));
   return d;
 }
-
-}  // namespace
 
 void hamming_b8_pack_scalar(const std::uint8_t* codes, std::size_t n, std::size_t nbytes,
                             std::uint64_t* panel) {
@@ -85,7 +82,7 @@ std::size_t hamming_b8_scan_scalar(const std::uint8_t* queries, std::size_t nq,
   for (std::size_t q = 0; q < nq; ++q) {
     const std::uint8_t* qp = queries + q * nbytes;
     for (std::size_t i = 0; i < n; ++i) {
-      std::uint32_t d = hamming(qp, codes + i * nbytes, nbytes);
+      std::uint32_t d = hamming_b8_distance_scalar(qp, codes + i * nbytes, nbytes);
       if (d < thresh[q]) hits[h++] = {static_cast<std::uint32_t>(q),
                                       static_cast<std::uint32_t>(i), d};
     }

@@ -171,6 +171,10 @@ using DotQueryPanelScanFn = std::size_t(const float* qpanel, std::size_t nq, con
                                       std::size_t n, std::size_t dim, const float* thresh,
                                       ScoreHit* hits);
 
+// The distance of two codes of nbytes bytes, as the scalar scan computes it; the gather
+// of scattered rows uses it too (see hamming_gather_search).
+std::uint32_t hamming_b8_distance_scalar(const std::uint8_t* a, const std::uint8_t* b,
+                                         std::size_t nbytes);
 HammingScanFn hamming_b8_scan_scalar;
 HammingPackFn hamming_b8_pack_scalar;
 HammingPackedScanFn hamming_b8_scan_packed_scalar;

@@ -557,19 +557,9 @@ void hamming_gather_search(const std::uint8_t* codes, std::size_t nbytes,
       nq, rows, m, k, nthreads, nbytes, static_cast<std::uint32_t>(kHammingSentinel), dist,
       out_ids, ids, [&](std::size_t q, std::uint32_t* values) {
         const std::uint8_t* a = queries + q * nbytes;
-        for (std::size_t j = 0; j < m; ++j) {
-          const std::uint8_t* b = codes + static_cast<std::size_t>(rows[j]) * nbytes;
-          std::uint32_t d = 0;
-          std::size_t i = 0;
-          for (; i + 8 <= nbytes; i += 8) {
-            std::uint64_t x, y;
-            std::memcpy(&x, a + i, 8);
-            std::memcpy(&y, b + i, 8);
-            d += static_cast<std::uint32_t>(__builtin_popcountll(x ^ y));
-          }
-          for (; i < nbytes; ++i) d += static_cast<std::uint32_t>(__builtin_popcount(a[i] ^ b[i]));
-          values[j] = d;
-        }
+        for (std::size_t j = 0; j < m; ++j)
+          values[j] = hamming_b8_distance_scalar(
+              a, codes + static_cast<std::size_t>(rows[j]) * nbytes, nbytes);
       });
 }
 
