@@ -9,7 +9,7 @@ codes.
 For each filter the fused scan (a row bitmap checked where a row would enter the top k),
 the scan of a packed copy of the allowed rows and the gather of them are timed (the gather
 only where it is close), which places the crossovers the index uses
-(``cofisearch._index.GATHER_ROWS``, ``_PACK_*``). Then ``remove`` of 1% of the codes from
+(``cofisearch._rows.GATHER_ROWS``, ``_PACK_*``). Then ``remove`` of 1% of the codes from
 a ``BinaryIndex`` and from an ``IVFBinaryIndex``. Medians of ``--repeats`` runs; nothing
 is checked against a threshold here.
 """
@@ -25,7 +25,7 @@ import time
 
 import cofisearch
 import numpy as np
-from cofisearch import _index
+from cofisearch import _rows
 from cofisearch._bench.machine import format_machine, machine_info
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -53,21 +53,21 @@ class forced_path:
         self.path = path
 
     def __enter__(self):
-        self.saved = [getattr(_index, name) for name in _KNOBS]
+        self.saved = [getattr(_rows, name) for name in _KNOBS]
         if self.path in ("scan", "pack"):
-            _index.GATHER_ROWS = -1
-            _index._GATHER_FRACTION = {"binary": 1 << 62, "float": 1 << 62}
+            _rows.GATHER_ROWS = -1
+            _rows._GATHER_FRACTION = {"binary": 1 << 62, "float": 1 << 62}
             if self.path == "scan":
-                _index.PACK_BYTES = -1
+                _rows.PACK_BYTES = -1
             else:
-                _index._PACK_MOST = _index._PACK_FEW = 1.0
-                _index.PACK_BYTES = 1 << 62
+                _rows._PACK_MOST = _rows._PACK_FEW = 1.0
+                _rows.PACK_BYTES = 1 << 62
         elif self.path == "gather":
-            _index.GATHER_ROWS = _index.PACK_QUERIES = 1 << 62
+            _rows.GATHER_ROWS = _rows.PACK_QUERIES = 1 << 62
 
     def __exit__(self, *exc):
         for name, value in zip(_KNOBS, self.saved):
-            setattr(_index, name, value)
+            setattr(_rows, name, value)
 
 
 def faiss_filtered(faiss, index, queries, k, allowed, threads):

@@ -11,7 +11,7 @@ import zlib
 import cofisearch
 import numpy as np
 import pytest
-from cofisearch import BinaryIndex, FloatIndex, _index
+from cofisearch import BinaryIndex, FloatIndex, _rows
 from cofisearch._reference import hamming_distances, topk_by_id
 from conftest import hamming_path_forced
 
@@ -21,16 +21,16 @@ def filter_path(request, monkeypatch):
     """Forces a filtered search onto the fused scan, the scan of a packed copy of its rows
     or the gather of its rows."""
     if request.param in ("scan", "pack"):
-        monkeypatch.setattr(_index, "GATHER_ROWS", -1)
-        monkeypatch.setattr(_index, "_GATHER_FRACTION", {"binary": 1 << 62, "float": 1 << 62})
+        monkeypatch.setattr(_rows, "GATHER_ROWS", -1)
+        monkeypatch.setattr(_rows, "_GATHER_FRACTION", {"binary": 1 << 62, "float": 1 << 62})
         if request.param == "scan":
-            monkeypatch.setattr(_index, "PACK_BYTES", -1)
+            monkeypatch.setattr(_rows, "PACK_BYTES", -1)
         else:
-            monkeypatch.setattr(_index, "_PACK_MOST", 1.0)
-            monkeypatch.setattr(_index, "_PACK_FEW", 1.0)
+            monkeypatch.setattr(_rows, "_PACK_MOST", 1.0)
+            monkeypatch.setattr(_rows, "_PACK_FEW", 1.0)
     else:
-        monkeypatch.setattr(_index, "GATHER_ROWS", 1 << 62)
-        monkeypatch.setattr(_index, "PACK_QUERIES", 1 << 62)
+        monkeypatch.setattr(_rows, "GATHER_ROWS", 1 << 62)
+        monkeypatch.setattr(_rows, "PACK_QUERIES", 1 << 62)
     return request.param
 
 

@@ -467,7 +467,7 @@ def test_stress_cascade_add(long_run):
 def test_the_checks_catch_a_search_that_sees_an_add_half_done(monkeypatch):
     # The campaign is only as good as its checks: an index that briefly publishes a
     # snapshot ending inside an add must be caught.
-    append = cofisearch._index._Storage.append
+    append = cofisearch._rows.Storage.append
 
     def torn_append(self, rows):
         snapshot = append(self, rows)
@@ -477,7 +477,7 @@ def test_the_checks_catch_a_search_that_sees_an_add_half_done(monkeypatch):
         self.snapshot = snapshot
         return snapshot
 
-    monkeypatch.setattr(cofisearch._index._Storage, "append", torn_append)
+    monkeypatch.setattr(cofisearch._rows.Storage, "append", torn_append)
     for kind in ("binary", "float"):
         c = stress(kind, 1, max_batches=200, full_every=4)
         assert c.inconsistencies > 0, c.summary()

@@ -20,7 +20,8 @@ import ray
 import ray.exceptions
 
 from .._checks import check_float, check_ids, check_num_threads, check_positive_int
-from .._index import BinaryIndex, check_new_ids
+from .._index import BinaryIndex
+from .._rows import MAX_ID, check_new_ids
 from ._manifest import read_manifest, shard_file_names, shard_paths, write_manifest
 from ._shard import ShardActor, empty_like
 
@@ -30,7 +31,6 @@ _PUT_BYTES = 64 << 10
 _DEFAULT_ACTOR_OPTIONS = {"scheduling_strategy": "SPREAD"}
 # Between two replacement actors for one shard, when the first died on arrival.
 _RETRY_PAUSE_S = 0.5
-_MAX_ID = np.iinfo(np.int64).max
 
 
 class ShardLostError(RuntimeError):
@@ -372,7 +372,7 @@ class Sharded:
         batches = {}
         if ids is None:
             start = self._next_id
-            if start > _MAX_ID + 1 - m:
+            if start > MAX_ID + 1 - m:
                 raise ValueError(f"no sequential ids left after {start - 1}: pass ids")
             if m == 0:
                 return

@@ -67,17 +67,16 @@ from .._checks import (
     check_positive_int,
     check_result_size,
 )
-from .._index import (
+from .._index import MAX_NBITS, SearchResult
+from .._reference import quantize_queries, unit_rows
+from .._rows import (
     GATHER_ROWS,
-    MAX_NBITS,
     MAX_ROWS,
     PACK_BYTES,
     PACK_QUERIES,
-    SearchResult,
     check_new_ids,
     row_words,
 )
-from .._reference import quantize_queries, unit_rows
 from ._file import (
     MAX_SCREEN_BITS,
     _checksum,

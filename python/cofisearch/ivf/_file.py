@@ -13,7 +13,8 @@ from typing import NamedTuple
 import numpy as np
 
 from .._files import atomic_write, byte_chunks
-from .._index import MAX_NBITS, MAX_ROWS
+from .._index import MAX_NBITS
+from .._rows import MAX_ROWS
 
 #: The widest codes of the asymmetric screen.
 MAX_SCREEN_BITS = 8192
