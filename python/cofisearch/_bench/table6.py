@@ -80,18 +80,21 @@ TABLE6_SIZES = {
 
 
 # Per named scale: train_rerank_models' arguments and rerank_quality's data.
-# The reranker at 2 tokens of width 32, 2 heads: 2.5 us a pair against 6.2 at 4 x 64 with
-# 4 heads (the fused cached path, one thread; bench/results/rerank_scale.variants.md); only
-# the smaller fits issue 16's stage-3 budget of 5x stages 1+2. It trains on 10,000 images
-# the dual encoder never saw, after the quality test split (images 5,000-5,999): trained
-# on the dual encoder's own 5,000, whose embeddings match far better than new items' do,
-# R@1 rose +1.26 over the cascade; on 5,000 new images +1.44, on 10,000 (2 epochs) +2.62.
+# The reranker: 2 query tokens of width 32, 2 heads, one pooled candidate token; a cached
+# pair costs 2.0 us against 3.0 with 2 candidate tokens and 6.2 at 4 x 64 with 4 heads (one
+# torch thread), the only one of them inside issue 16's stage-3 budget of 5x stages 1+2.
+# It trains on 20,000 images the dual encoder never saw, after the quality test split
+# (images 5,000-5,999): on the dual encoder's own 5,000, whose embeddings match far better
+# than new items' do, R@1 rose only +1.26 over the cascade; on 20,000 new ones, +3.5
+# (bench/results/rerank_scale.variants.md).
 _STUDY_MODELS = {"train_images": 5_000, "embed_dim": 128, "hidden": 256, "epochs": 4, "nbits": 128,
-                     "d_model": 32, "n_tokens": 2, "n_heads": 2, "rerank_hidden": 32,
-                     "rerank_epochs": 2, "rerank_images": 10_000, "rerank_start": 6_000}
+                     "d_model": 32, "n_tokens": 2, "candidate_tokens": 1, "n_heads": 2,
+                     "rerank_hidden": 32, "rerank_epochs": 2, "rerank_images": 20_000,
+                     "rerank_start": 6_000}
 MODEL_SIZES = {
     "tiny": {"train_images": 300, "embed_dim": 32, "hidden": 32, "epochs": 1, "nbits": 32,
-                 "rerank_epochs": 1, "rerank_images": 300, "rerank_start": 400},
+                 "candidate_tokens": 1, "rerank_epochs": 1, "rerank_images": 300,
+                 "rerank_start": 400},
     "quick": _STUDY_MODELS,
     "default": _STUDY_MODELS,
     "full": _STUDY_MODELS,
@@ -165,7 +168,8 @@ def _fmt(value):
 
 def train_rerank_models(train_images=5_000, *, embed_dim=128, hidden=256, epochs=4,
                         nbits=128, n_candidates=256, n_rerank=32, d_model=64, n_tokens=4,
-                        n_heads=4, rerank_hidden=64, rerank_epochs=3, rerank_images=None,
+                        n_heads=4, candidate_tokens=None, rerank_hidden=64,
+                        rerank_epochs=3, rerank_images=None,
                         rerank_start=None, seed=SEED, torch_threads=1, num_threads=1):
     """Trains the dual encoder on the first ``train_images`` synthetic images (5
     captions each), fits ITQ codes on its embeddings, and trains the reranker on the
@@ -203,6 +207,7 @@ def train_rerank_models(train_images=5_000, *, embed_dim=128, hidden=256, epochs
     cascade = _cascade(itq.transform(img), img, n_candidates)
     reranker = CrossAttentionReranker(embed_dim, embed_dim, d_model=d_model,
                                       n_tokens=n_tokens, n_heads=n_heads,
+                                      candidate_tokens=candidate_tokens,
                                       hidden=rerank_hidden, seed=seed,
                                       num_threads=torch_threads)
     reranker.fit(txt, img, query_to_candidate=c2i, negatives="cascade",
@@ -211,6 +216,7 @@ def train_rerank_models(train_images=5_000, *, embed_dim=128, hidden=256, epochs
     config = {"train_images": train_images, "embed_dim": embed_dim, "hidden": hidden,
                   "epochs": epochs, "nbits": nbits, "train_n_candidates": n_candidates,
                   "train_n_rerank": n_rerank, "d_model": d_model, "n_tokens": n_tokens,
+                  "candidate_tokens": reranker.candidate_tokens,
                   "n_heads": n_heads, "rerank_hidden": rerank_hidden, "rerank_epochs": rerank_epochs,
                   "rerank_images": img.shape[0],
                   "rerank_start": 0 if rerank_start is None else rerank_start,
