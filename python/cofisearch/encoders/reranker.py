@@ -277,7 +277,8 @@ class CrossAttentionReranker(TorchModel):
     its own. At 1, a pooled candidate token attends to the query's tokens and the query
     tokens' attention over it is trivial: on the synthetic data (2 query tokens of width
     32, 2 heads, one torch thread) a cached pair cost 2.0 us against 3.0 at 2 tokens a
-    side, and R@1 behind the cascade was within 0.x points (issue 16).
+    side, and R@1 behind the cascade rose as much (+3.50 over the cascade against +3.24,
+    both trained on 20,000 held-out images; issue 16).
 
     ``input_cosine`` adds ``w * cos(query_vector, candidate_vector)`` with a learned ``w``
     (starting at 10), so that on first-stage embeddings (a ``DualEncoder``'s output, the
