@@ -42,7 +42,7 @@ from .._checks import check_choice
 from .._index import BinaryIndex, FloatIndex
 from ..cascade import Cascade
 from .data import SEED
-from .measure import CLOCKS, measure
+from .measure import CLOCKS, compare, measure
 from .plans import check_scale
 
 __all__ = [
@@ -69,7 +69,7 @@ STUDY_TABLE6 = {
 # sizes `cofisearch bench` is meant to use). ``scales`` are (images, captions) pairs.
 TABLE6_SIZES = {
     "tiny": {"scales": ((100, 500), (200, 1_000)), "n_rerank": (16, 32), "max_pairs": 20_000,
-                 "max_queries": 200, "repeats": 1},
+                 "max_queries": 200, "repeats": 1, "min_sample_s": 0.0},
     "quick": {"scales": ((1_000, 5_000), (10_000, 50_000)), "max_pairs": 500_000,
                   "max_queries": 2_000, "repeats": 2},
     "default": {"scales": ((1_000, 5_000), (10_000, 50_000)), "max_pairs": 1_000_000,
@@ -250,15 +250,17 @@ def _encode(models, n_images, seed):
 
 def rerank_cost(models, *, scales=((1_000, 5_000), (10_000, 50_000)),
                 n_rerank=(16, 32, 64, 128), n_candidates=256, max_pairs=5_000_000,
-                max_queries=50_000, repeats=3, num_threads=1, clock="cpu", seed=SEED + 1):
+                max_queries=50_000, repeats=3, num_threads=1, clock="cpu", min_sample_s=0.2,
+                seed=SEED + 1):
     """The Table 6 analogue: a :class:`RerankTable` with one row per scale and regime.
 
     ``scales`` are (images, captions) pairs (captions = 5 x images); queries are the
     captions. All pairs: timed on the first ``max_pairs // images`` queries (all of them
     when they fit), then scaled to every query. Cascade-bounded: the first
     ``max_queries`` queries go through the cascade at each ``n_rerank`` (screen depth
-    ``n_candidates``), stage times per query from the cascade's timings (medians of
-    ``repeats``) and scaled to every query. Encoding: the dual encoder over every image
+    ``n_candidates``); stages 1+2 and stage 3 are timed in turn, sample by sample, so
+    that both see the same load (medians of ``repeats`` samples of at least
+    ``min_sample_s`` seconds each), and scaled to every query. Encoding: the dual encoder over every image
     and caption, the ITQ codes, and the reranker's candidate cache, each timed once.
     """
     check_choice(clock, "clock", CLOCKS)
@@ -294,17 +296,20 @@ def rerank_cost(models, *, scales=((1_000, 5_000), (10_000, 50_000)),
 
         # Cascade-bounded: stages 1+2 as Cascade.search runs them (screen, then the float
         # rerank keeping n_rerank), then the reranker on what they kept, timed apart with
-        # the same timer (CPU time is steady on a shared machine; the wall clock is kept).
+        # the same timer (CPU time is steady on a shared machine; the wall clock is kept),
+        # their samples interleaved: the ratio of two timings taken minutes apart moved
+        # with the other sessions' load (stages 1+2 at 11-17 us a query in one run).
         n_s = min(n_cap, max_queries)
         qc, qv = enc["txt_codes"][:n_s], enc["txt"][:n_s]
         first = _cascade(enc["img_codes"], enc["img"], n_candidates)
         for depth in n_rerank:
-            t12 = measure(lambda c=first, a=qc, b=qv, d=depth:
-                          c.search(a, b, d, num_threads=num_threads),
-                          repeat=repeats, min_sample_s=0.0)
             kept = first.search(qc, qv, depth, num_threads=num_threads).ids
-            t3 = measure(lambda cache=enc["cache"], q=qv, ids=kept: cache(q, ids),
-                         repeat=repeats, min_sample_s=0.0)
+            timed = compare({
+                "stages12": lambda c=first, a=qc, b=qv, d=depth:
+                    c.search(a, b, d, num_threads=num_threads),
+                "stage3": lambda cache=enc["cache"], q=qv, ids=kept: cache(q, ids),
+            }, repeat=repeats, min_sample_s=min_sample_s)
+            t12, t3 = timed["stages12"], timed["stage3"]
             s12 = {c: t12.value(c) / n_s for c in CLOCKS}
             s3 = {c: t3.value(c) / n_s for c in CLOCKS}
             rows.append(dict(base, regime="cascade-bounded", k=depth, pairs=n_cap * depth,
@@ -322,7 +327,8 @@ def rerank_cost(models, *, scales=((1_000, 5_000), (10_000, 50_000)),
          "ratio", "growth", "study growth", "encode_s", "timed"],
         rows,
         config=dict(models.config, n_candidates=n_candidates, max_pairs=max_pairs,
-                    max_queries=max_queries, repeats=repeats, clock=clock),
+                    max_queries=max_queries, repeats=repeats, clock=clock,
+                    min_sample_s=min_sample_s),
     )
     table.notes += [
         ("rerank_s: reranker seconds for every caption query of the scale; rerank_us_q: "

@@ -125,9 +125,13 @@ def _fusion_class():
             """The cached candidate side of :meth:`fast_scores`: (n, S, 3 d) tokens, each
             [query | key | value], so that one gather brings a candidate's three and the
             keys of a query's whole list are one (c S, d) matrix; and (n, e) extras
-            [pooled token, its unit vector, unit input]."""
+            [pooled token, its unit vector, unit input]. With one candidate token, one
+            (n, w) block instead (see :meth:`_pooled_scores`)."""
             cbar, cq, ck, cv, c_unit = enc_c
             n = cbar.shape[0]
+            if self.candidate_tokens == 1:
+                return (self._pooled_pack(cbar, cq.reshape(n, -1), cv.reshape(n, -1),
+                                          c_unit),)
             tokens = torch.cat([t.reshape(n, self.candidate_tokens, self.d_model)
                                 for t in (cq, ck, cv)], -1)
             extras = [cbar, F.normalize(cbar, dim=-1)]
@@ -148,6 +152,8 @@ def _fusion_class():
             tokens as block matrices (scaled queries, scaled keys, values), its pooled
             token, the head's first layer folded with its values and pooled token, and the
             weights of the bilinear and cosine shortcuts."""
+            if self.candidate_tokens == 1:
+                return self._pooled_side(enc_q)
             qbar, qq, qk, qv, q_unit = enc_q
             scale = 1.0 / math.sqrt(self.d_model // self.n_heads)
             v_blk = self._block(qv)
@@ -156,16 +162,72 @@ def _fusion_class():
             # The (pooled query x candidate attention) block of the head's first layer is
             # linear in the candidate's attention weights over the query tokens.
             w_a = torch.matmul(v_blk * qbar.unsqueeze(1), wa.t())            # (B, H T, hidden)
+            return (self._block(qq * scale), self._block(qk * scale), v_blk, qbar, w_a,
+                    self._shortcuts(qbar, q_unit))
+
+        def _shortcuts(self, qbar, q_unit):
+            # Per query: the weights of the bilinear and cosine shortcuts, applied to each
+            # candidate's [unit pooled token, unit input].
             u = [self.log_scale.exp() * F.normalize(self.q_lin(qbar), dim=-1)]
             if self.input_cosine:
                 u.append(self.cosine_weight * q_unit)
-            return (self._block(qq * scale), self._block(qk * scale), v_blk, qbar, w_a,
-                    torch.cat(u, -1))
+            return torch.cat(u, -1)
 
-        def fast_scores(self, side, tokens, extras):
+        # One candidate token: the query tokens' attention over it is 1, so the
+        # candidate's half of the fusion (its value, its pooled token times it) is fixed
+        # per candidate and folds into the cache; what is left per pair is the
+        # candidate token's attention over the query tokens and one product with a
+        # per-query matrix.
+        def _pooled_pack(self, cbar, cq, cv, c_unit):
+            """(n, w) rows [token query | value | pooled | the head's first layer on
+            (pooled x value) plus its bias | unit pooled | unit input]."""
+            d, lin1 = self.d_model, self.head[0]
+            fixed = torch.addmm(lin1.bias, cbar * cv, lin1.weight[:, d : 2 * d].t())
+            parts = [cq, cv, cbar, fixed, F.normalize(cbar, dim=-1)]
+            if self.input_cosine:
+                parts.append(c_unit)
+            return torch.cat(parts, -1).contiguous()
+
+        def _pooled_side(self, enc_q):
+            """Per query: scaled keys and values as block matrices, the shortcuts' weights,
+            and one (H T + 2 d, hidden) matrix taking [attention weights | value x
+            attention output | pooled candidate token] to the head's first layer (its
+            (pooled query x attention output), (value x attention output) and (pooled query
+            x pooled candidate) blocks)."""
+            qbar, _, qk, qv, q_unit = enc_q
+            d, lin1 = self.d_model, self.head[0]
+            scale = 1.0 / math.sqrt(d // self.n_heads)
+            v_blk = self._block(qv)
+            w = lin1.weight
+            mat = torch.cat([
+                torch.matmul(v_blk * qbar.unsqueeze(1), w[:, :d].t()),       # (B, H T, hidden)
+                w[:, 2 * d : 3 * d].t().expand(qbar.shape[0], d, -1),
+                qbar.unsqueeze(-1) * w[:, 3 * d :].t(),                        # (B, d, hidden)
+            ], 1)
+            return self._block(qk * scale), v_blk, mat, self._shortcuts(qbar, q_unit)
+
+        def _pooled_scores(self, side, rows):
+            k_blk, v_blk, mat, u = side
+            b, c, _ = rows.shape
+            d, h, t = self.d_model, self.n_heads, self.n_tokens
+            hidden = self.head[0].out_features
+            cq, cv, cbar = rows[..., :d], rows[..., d : 2 * d], rows[..., 2 * d : 3 * d]
+            fixed, tail = rows[..., 3 * d : 3 * d + hidden], rows[..., 3 * d + hidden :]
+            w_c = _softmax_last(torch.bmm(cq, k_blk.transpose(1, 2)).view(b, c, h, t))
+            w_c = w_c.view(b, c, h * t)
+            c_att = torch.bmm(w_c, v_blk)
+            hid = torch.baddbmm(fixed, torch.cat([w_c, cv * c_att, cbar], -1), mat)
+            lin2 = self.head[-1]
+            score = torch.addmm(lin2.bias, F.gelu(hid).view(b * c, -1), lin2.weight.t())
+            return score.view(b, c) + torch.bmm(tail, u.unsqueeze(-1)).squeeze(-1)
+
+        def fast_scores(self, side, tokens, extras=None):
             """:meth:`pair_scores` at inference, from :meth:`query_side` of B queries and
-            their packed candidates (B, C, S, 3 d) and (B, C, e): the same arithmetic,
-            regrouped so that the per-pair work is a few batched matrix products."""
+            their packed candidates (B, C, S, 3 d) and (B, C, e) (one candidate token:
+            their (B, C, w) rows): the same arithmetic, regrouped so that the per-pair
+            work is a few batched matrix products."""
+            if self.candidate_tokens == 1:
+                return self._pooled_scores(side, tokens)
             q_blk, k_blk, v_blk, qbar, w_a, u = side
             b, c, s, _ = tokens.shape
             d, h, t = self.d_model, self.n_heads, self.n_tokens
@@ -285,7 +347,9 @@ class CrossAttentionReranker(TorchModel):
     vectors a ``FloatIndex`` holds) the model starts from the first stage's ranking and
     learns corrections. ``None`` turns it on when ``query_dim == candidate_dim``. Train the
     reranker on pairs the first stage was not trained on where you can: on its own
-    training pairs a first stage is nearly perfect, and the reranker learns little.
+    training pairs a first stage is nearly perfect, and the reranker learns little (on
+    the synthetic data of issue 16, R@1 +1.26 over the cascade trained on the dual
+    encoder's 5,000 training images, +3.5 on 20,000 images it never saw).
 
     ``fit(queries, candidates, query_to_candidate=...)`` trains it with a listwise
     contrastive loss: each query's matching candidate against the other candidates of the
@@ -619,8 +683,8 @@ class _CandidateCache:
                     # index_select on rows of the flat cache gathers at copy speed;
                     # tensor indexing of the (n, S, 3 d) cache ran at a fraction of it.
                     flat = rows.reshape(-1)
-                    tokens, extras = (t.flatten(1).index_select(0, flat).view(
-                        *rows.shape, *t.shape[1:]) for t in self._packed)
+                    packed = [t.flatten(1).index_select(0, flat).view(
+                        *rows.shape, *t.shape[1:]) for t in self._packed]
                     out[start + sub : start + sub + rows.shape[0]] = net.fast_scores(
-                        [x[sub : sub + pair_rows] for x in side], tokens, extras).numpy()
+                        [x[sub : sub + pair_rows] for x in side], *packed).numpy()
         return out
