@@ -81,7 +81,7 @@ TABLE6_SIZES = {
 
 # Per named scale: train_rerank_models' arguments and rerank_quality's data.
 # The reranker: 2 query tokens of width 32, 2 heads, one pooled candidate token; a cached
-# pair costs 2.0 us against 3.0 with 2 candidate tokens and 6.2 at 4 x 64 with 4 heads (one
+# pair costs 1.7 us against 3.0 with 2 candidate tokens and 6.2 at 4 x 64 with 4 heads (one
 # torch thread), the only one of them inside issue 16's stage-3 budget of 5x stages 1+2.
 # It trains on 20,000 images the dual encoder never saw, after the quality test split
 # (images 5,000-5,999): on the dual encoder's own 5,000, whose embeddings match far better
