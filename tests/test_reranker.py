@@ -114,10 +114,12 @@ def test_for_candidates_scores_like_score_on_gathered_features():
 
 @pytest.mark.parametrize("pair_block", [1, 20, 4096])
 @pytest.mark.parametrize("dims", [(8, 8, None), (6, 10, False)])
-def test_for_candidates_fused_path_matches_the_training_model(monkeypatch, pair_block, dims):
+@pytest.mark.parametrize("candidate_tokens", [None, 1, 2])
+def test_for_candidates_fused_path_matches_the_training_model(monkeypatch, pair_block, dims,
+                                                              candidate_tokens):
     # The cached stage 3 regroups pair_scores' arithmetic (folded head, block matrices,
-    # pairs in blocks); whatever the block size and either shortcut setting, it must give
-    # the model's own scores.
+    # pairs in blocks); whatever the block size, either shortcut setting and however
+    # many tokens a candidate has, it must give the model's own scores.
     from cofisearch.encoders import reranker
 
     monkeypatch.setattr(reranker, "_PAIR_BLOCK", pair_block)
@@ -126,12 +128,26 @@ def test_for_candidates_fused_path_matches_the_training_model(monkeypatch, pair_
     queries = rng.standard_normal((23, dq)).astype(np.float32)
     cand = rng.standard_normal((31, dc)).astype(np.float32)
     model = enc.CrossAttentionReranker(dq, dc, d_model=12, n_tokens=3, n_heads=3, hidden=10,
-                                       input_cosine=cosine, seed=1)
+                                       input_cosine=cosine, candidate_tokens=candidate_tokens,
+                                       seed=1)
     model.fit(queries, cand[:23], epochs=1, batch_size=8)
     ids = rng.integers(-1, 31, (23, 7))
     got = model.for_candidates(cand, batch_size=5)(queries, ids, batch_size=6)
     np.testing.assert_allclose(got, model(queries, cand[np.maximum(ids, 0)]), rtol=1e-5,
                                atol=1e-5)
+
+
+def test_candidate_tokens_default_to_n_tokens_and_survive_save_and_load(tmp_path):
+    queries, cand, q2c = _pairs()
+    assert _model().candidate_tokens == 2
+    model = _model(candidate_tokens=1).fit(queries, cand, query_to_candidate=q2c, epochs=1,
+                                           batch_size=16)
+    assert "candidate_tokens=1" in repr(model)
+    model.save(tmp_path / "rr.pt")
+    back = enc.CrossAttentionReranker.load(tmp_path / "rr.pt")
+    assert back.candidate_tokens == 1
+    np.testing.assert_array_equal(back(queries, cand[None, :5].repeat(len(queries), 0)),
+                                  model(queries, cand[None, :5].repeat(len(queries), 0)))
 
 
 def test_for_candidates_serves_as_a_cascade_stage_3():
@@ -156,6 +172,7 @@ def _bad_fit(**kwargs):
 
 
 ERRORS = [
+    (lambda: _model(candidate_tokens=0), ValueError, "candidate_tokens must be >= 1"),
     (lambda: _bad_fit(negatives="hard"), ValueError, "negatives must be one of"),
     (lambda: _bad_fit(negatives=1), TypeError, "negatives must be a str"),
     (lambda: _bad_fit(negatives="cascade"), ValueError, "needs cascade="),
