@@ -319,6 +319,9 @@ def test_demo_tiny_writes_tables_and_plots(tmp_path):
     assert deepest["recall@10"] >= 0.5  # 1,000 ITQ candidates of 20,000 captions
     best = max(r["recall@10"] for r in rows["IVF cascade, asymmetric"])
     assert best >= 0.7
+    # The Table 6 analogue: the reranker's quality and its cost in both regimes.
+    table6 = (tmp_path / "demo_table6.md").read_text()
+    assert table6.count("### ") == 2 and "all pairs" in table6 and "R@1" in table6
 
 
 def test_demo_refuses_a_scale_that_cannot_fit(tmp_path, capsys):

@@ -78,6 +78,9 @@ def _parser():
                       help="search threads for the latency tables (default: %(default)s)")
     demo.add_argument("--no-fashion-mnist", action="store_true",
                       help="skip the real-data table even when Debian's Fashion-MNIST is installed")
+    demo.add_argument("--no-table6", action="store_true",
+                      help="skip the study's Table 6 analogue: the fusion reranker's cost over "
+                      "all pairs and behind the cascade, and its R@1 (about 4 minutes at small)")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
 
     bench = sub.add_parser("bench", help="scalability benchmark against faiss-cpu and NumPy")
@@ -154,8 +157,28 @@ def cmd_demo(args, out):
             print(fashion.to_markdown(), file=out)
     if result.scale_summary:
         print("At scale:\n" + "\n".join(f"- {line}" for line in result.scale_summary), file=out)
+    if not args.no_table6:
+        written.append(_demo_table6(args, out))
     print("wrote " + ", ".join(written), file=out)
     return 0
+
+
+# The Table 6 analogue's scale (cofisearch._bench.table6) at each demo scale: the study's
+# 1K/5K and 10K/50K from small up, a smoke run at tiny.
+_DEMO_TABLE6 = {"tiny": "tiny", "small": "quick", "medium": "default", "large": "default"}
+
+
+def _demo_table6(args, out):
+    from ._bench import table6
+
+    _, tables = table6.run_table6(_DEMO_TABLE6[args.scale], num_threads=args.threads)
+    text = "## FiCo-ITR Table 6 analogue: the fusion reranker\n\n" + "\n".join(
+        t.to_markdown() for t in tables)
+    path = os.path.join(args.out, "demo_table6.md")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+    print(text, file=out)
+    return path
 
 
 def _demo_debian(args, out):
