@@ -38,7 +38,7 @@ from ._bench.measure import measure
 from ._checks import check_int, check_int_sequence, check_positive_int
 from ._files import json_default
 from ._index import BinaryIndex, FloatIndex
-from .cascade import Cascade
+from .cascade import Cascade, run_first_stages, run_last_stage
 from .ivf import IVFBinaryIndex
 from .study import StudyResult
 
@@ -58,6 +58,9 @@ DEBIAN_SCALES = {
 
 RECALL_KS = (1, 5, 10, 100, 200)
 DIRECTIONS = ("title->desc", "desc->title")
+# The asymmetric screens are NumPy scans of every item per query (a float GEMM against
+# the unpacked codes), timed once per depth; deeper than this they are not run.
+ASYMMETRIC_MAX_DEPTH = 200
 # The peer's rescoring gathers candidates one at a time in Python and holds them as an
 # int64 (queries, k * multiplier, 384) array: 1.9 GB at 10 for 6,100 queries.
 PEER_MAX_MULTIPLIER = 10
@@ -199,10 +202,20 @@ def run_debian_study(
     # Codes: a function (kind, item rows) -> packed codes per method.
     coders = {"CG sign 384-bit (ubinary)": (384, lambda kind, rows: _sign(emb[kind][rows]))}
     fit_rows = np.concatenate([emb["title"][train], emb["desc"][train]])
+    itqs = {}
     for bits in nbits:
         if bits <= fit_rows.shape[1]:
-            itq = ITQBinarizer(bits, seed=seed).fit(fit_rows)
+            itq = itqs[bits] = ITQBinarizer(bits, seed=seed).fit(fit_rows)
             coders[f"CG ITQ {bits}-bit"] = (bits, lambda kind, rows, m=itq: m.transform(emb[kind][rows]))
+    # One projection for both modalities, but each centred on its own training mean:
+    # titles and descriptions sit apart in MiniLM's space, and the pooled mean puts the
+    # sign threshold between them rather than through either.
+    centred = {}
+    if itqs:
+        top_itq = itqs[max(itqs)]
+        centred = {kind: top_itq.with_mean(emb[kind][train].mean(axis=0)) for kind in emb}
+        coders[f"CG ITQ {top_itq.nbits}-bit, per-modality means"] = (
+            top_itq.nbits, lambda kind, rows: centred[kind].transform(emb[kind][rows]))
     started = time.perf_counter()
     dim = emb["title"].shape[1]
     for loss in ("instance", "category"):
@@ -250,7 +263,7 @@ def run_debian_study(
                                    "ms/query": 1e3 * seconds / len(qc), "bytes/item": bits // 8})
 
     top = max(nbits)
-    screens = [n for n in coders if n.endswith(f" {top}-bit") or "384" in n]
+    screens = [n for n in coders if f" {top}-bit" in n or "384" in n]
     for name in screens:
         bits = coders[name][0]
         for direction, side in sides.items():
@@ -261,6 +274,10 @@ def run_debian_study(
                 result.cascade.append(_cascade_row(
                     name, direction, Cascade(coarse, fine[direction], n_candidates=depth),
                     qc, emb[side.q_kind][side.q], side, depth, num_threads, repeats))
+    if itqs:
+        _asymmetric_rows(result, top_itq, centred, sides, emb, fine,
+                         [d for d in n_candidates if d <= ASYMMETRIC_MAX_DEPTH], num_threads,
+                         repeats)
     if ivf:
         _ivf_rows(result, codes, coders, sides, emb, fine, n_candidates, seed, num_threads,
                   repeats)
@@ -346,12 +363,17 @@ def _recall(ids, truth, k):
 
 
 def _cascade_row(name, direction, cascade, qc, qv, side, depth, num_threads, repeats):
+    """``repeats=0``: the timings of the one search that finds the results (for screens
+    too slow to repeat; that first call may include warm-up)."""
     found = cascade.search(qc, qv, 10, num_threads=num_threads)
     stage = {key: [] for key in ("coarse", "fine", "total")}
     for _ in range(repeats):
         timed = cascade.search(qc, qv, 10, num_threads=num_threads)
         for key, values in stage.items():
             values.append(timed.timings[key])
+    if not repeats:
+        for key, values in stage.items():
+            values.append(found.timings[key])
     per_query = {k: 1e3 * float(np.median(v)) / len(qc) for k, v in stage.items()}
     return {
         "codes": name, "direction": direction, "n_candidates": depth,
@@ -360,6 +382,82 @@ def _cascade_row(name, direction, cascade, qc, qv, side, depth, num_threads, rep
         "screen ms/q": per_query["coarse"], "rerank ms/q": per_query["fine"],
         "total ms/q": per_query["total"],
     }
+
+
+class _AsymmetricScreen:
+    """A flat asymmetric screen over packed sign codes: the float query, projected by the
+    binariser (``binarizer.project``, not binarised), against each item's code read as
+    ±1; higher is better, ties by the smaller id. The items stay ``nbits / 8`` bytes: each
+    search unpacks them a block at a time. A stand-in for the Hamming screen in
+    :func:`cofisearch.cascade.run_first_stages`, which hands it the query vectors where a
+    Hamming screen takes codes; it scans with NumPy (its BLAS threads, not
+    ``num_threads``), so its time is an upper bound on what a kernel would take."""
+
+    def __init__(self, binarizer, codes, query_block=512, item_block=8192):
+        self.binarizer, self.codes = binarizer, codes
+        self.ntotal = codes.shape[0]
+        self.query_block, self.item_block = query_block, item_block
+
+    def search(self, queries, n, *, num_threads=None):
+        del num_threads
+        projected = self.binarizer.project(queries)
+        n = min(n, self.ntotal)
+        scores = np.empty((len(projected), n), dtype=np.float32)
+        ids = np.empty((len(projected), n), dtype=np.int64)
+        block = np.empty((min(self.query_block, len(projected)), self.ntotal), dtype=np.float32)
+        for qs in range(0, len(projected), self.query_block):
+            p = projected[qs : qs + self.query_block]
+            s = block[: len(p)]
+            for start in range(0, self.ntotal, self.item_block):
+                bits = np.unpackbits(self.codes[start : start + self.item_block], axis=1)
+                # <p, 2b - 1> = 2 <p, b> - sum(p): the 0/1 product ranks the same.
+                np.matmul(p, bits.T.astype(np.float32), out=s[:, start : start + len(bits)])
+            part = np.argpartition(-s, n - 1, axis=1)[:, :n]
+            top = np.take_along_axis(s, part, 1)
+            order = np.lexsort((part, -top), axis=1)
+            ids[qs : qs + len(p)] = np.take_along_axis(part, order, 1)
+            scores[qs : qs + len(p)] = (2 * np.take_along_axis(top, order, 1)
+                                        - p.sum(1, keepdims=True))
+        return scores, ids
+
+
+class _ScreenedCascade:
+    """:class:`~cofisearch.Cascade`'s stages 1-2 around a stand-in screen (which Cascade
+    itself does not take): the screen's ``n_candidates``, then the exact float rerank."""
+
+    def __init__(self, screen, fine, n_candidates):
+        self.screen, self.fine, self.n_candidates = screen, fine, n_candidates
+
+    def search(self, query_codes, query_vectors, k, *, num_threads=None):
+        started = time.perf_counter()
+        first = run_first_stages(self.screen, self.fine, query_codes, query_vectors,
+                                 n_candidates=self.n_candidates, depth=k,
+                                 num_threads=num_threads)
+        return run_last_stage(first, k=k, reranker=None, n_rerank=None,
+                              query_vectors=query_vectors, rerank_queries=None,
+                              started=started)
+
+
+def _asymmetric_rows(result, itq, centred, sides, emb, fine, depths, num_threads, repeats):
+    """Cascades whose screen scores the float query against the items' ITQ codes: with the
+    pooled mean, and with each modality centred on its own mean."""
+    for label, coders in ((f"asymmetric ITQ {itq.nbits}-bit", {k: itq for k in emb}),
+                          (f"asymmetric ITQ {itq.nbits}-bit, per-modality means", centred)):
+        for direction, side in sides.items():
+            q = emb[side.q_kind][side.q]
+            screen = _AsymmetricScreen(coders[side.q_kind],
+                                       coders[side.db_kind].transform(emb[side.db_kind][side.db]))
+            for depth in depths:
+                result.cascade.append(_cascade_row(
+                    label, direction, _ScreenedCascade(screen, fine[direction], depth),
+                    q, q, side, depth, num_threads, 0))
+    result.notes.append(
+        f"asymmetric ITQ: the screen scores each query's float ITQ projection "
+        f"((q - mean) @ projection, not binarised) against the items' {itq.nbits}-bit ITQ "
+        f"codes read as ±1 (the items stay {itq.nbits // 8} bytes), a NumPy scan of every "
+        f"item (BLAS threads; timed once), then the exact float rerank of n_candidates; run up to "
+        f"{max(depths) if depths else 0} candidates. 'per-modality means': one ITQ "
+        f"projection, each modality (titles, descriptions) centred on its own training mean.")
 
 
 def _ivf_rows(result, codes, coders, sides, emb, fine, n_candidates, seed, num_threads, repeats):
