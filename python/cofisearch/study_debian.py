@@ -141,6 +141,7 @@ def run_debian_study(
     map_queries=1000,
     peer=True,
     ivf=True,
+    hashing=True,
     directory=None,
     cache_dir=None,
     show_progress_bar=False,
@@ -152,6 +153,8 @@ def run_debian_study(
     ``map_queries`` is how many test queries (a seeded sample) mAP@N ranks the whole
     database for. Latencies are medians of ``repeats`` runs over all test queries in one
     call with ``num_threads`` search threads, divided by the number of queries.
+    ``peer``, ``ivf`` and ``hashing`` (the trained encoders) can be left out, to rerun
+    only the training-free rows.
     """
     from .encoders import HashEncoder, ITQBinarizer, SentenceEncoder
 
@@ -218,7 +221,7 @@ def run_debian_study(
             top_itq.nbits, lambda kind, rows: centred[kind].transform(emb[kind][rows]))
     started = time.perf_counter()
     dim = emb["title"].shape[1]
-    for loss in ("instance", "category"):
+    for loss in ("instance", "category") if hashing else ():
         for bits in nbits:
             model = HashEncoder(dim, dim, nbits=bits, loss=loss, hidden=hidden, seed=seed,
                                 num_threads=torch_threads)
@@ -230,7 +233,9 @@ def run_debian_study(
                 lambda kind, rows, m=model: (m.encode_image if kind == "desc" else m.encode_text)(
                     emb[kind][rows]),
             )
-    result.notes.append(f"training the hashing encoders took {time.perf_counter() - started:.1f} s")
+    if hashing:
+        result.notes.append(
+            f"training the hashing encoders took {time.perf_counter() - started:.1f} s")
 
     map_sample = np.sort(np.random.default_rng([seed, 2]).permutation(len(test))[:map_queries])
     fine = {}
