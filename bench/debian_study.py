@@ -53,6 +53,8 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--map-queries", type=int, default=1000)
     p.add_argument("--no-peer", action="store_true")
+    p.add_argument("--peers", nargs="+", choices=("faiss", "usearch"),
+                   help="which of sentence-transformers' searches to run (default: both)")
     p.add_argument("--no-ivf", action="store_true")
     p.add_argument("--no-hashing", action="store_true", help="leave out the trained hashing encoders")
     p.add_argument("--nbits", type=int, nargs="+", help="code lengths (default: 64 128 256)")
@@ -72,7 +74,7 @@ def main(argv=None):
     started = time.perf_counter()
     result = run_debian_study(seed=args.seed, num_threads=args.threads,
                               torch_threads=args.torch_threads, repeats=args.repeats,
-                              map_queries=args.map_queries, peer=not args.no_peer, ivf=not args.no_ivf, hashing=not args.no_hashing,
+                              map_queries=args.map_queries, peer=False if args.no_peer else (args.peers or True), ivf=not args.no_ivf, hashing=not args.no_hashing,
                               show_progress_bar=not args.quiet, **preset)
     result.notes.append(
         f"CPU: {_cpu()}, {os.cpu_count()} logical CPUs, load average "

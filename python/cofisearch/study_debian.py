@@ -12,8 +12,9 @@ evaluates, in both directions (title -> description, description -> title):
 - the cascade (Hamming screen of ``n_candidates``, exact float rerank) on those codes,
   and on an :class:`~cofisearch.IVFBinaryIndex` screen;
 - the peer: sentence-transformers' own binary search with rescoring
-  (``semantic_search_faiss``, ``corpus_precision="ubinary"``, ``rescore=True``) at the
-  same depth, on the same embeddings and queries, in the same process.
+  (``semantic_search_faiss`` and ``semantic_search_usearch``, ``corpus_precision="ubinary"``,
+  ``rescore=True``) at the same depth, on the same embeddings and queries, in the same
+  process.
 
 Queries are the test split's items; the database is every item of the corpus (train and
 test), deduplicated by text: identical descriptions (or titles) are one database item,
@@ -22,7 +23,7 @@ packages is found whichever of them ranks it. Category relevance (mAP) is the sa
 ``Section``; a deduplicated item takes the section of its first package.
 
 Needs the ``text`` extra (sentence-transformers, torch, the model package) and torch for
-the hashing encoders; the peer needs faiss-cpu.
+the hashing encoders; the peers need faiss-cpu and usearch.
 """
 
 from __future__ import annotations
@@ -153,8 +154,8 @@ def run_debian_study(
     ``map_queries`` is how many test queries (a seeded sample) mAP@N ranks the whole
     database for. Latencies are medians of ``repeats`` runs over all test queries in one
     call with ``num_threads`` search threads, divided by the number of queries.
-    ``peer``, ``ivf`` and ``hashing`` (the trained encoders) can be left out, to rerun
-    only the training-free rows.
+    ``peer`` (True: both of :data:`PEERS`, or a sequence of their names), ``ivf`` and
+    ``hashing`` (the trained encoders) can be left out, to rerun only some rows.
     """
     from .encoders import HashEncoder, ITQBinarizer, SentenceEncoder
 
@@ -287,7 +288,8 @@ def run_debian_study(
         _ivf_rows(result, codes, coders, sides, emb, fine, n_candidates, seed, num_threads,
                   repeats)
     if peer:
-        _peer_rows(result, sides, emb, fine, n_candidates, num_threads, repeats)
+        _peer_rows(result, sides, emb, fine, n_candidates, num_threads, repeats,
+                   PEERS if peer is True else tuple(peer))
     result.notes += [
         ("R@K in %, one relevant item per query (identical descriptions/titles are one "
         "database item); MedianR counts ties in favour of the smaller id, as the engine does."),
@@ -492,60 +494,101 @@ def _ivf_rows(result, codes, coders, sides, emb, fine, n_candidates, seed, num_t
                 qc, q, side, depth, num_threads, repeats))
 
 
-def _peer_rows(result, sides, emb, fine, n_candidates, num_threads, repeats):
-    """sentence-transformers' ``semantic_search_faiss`` (``ubinary`` corpus, float query
-    rescoring) against our cascade on the same ``ubinary`` codes, at the same depth."""
+PEERS = ("faiss", "usearch")
+
+
+def _peer_rows(result, sides, emb, fine, n_candidates, num_threads, repeats, peers=PEERS):
+    """sentence-transformers' ``semantic_search_faiss`` and ``semantic_search_usearch``
+    (``ubinary`` corpus, float query rescoring) against our cascade on the same
+    ``ubinary`` codes, at the same depth."""
     try:
-        import faiss
-        from sentence_transformers.util.quantization import (
-            quantize_embeddings,
-            semantic_search_faiss,
-        )
+        from sentence_transformers.util.quantization import quantize_embeddings
     except ImportError as exc:
         result.notes.append(f"peer skipped: {exc}")
         return
     k = 10
-    faiss.omp_set_num_threads(num_threads)
+    calls = {}
+    for name in peers:
+        try:
+            calls[name] = _PEER_CALLS[name](num_threads)
+        except ImportError as exc:
+            result.notes.append(f"peer {name} skipped: {exc}")
     for direction, side in sides.items():
         q, db = emb[side.q_kind][side.q], emb[side.db_kind][side.db]
         corpus = quantize_embeddings(db, precision="ubinary")
         query_codes = quantize_embeddings(q, precision="ubinary")
         coarse = BinaryIndex(corpus.shape[1] * 8)
         coarse.add(corpus)  # sentence-transformers' ubinary output, taken as it is
+        for name, make in calls.items():
+            search = make(corpus)
+            for depth in n_candidates:
+                multiplier = depth // k
+                if depth % k or not 1 <= multiplier <= PEER_MAX_MULTIPLIER:
+                    continue
+                cascade = Cascade(coarse, fine[direction], n_candidates=depth)
+                ours = cascade.search(query_codes, q, k, num_threads=num_threads)
+
+                def peer_call(multiplier=multiplier, q=q, search=search):
+                    return search(q, k, multiplier)
+
+                hits = peer_call()[0]
+                peer_ids = np.array([[h["corpus_id"] for h in row] + [-1] * (k - len(row))
+                                     for row in hits])
+                peer_s = measure(peer_call, repeat=max(1, repeats - 1)).median
+                ours_s = measure(
+                    lambda c=cascade, qc=query_codes, q=q: c.search(qc, q, k,
+                                                                    num_threads=num_threads),
+                    repeat=repeats).median
+                result.peer.append({
+                    "peer": name, "direction": direction, "n_candidates": depth,
+                    "rescore_multiplier": multiplier,
+                    "ours R@10": _recall(ours.ids, side.truth, k),
+                    "peer R@10": _recall(peer_ids, side.truth, k),
+                    "ours s (all queries)": ours_s, "peer s (all queries)": peer_s,
+                    "speed-up": peer_s / ours_s,
+                })
+    if calls:
+        result.notes.append(
+            "peer: sentence_transformers.quantization.semantic_search_faiss (an "
+            "IndexBinaryFlat) and semantic_search_usearch (an exact usearch b1/hamming "
+            "Index) of quantize_embeddings(corpus, 'ubinary'), query floats, rescore=True: "
+            "they rescore the float query against the candidates' unpacked bits (the corpus "
+            "floats are not kept); our cascade reranks against the corpus floats. Times: the "
+            f"whole call for all queries, faiss with {num_threads} OpenMP threads, usearch "
+            f"with its default (every core, {os.cpu_count()} here), ours with {num_threads} "
+            "search threads.")
+
+
+def _faiss_peer(num_threads):
+    import faiss
+    from sentence_transformers.util.quantization import semantic_search_faiss
+
+    faiss.omp_set_num_threads(num_threads)
+
+    def make(corpus):
         index = faiss.IndexBinaryFlat(corpus.shape[1] * 8)
         index.add(corpus)
-        for depth in n_candidates:
-            multiplier = depth // k
-            if depth % k or not 1 <= multiplier <= PEER_MAX_MULTIPLIER:
-                continue
-            cascade = Cascade(coarse, fine[direction], n_candidates=depth)
-            ours = cascade.search(query_codes, q, k, num_threads=num_threads)
+        return lambda q, k, multiplier: semantic_search_faiss(
+            q, corpus_index=index, corpus_precision="ubinary", top_k=k, rescore=True,
+            rescore_multiplier=multiplier)
+    return make
 
-            def peer_call(multiplier=multiplier, q=q, index=index):
-                return semantic_search_faiss(q, corpus_index=index, corpus_precision="ubinary",
-                                             top_k=k, rescore=True, rescore_multiplier=multiplier)
 
-            hits = peer_call()[0]
-            peer_ids = np.array([[h["corpus_id"] for h in row] + [-1] * (k - len(row))
-                                 for row in hits])
-            peer_s = measure(peer_call, repeat=max(1, repeats - 1)).median
-            ours_s = measure(
-                lambda c=cascade, qc=query_codes, q=q: c.search(qc, q, k, num_threads=num_threads),
-                repeat=repeats).median
-            result.peer.append({
-                "direction": direction, "n_candidates": depth, "rescore_multiplier": multiplier,
-                "ours R@10": _recall(ours.ids, side.truth, k),
-                "peer R@10": _recall(peer_ids, side.truth, k),
-                "ours s (all queries)": ours_s, "peer s (all queries)": peer_s,
-                "speed-up": peer_s / ours_s,
-            })
-    result.notes.append(
-        "peer: sentence_transformers.quantization.semantic_search_faiss(query floats, "
-        "IndexBinaryFlat of quantize_embeddings(corpus, 'ubinary'), rescore=True): it "
-        "rescores the float query against the candidates' unpacked bits (the corpus floats "
-        "are not kept); our cascade reranks against the corpus floats. Times: the whole "
-        f"call for all queries, faiss with {num_threads} OpenMP threads, ours with "
-        f"{num_threads} search threads.")
+def _usearch_peer(num_threads):
+    from sentence_transformers.util.quantization import semantic_search_usearch
+    from usearch.index import Index
+
+    def make(corpus):
+        # As semantic_search_usearch builds it when given the codes, built once here.
+        index = Index(ndim=corpus.shape[1] * 8, metric="hamming", dtype="b1")
+        index.add(np.arange(len(corpus)), corpus)
+        return lambda q, k, multiplier: semantic_search_usearch(
+            q, corpus_index=index, corpus_precision="ubinary", top_k=k, rescore=True,
+            rescore_multiplier=multiplier, exact=True)
+    return make
+
+
+_PEER_CALLS = {"faiss": _faiss_peer, "usearch": _usearch_peer}
 
 
 def _plot(result, out_dir, stem):
