@@ -53,6 +53,12 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--map-queries", type=int, default=1000)
     p.add_argument("--no-peer", action="store_true")
+    p.add_argument("--peers", nargs="+", choices=("faiss", "usearch"),
+                   help="which of sentence-transformers' searches to run (default: both)")
+    p.add_argument("--no-ivf", action="store_true")
+    p.add_argument("--no-hashing", action="store_true", help="leave out the trained hashing encoders")
+    p.add_argument("--nbits", type=int, nargs="+", help="code lengths (default: 64 128 256)")
+    p.add_argument("--n-candidates", type=int, nargs="+", help="cascade depths (default: the scale's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=RESULTS)
     p.add_argument("--stem", default="debian_study")
@@ -61,10 +67,14 @@ def main(argv=None):
     preset = dict(DEBIAN_SCALES[args.scale])
     if args.max_items is not None:
         preset["max_items"] = args.max_items
+    if args.n_candidates:
+        preset["n_candidates"] = tuple(args.n_candidates)
+    if args.nbits:
+        preset["nbits"] = tuple(args.nbits)
     started = time.perf_counter()
     result = run_debian_study(seed=args.seed, num_threads=args.threads,
                               torch_threads=args.torch_threads, repeats=args.repeats,
-                              map_queries=args.map_queries, peer=not args.no_peer,
+                              map_queries=args.map_queries, peer=False if args.no_peer else (args.peers or True), ivf=not args.no_ivf, hashing=not args.no_hashing,
                               show_progress_bar=not args.quiet, **preset)
     result.notes.append(
         f"CPU: {_cpu()}, {os.cpu_count()} logical CPUs, load average "

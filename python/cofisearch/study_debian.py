@@ -12,8 +12,9 @@ evaluates, in both directions (title -> description, description -> title):
 - the cascade (Hamming screen of ``n_candidates``, exact float rerank) on those codes,
   and on an :class:`~cofisearch.IVFBinaryIndex` screen;
 - the peer: sentence-transformers' own binary search with rescoring
-  (``semantic_search_faiss``, ``corpus_precision="ubinary"``, ``rescore=True``) at the
-  same depth, on the same embeddings and queries, in the same process.
+  (``semantic_search_faiss`` and ``semantic_search_usearch``, ``corpus_precision="ubinary"``,
+  ``rescore=True``) at the same depth, on the same embeddings and queries, in the same
+  process.
 
 Queries are the test split's items; the database is every item of the corpus (train and
 test), deduplicated by text: identical descriptions (or titles) are one database item,
@@ -22,7 +23,7 @@ packages is found whichever of them ranks it. Category relevance (mAP) is the sa
 ``Section``; a deduplicated item takes the section of its first package.
 
 Needs the ``text`` extra (sentence-transformers, torch, the model package) and torch for
-the hashing encoders; the peer needs faiss-cpu.
+the hashing encoders; the peers need faiss-cpu and usearch.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from ._bench.measure import measure
 from ._checks import check_int, check_int_sequence, check_positive_int
 from ._files import json_default
 from ._index import BinaryIndex, FloatIndex
-from .cascade import Cascade
+from .cascade import Cascade, run_first_stages, run_last_stage
 from .ivf import IVFBinaryIndex
 from .study import StudyResult
 
@@ -58,6 +59,9 @@ DEBIAN_SCALES = {
 
 RECALL_KS = (1, 5, 10, 100, 200)
 DIRECTIONS = ("title->desc", "desc->title")
+# The asymmetric screens are NumPy scans of every item per query (a float GEMM against
+# the unpacked codes), timed once per depth; deeper than this they are not run.
+ASYMMETRIC_MAX_DEPTH = 200
 # The peer's rescoring gathers candidates one at a time in Python and holds them as an
 # int64 (queries, k * multiplier, 384) array: 1.9 GB at 10 for 6,100 queries.
 PEER_MAX_MULTIPLIER = 10
@@ -138,6 +142,7 @@ def run_debian_study(
     map_queries=1000,
     peer=True,
     ivf=True,
+    hashing=True,
     directory=None,
     cache_dir=None,
     show_progress_bar=False,
@@ -149,6 +154,8 @@ def run_debian_study(
     ``map_queries`` is how many test queries (a seeded sample) mAP@N ranks the whole
     database for. Latencies are medians of ``repeats`` runs over all test queries in one
     call with ``num_threads`` search threads, divided by the number of queries.
+    ``peer`` (True: both of :data:`PEERS`, or a sequence of their names), ``ivf`` and
+    ``hashing`` (the trained encoders) can be left out, to rerun only some rows.
     """
     from .encoders import HashEncoder, ITQBinarizer, SentenceEncoder
 
@@ -199,13 +206,23 @@ def run_debian_study(
     # Codes: a function (kind, item rows) -> packed codes per method.
     coders = {"CG sign 384-bit (ubinary)": (384, lambda kind, rows: _sign(emb[kind][rows]))}
     fit_rows = np.concatenate([emb["title"][train], emb["desc"][train]])
+    itqs = {}
     for bits in nbits:
         if bits <= fit_rows.shape[1]:
-            itq = ITQBinarizer(bits, seed=seed).fit(fit_rows)
+            itq = itqs[bits] = ITQBinarizer(bits, seed=seed).fit(fit_rows)
             coders[f"CG ITQ {bits}-bit"] = (bits, lambda kind, rows, m=itq: m.transform(emb[kind][rows]))
+    # One projection for both modalities, but each centred on its own training mean:
+    # titles and descriptions sit apart in MiniLM's space, and the pooled mean puts the
+    # sign threshold between them rather than through either.
+    centred = {}
+    if itqs:
+        top_itq = itqs[max(itqs)]
+        centred = {kind: top_itq.with_mean(emb[kind][train].mean(axis=0)) for kind in emb}
+        coders[f"CG ITQ {top_itq.nbits}-bit, per-modality means"] = (
+            top_itq.nbits, lambda kind, rows: centred[kind].transform(emb[kind][rows]))
     started = time.perf_counter()
     dim = emb["title"].shape[1]
-    for loss in ("instance", "category"):
+    for loss in ("instance", "category") if hashing else ():
         for bits in nbits:
             model = HashEncoder(dim, dim, nbits=bits, loss=loss, hidden=hidden, seed=seed,
                                 num_threads=torch_threads)
@@ -217,7 +234,9 @@ def run_debian_study(
                 lambda kind, rows, m=model: (m.encode_image if kind == "desc" else m.encode_text)(
                     emb[kind][rows]),
             )
-    result.notes.append(f"training the hashing encoders took {time.perf_counter() - started:.1f} s")
+    if hashing:
+        result.notes.append(
+            f"training the hashing encoders took {time.perf_counter() - started:.1f} s")
 
     map_sample = np.sort(np.random.default_rng([seed, 2]).permutation(len(test))[:map_queries])
     fine = {}
@@ -250,7 +269,7 @@ def run_debian_study(
                                    "ms/query": 1e3 * seconds / len(qc), "bytes/item": bits // 8})
 
     top = max(nbits)
-    screens = [n for n in coders if n.endswith(f" {top}-bit") or "384" in n]
+    screens = [n for n in coders if f" {top}-bit" in n or "384" in n]
     for name in screens:
         bits = coders[name][0]
         for direction, side in sides.items():
@@ -261,11 +280,16 @@ def run_debian_study(
                 result.cascade.append(_cascade_row(
                     name, direction, Cascade(coarse, fine[direction], n_candidates=depth),
                     qc, emb[side.q_kind][side.q], side, depth, num_threads, repeats))
+    if itqs:
+        _asymmetric_rows(result, top_itq, centred, sides, emb, fine,
+                         [d for d in n_candidates if d <= ASYMMETRIC_MAX_DEPTH], num_threads,
+                         repeats)
     if ivf:
         _ivf_rows(result, codes, coders, sides, emb, fine, n_candidates, seed, num_threads,
                   repeats)
     if peer:
-        _peer_rows(result, sides, emb, fine, n_candidates, num_threads, repeats)
+        _peer_rows(result, sides, emb, fine, n_candidates, num_threads, repeats,
+                   PEERS if peer is True else tuple(peer))
     result.notes += [
         ("R@K in %, one relevant item per query (identical descriptions/titles are one "
         "database item); MedianR counts ties in favour of the smaller id, as the engine does."),
@@ -346,12 +370,17 @@ def _recall(ids, truth, k):
 
 
 def _cascade_row(name, direction, cascade, qc, qv, side, depth, num_threads, repeats):
+    """``repeats=0``: the timings of the one search that finds the results (for screens
+    too slow to repeat; that first call may include warm-up)."""
     found = cascade.search(qc, qv, 10, num_threads=num_threads)
     stage = {key: [] for key in ("coarse", "fine", "total")}
     for _ in range(repeats):
         timed = cascade.search(qc, qv, 10, num_threads=num_threads)
         for key, values in stage.items():
             values.append(timed.timings[key])
+    if not repeats:
+        for key, values in stage.items():
+            values.append(found.timings[key])
     per_query = {k: 1e3 * float(np.median(v)) / len(qc) for k, v in stage.items()}
     return {
         "codes": name, "direction": direction, "n_candidates": depth,
@@ -360,6 +389,82 @@ def _cascade_row(name, direction, cascade, qc, qv, side, depth, num_threads, rep
         "screen ms/q": per_query["coarse"], "rerank ms/q": per_query["fine"],
         "total ms/q": per_query["total"],
     }
+
+
+class _AsymmetricScreen:
+    """A flat asymmetric screen over packed sign codes: the float query, projected by the
+    binariser (``binarizer.project``, not binarised), against each item's code read as
+    ±1; higher is better, ties by the smaller id. The items stay ``nbits / 8`` bytes: each
+    search unpacks them a block at a time. A stand-in for the Hamming screen in
+    :func:`cofisearch.cascade.run_first_stages`, which hands it the query vectors where a
+    Hamming screen takes codes; it scans with NumPy (its BLAS threads, not
+    ``num_threads``), so its time is an upper bound on what a kernel would take."""
+
+    def __init__(self, binarizer, codes, query_block=512, item_block=8192):
+        self.binarizer, self.codes = binarizer, codes
+        self.ntotal = codes.shape[0]
+        self.query_block, self.item_block = query_block, item_block
+
+    def search(self, queries, n, *, num_threads=None):
+        del num_threads
+        projected = self.binarizer.project(queries)
+        n = min(n, self.ntotal)
+        scores = np.empty((len(projected), n), dtype=np.float32)
+        ids = np.empty((len(projected), n), dtype=np.int64)
+        block = np.empty((min(self.query_block, len(projected)), self.ntotal), dtype=np.float32)
+        for qs in range(0, len(projected), self.query_block):
+            p = projected[qs : qs + self.query_block]
+            s = block[: len(p)]
+            for start in range(0, self.ntotal, self.item_block):
+                bits = np.unpackbits(self.codes[start : start + self.item_block], axis=1)
+                # <p, 2b - 1> = 2 <p, b> - sum(p): the 0/1 product ranks the same.
+                np.matmul(p, bits.T.astype(np.float32), out=s[:, start : start + len(bits)])
+            part = np.argpartition(-s, n - 1, axis=1)[:, :n]
+            top = np.take_along_axis(s, part, 1)
+            order = np.lexsort((part, -top), axis=1)
+            ids[qs : qs + len(p)] = np.take_along_axis(part, order, 1)
+            scores[qs : qs + len(p)] = (2 * np.take_along_axis(top, order, 1)
+                                        - p.sum(1, keepdims=True))
+        return scores, ids
+
+
+class _ScreenedCascade:
+    """:class:`~cofisearch.Cascade`'s stages 1-2 around a stand-in screen (which Cascade
+    itself does not take): the screen's ``n_candidates``, then the exact float rerank."""
+
+    def __init__(self, screen, fine, n_candidates):
+        self.screen, self.fine, self.n_candidates = screen, fine, n_candidates
+
+    def search(self, query_codes, query_vectors, k, *, num_threads=None):
+        started = time.perf_counter()
+        first = run_first_stages(self.screen, self.fine, query_codes, query_vectors,
+                                 n_candidates=self.n_candidates, depth=k,
+                                 num_threads=num_threads)
+        return run_last_stage(first, k=k, reranker=None, n_rerank=None,
+                              query_vectors=query_vectors, rerank_queries=None,
+                              started=started)
+
+
+def _asymmetric_rows(result, itq, centred, sides, emb, fine, depths, num_threads, repeats):
+    """Cascades whose screen scores the float query against the items' ITQ codes: with the
+    pooled mean, and with each modality centred on its own mean."""
+    for label, coders in ((f"asymmetric ITQ {itq.nbits}-bit", {k: itq for k in emb}),
+                          (f"asymmetric ITQ {itq.nbits}-bit, per-modality means", centred)):
+        for direction, side in sides.items():
+            q = emb[side.q_kind][side.q]
+            screen = _AsymmetricScreen(coders[side.q_kind],
+                                       coders[side.db_kind].transform(emb[side.db_kind][side.db]))
+            for depth in depths:
+                result.cascade.append(_cascade_row(
+                    label, direction, _ScreenedCascade(screen, fine[direction], depth),
+                    q, q, side, depth, num_threads, 0))
+    result.notes.append(
+        f"asymmetric ITQ: the screen scores each query's float ITQ projection "
+        f"((q - mean) @ projection, not binarised) against the items' {itq.nbits}-bit ITQ "
+        f"codes read as ±1 (the items stay {itq.nbits // 8} bytes), a NumPy scan of every "
+        f"item (BLAS threads; timed once), then the exact float rerank of n_candidates; run up to "
+        f"{max(depths) if depths else 0} candidates. 'per-modality means': one ITQ "
+        f"projection, each modality (titles, descriptions) centred on its own training mean.")
 
 
 def _ivf_rows(result, codes, coders, sides, emb, fine, n_candidates, seed, num_threads, repeats):
@@ -389,60 +494,101 @@ def _ivf_rows(result, codes, coders, sides, emb, fine, n_candidates, seed, num_t
                 qc, q, side, depth, num_threads, repeats))
 
 
-def _peer_rows(result, sides, emb, fine, n_candidates, num_threads, repeats):
-    """sentence-transformers' ``semantic_search_faiss`` (``ubinary`` corpus, float query
-    rescoring) against our cascade on the same ``ubinary`` codes, at the same depth."""
+PEERS = ("faiss", "usearch")
+
+
+def _peer_rows(result, sides, emb, fine, n_candidates, num_threads, repeats, peers=PEERS):
+    """sentence-transformers' ``semantic_search_faiss`` and ``semantic_search_usearch``
+    (``ubinary`` corpus, float query rescoring) against our cascade on the same
+    ``ubinary`` codes, at the same depth."""
     try:
-        import faiss
-        from sentence_transformers.util.quantization import (
-            quantize_embeddings,
-            semantic_search_faiss,
-        )
+        from sentence_transformers.util.quantization import quantize_embeddings
     except ImportError as exc:
         result.notes.append(f"peer skipped: {exc}")
         return
     k = 10
-    faiss.omp_set_num_threads(num_threads)
+    calls = {}
+    for name in peers:
+        try:
+            calls[name] = _PEER_CALLS[name](num_threads)
+        except ImportError as exc:
+            result.notes.append(f"peer {name} skipped: {exc}")
     for direction, side in sides.items():
         q, db = emb[side.q_kind][side.q], emb[side.db_kind][side.db]
         corpus = quantize_embeddings(db, precision="ubinary")
         query_codes = quantize_embeddings(q, precision="ubinary")
         coarse = BinaryIndex(corpus.shape[1] * 8)
         coarse.add(corpus)  # sentence-transformers' ubinary output, taken as it is
+        for name, make in calls.items():
+            search = make(corpus)
+            for depth in n_candidates:
+                multiplier = depth // k
+                if depth % k or not 1 <= multiplier <= PEER_MAX_MULTIPLIER:
+                    continue
+                cascade = Cascade(coarse, fine[direction], n_candidates=depth)
+                ours = cascade.search(query_codes, q, k, num_threads=num_threads)
+
+                def peer_call(multiplier=multiplier, q=q, search=search):
+                    return search(q, k, multiplier)
+
+                hits = peer_call()[0]
+                peer_ids = np.array([[h["corpus_id"] for h in row] + [-1] * (k - len(row))
+                                     for row in hits])
+                peer_s = measure(peer_call, repeat=max(1, repeats - 1)).median
+                ours_s = measure(
+                    lambda c=cascade, qc=query_codes, q=q: c.search(qc, q, k,
+                                                                    num_threads=num_threads),
+                    repeat=repeats).median
+                result.peer.append({
+                    "peer": name, "direction": direction, "n_candidates": depth,
+                    "rescore_multiplier": multiplier,
+                    "ours R@10": _recall(ours.ids, side.truth, k),
+                    "peer R@10": _recall(peer_ids, side.truth, k),
+                    "ours s (all queries)": ours_s, "peer s (all queries)": peer_s,
+                    "speed-up": peer_s / ours_s,
+                })
+    if calls:
+        result.notes.append(
+            "peer: sentence_transformers.quantization.semantic_search_faiss (an "
+            "IndexBinaryFlat) and semantic_search_usearch (an exact usearch b1/hamming "
+            "Index) of quantize_embeddings(corpus, 'ubinary'), query floats, rescore=True: "
+            "they rescore the float query against the candidates' unpacked bits (the corpus "
+            "floats are not kept); our cascade reranks against the corpus floats. Times: the "
+            f"whole call for all queries, faiss with {num_threads} OpenMP threads, usearch "
+            f"with its default (every core, {os.cpu_count()} here), ours with {num_threads} "
+            "search threads.")
+
+
+def _faiss_peer(num_threads):
+    import faiss
+    from sentence_transformers.util.quantization import semantic_search_faiss
+
+    faiss.omp_set_num_threads(num_threads)
+
+    def make(corpus):
         index = faiss.IndexBinaryFlat(corpus.shape[1] * 8)
         index.add(corpus)
-        for depth in n_candidates:
-            multiplier = depth // k
-            if depth % k or not 1 <= multiplier <= PEER_MAX_MULTIPLIER:
-                continue
-            cascade = Cascade(coarse, fine[direction], n_candidates=depth)
-            ours = cascade.search(query_codes, q, k, num_threads=num_threads)
+        return lambda q, k, multiplier: semantic_search_faiss(
+            q, corpus_index=index, corpus_precision="ubinary", top_k=k, rescore=True,
+            rescore_multiplier=multiplier)
+    return make
 
-            def peer_call(multiplier=multiplier, q=q, index=index):
-                return semantic_search_faiss(q, corpus_index=index, corpus_precision="ubinary",
-                                             top_k=k, rescore=True, rescore_multiplier=multiplier)
 
-            hits = peer_call()[0]
-            peer_ids = np.array([[h["corpus_id"] for h in row] + [-1] * (k - len(row))
-                                 for row in hits])
-            peer_s = measure(peer_call, repeat=max(1, repeats - 1)).median
-            ours_s = measure(
-                lambda c=cascade, qc=query_codes, q=q: c.search(qc, q, k, num_threads=num_threads),
-                repeat=repeats).median
-            result.peer.append({
-                "direction": direction, "n_candidates": depth, "rescore_multiplier": multiplier,
-                "ours R@10": _recall(ours.ids, side.truth, k),
-                "peer R@10": _recall(peer_ids, side.truth, k),
-                "ours s (all queries)": ours_s, "peer s (all queries)": peer_s,
-                "speed-up": peer_s / ours_s,
-            })
-    result.notes.append(
-        "peer: sentence_transformers.quantization.semantic_search_faiss(query floats, "
-        "IndexBinaryFlat of quantize_embeddings(corpus, 'ubinary'), rescore=True): it "
-        "rescores the float query against the candidates' unpacked bits (the corpus floats "
-        "are not kept); our cascade reranks against the corpus floats. Times: the whole "
-        f"call for all queries, faiss with {num_threads} OpenMP threads, ours with "
-        f"{num_threads} search threads.")
+def _usearch_peer(num_threads):
+    from sentence_transformers.util.quantization import semantic_search_usearch
+    from usearch.index import Index
+
+    def make(corpus):
+        # As semantic_search_usearch builds it when given the codes, built once here.
+        index = Index(ndim=corpus.shape[1] * 8, metric="hamming", dtype="b1")
+        index.add(np.arange(len(corpus)), corpus)
+        return lambda q, k, multiplier: semantic_search_usearch(
+            q, corpus_index=index, corpus_precision="ubinary", top_k=k, rescore=True,
+            rescore_multiplier=multiplier, exact=True)
+    return make
+
+
+_PEER_CALLS = {"faiss": _faiss_peer, "usearch": _usearch_peer}
 
 
 def _plot(result, out_dir, stem):

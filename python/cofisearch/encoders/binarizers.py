@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 
 from .._checks import check_int, check_nbits
@@ -39,6 +41,27 @@ class _LinearBinarizer:
             raise ValueError(
                 f"this {type(self).__name__} is not fitted yet; call fit(x) first"
             )
+
+    def project(self, x):
+        """The float projections ``(x - mean_) @ projection_``, (n, nbits) float32: what
+        :meth:`transform` takes the signs of. An asymmetric screen scores these (a float
+        query, not binarised) against items' codes read as ±1, which ranks far closer to
+        the float inner product than the Hamming distance between two codes."""
+        return self._project(x, "x")
+
+    def with_mean(self, mean):
+        """A copy with the same projection centred on ``mean`` (dim,) instead of ``mean_``:
+        e.g. each modality on its own mean, when titles and descriptions (or captions and
+        images) share one projection but sit apart in the embedding space."""
+        self._require_fitted()
+        centre = mean if isinstance(mean, np.ndarray) else np.asarray(mean)
+        dim = self.mean_.shape[0]
+        if centre.shape != (dim,):
+            raise ValueError(f"mean must have shape ({dim},), got shape {centre.shape}")
+        check_finite(check_features(centre[None], "mean", dim), "mean")
+        other = copy.copy(self)
+        other.mean_ = centre.astype(np.float32)
+        return other
 
     def _project(self, x, name):
         self._require_fitted()
