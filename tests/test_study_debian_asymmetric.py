@@ -1,9 +1,9 @@
 """The Debian study's asymmetric ITQ screen and the binarisers' project / with_mean
-against brute-force references (no model needed)."""
+against the NumPy references (no model needed)."""
 
 import numpy as np
 import pytest
-from cofisearch import FloatIndex, study_debian
+from cofisearch import FloatIndex, _reference, study_debian
 from cofisearch.encoders import ITQBinarizer, RandomRotationBinarizer
 
 
@@ -50,34 +50,31 @@ def test_with_mean_needs_a_fitted_binarizer():
 
 
 @pytest.mark.parametrize("n_items, n", [(1, 1), (37, 5), (300, 300), (300, 1000)])
-def test_asymmetric_screen_matches_brute_force(n_items, n):
+def test_asymmetric_screen_ranks_the_kernels_estimates(n_items, n):
     model, x = _fitted(n=max(n_items, 30))
     rng = np.random.default_rng(1)
     # Repeated items: equal codes, so exact ties for every query.
     codes = model.transform(x[rng.integers(0, max(1, n_items // 3), n_items)])
     queries = rng.standard_normal((13, x.shape[1])).astype(np.float32)
-    screen = study_debian._AsymmetricScreen(model, codes, query_block=4, item_block=16)
-    scores, ids = screen.search(queries, n)
-    signs = np.unpackbits(codes, axis=1).astype(np.float32) * 2 - 1
-    full = model.project(queries) @ signs.T
+    scores, ids = study_debian._AsymmetricScreen(model, codes).search(queries, n)
+    projected = model.project(queries)
+    planes, consts = _reference.quantize_queries(projected, study_debian.ASYMMETRIC_QUERY_BITS)
+    est = _reference.asymmetric_estimates(planes, consts, np.zeros(len(queries), np.float32),
+                                          codes, np.ones(n_items, np.float32))
     depth = min(n, n_items)
-    assert ids.shape == scores.shape == (len(queries), depth)
-    for row in range(len(queries)):
-        order = sorted(range(n_items), key=lambda j, r=full[row]: (-r[j], j))[:depth]
-        np.testing.assert_allclose(scores[row], full[row, ids[row]], rtol=1e-4, atol=1e-4)
-        # The float sums may round differently from the reference's: the same score
-        # sequence, distinct ids, and within a group of equal codes the smaller ids first.
-        np.testing.assert_allclose(scores[row], full[row, order], rtol=1e-4, atol=1e-4)
-        assert len(set(ids[row].tolist())) == depth
-        for a, b in zip(ids[row][:-1], ids[row][1:]):
-            if np.array_equal(codes[a], codes[b]):
-                assert a < b
+    order = np.lexsort((np.broadcast_to(np.arange(n_items), est.shape), -est), axis=1)[:, :depth]
+    np.testing.assert_array_equal(ids, order)
+    np.testing.assert_array_equal(scores, np.take_along_axis(est, order, 1))
+    # The estimates are <p, 2b - 1> up to the query's quantisation: half a step a dimension.
+    signs = np.unpackbits(codes, axis=1).astype(np.float32) * 2 - 1
+    step = consts[:, :1] / 2
+    assert (np.abs(est - projected @ signs.T) <= step * codes.shape[1] * 8 / 2 + 1e-4).all()
 
 
 def test_asymmetric_screen_breaks_ties_by_the_smaller_id():
     model, x = _fitted()
     codes = np.repeat(model.transform(x[:1]), 6, axis=0)  # six identical items
-    screen = study_debian._AsymmetricScreen(model, codes, item_block=4)
+    screen = study_debian._AsymmetricScreen(model, codes)
     _, ids = screen.search(x[1:3], 4)
     np.testing.assert_array_equal(ids, [[0, 1, 2, 3]] * 2)
 
