@@ -1,7 +1,8 @@
-"""The asymmetric screen's stored panel (cpp/ivf.h, AsymPanel) and the probe order of the
-IVF driver: a search that reads the lists' codes from their stored panel answers exactly
-what one that packs every block answers, at every SIMD level, for one query and for
-batches; the index keeps its panel in step with adds and removals."""
+"""The asymmetric screen's fast paths: the stored panel (cpp/ivf.h, AsymPanel) and the
+probe order of the IVF driver (a search that reads the lists' codes from their stored
+panel answers exactly what one that packs every block answers, at every SIMD level, for
+one query and for batches; the index keeps its panel in step with adds and removals),
+and the query quantisation, bit for bit the reference's."""
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ import pytest
 import cofisearch
 from cofisearch import _core
 from cofisearch import ivf as ivf_module
+from cofisearch._reference import quantize_queries
 
 LEVELS = _core.available_simd_levels()
 
@@ -128,3 +130,17 @@ def test_the_binding_refuses_a_bad_panel(extra, error, fragment):
             "num_threads": 1}
     with pytest.raises(error, match=fragment):
         _core.ivf_asym_search(**args, **extra)
+
+
+@pytest.mark.parametrize("shape", [(1, 512), (7, 64), (3, 8)])
+def test_quantize_is_the_reference_bit_for_bit(shape):
+    rng = np.random.default_rng(shape[1])
+    w = (rng.standard_normal(shape) * rng.random((shape[0], 1)) * 10).astype(np.float32)
+    w[0, :3] = w[0].max()  # ties at the top level
+    if shape[0] > 1:
+        w[1] = 0.25  # a constant row: step 1
+    planes, consts = ivf_module._quantize(w)
+    ref_planes, ref_consts = quantize_queries(w, ivf_module._QUERY_BITS)
+    np.testing.assert_array_equal(planes, ref_planes)
+    np.testing.assert_array_equal(consts, ref_consts)
+    assert planes.dtype == np.uint8 and consts.dtype == np.float32 and planes.flags.c_contiguous
