@@ -388,6 +388,7 @@ class IVFBinaryIndex:
             # An index emptied by removals keeps its next id: a removed id is not reused.
             fresh = _empty_lists(self._nlist, self.code_size, bits)
             self._state = (routing, fresh._replace(next_id=self._state[1].next_id))
+            self._panel = None  # the old snapshot's buffers need not outlive it
 
     def add(self, codes, vectors=None, *, ids=None, num_threads=None):
         """Appends codes as the items ``ids`` (int64, unique, non-negative, none present
@@ -412,6 +413,7 @@ class IVFBinaryIndex:
                 screened = _screen_codes(routing, check_floats(vectors, "vectors", None, one_d_ok=True),
                                          assign)
             self._state = (routing, _append(lists, c, assign, new, screened))
+            self._panel = None  # the old snapshot's buffers need not outlive it
 
     def remove(self, ids):
         """Removes the items with these ids; returns how many were present (absent ids are
@@ -428,6 +430,7 @@ class IVFBinaryIndex:
             count = int(np.count_nonzero(hit))
             if count:
                 self._state = (routing, _without(lists, rows, hit))
+                self._panel = None  # the old snapshot's buffers need not outlive it
             return count
 
     def compact(self):
@@ -438,6 +441,7 @@ class IVFBinaryIndex:
             codes, ids, *screened = (a[lists.list_rows()] for a in lists.rows())
             self._state = (routing, _lists_from(lists.size.copy(), ids, codes, *screened,
                                                 next_id=lists.next_id))
+            self._panel = None
 
     # ---- searching -----------------------------------------------------------------
 
