@@ -58,6 +58,69 @@ Buckets invert(const std::int64_t* probes, std::size_t nprobe, std::size_t nq, s
   return b;
 }
 
+// The best `cap` entries offered, by Order (ties by the smaller id), collected unsorted:
+// an entry better than the cut (the cap-th best when the buffer last filled) is appended,
+// and a full buffer is cut back to its best cap by nth_element. Each
+// offer costs O(1) amortised where a heap's sift costs a walk of log(cap) levels: the
+// asymmetric screen keeps hundreds of candidates, most hits of a probed list are
+// offered while the threshold still rises, and with a heap those insertions took as long
+// as the kernels (0.18 of a single query's time at 200k items, 244 candidates). The cut
+// moves only when the buffer fills, so the kernels' threshold is looser than a heap's
+// (more hits, and nth_element is now most of the hit path); the result is the same exact
+// top-cap, at 10% less CPU time than the heap's for a single query and 13% less for a
+// batch of 1,000 (200k items, 64 of 1024 lists probed, 244 candidates).
+template <class Order>
+class BufferedSelector {
+ public:
+  using Value = typename Order::Value;
+  using E = Entry<Order>;
+
+  explicit BufferedSelector(std::size_t capacity) : cap_(capacity) {}
+
+  void push(Value v, std::int64_t id) {
+    if (cap_ == 0 || (cut_ && !Order::better(v, id, cut_value_, cut_id_))) return;
+    data_.push_back({v, id});
+    if (data_.size() == cap_ + std::max<std::size_t>(cap_ / 2, 16)) cut();
+  }
+
+  Value threshold() const { return cut_ ? cut_value_ : Order::open(); }
+  bool full() const { return cut_; }
+
+  std::size_t take(E* out) {
+    const std::size_t m = std::min(cap_, data_.size());
+    const auto end = data_.begin() + static_cast<std::ptrdiff_t>(m);
+    // Cheaper than partial_sort, whose heap passes took 3-6% of a search.
+    if (m < data_.size()) std::nth_element(data_.begin(), end - 1, data_.end());
+    std::sort(data_.begin(), end);
+    std::copy(data_.begin(), data_.begin() + static_cast<std::ptrdiff_t>(m), out);
+    return m;
+  }
+
+  void reset() {
+    data_.clear();
+    cut_ = false;
+  }
+
+ private:
+  // Keeps the best cap, the cap-th best (the cut) among them. The cut is also kept beside
+  // the buffer: a batch's selectors sit side by side while their buffers are scattered,
+  // and reading the cut from the buffer cost a cache miss for most offers.
+  void cut() {
+    const auto last = data_.begin() + static_cast<std::ptrdiff_t>(cap_ - 1);
+    std::nth_element(data_.begin(), last, data_.end());
+    data_.resize(cap_);
+    cut_ = true;
+    cut_value_ = last->value;
+    cut_id_ = last->id;
+  }
+
+  std::vector<E> data_;
+  std::size_t cap_;
+  bool cut_ = false;
+  Value cut_value_{};
+  std::int64_t cut_id_ = 0;
+};
+
 // Hamming queries: the code itself.
 struct CodeGather {
   const std::uint8_t* queries;
@@ -72,7 +135,7 @@ struct CodeGather {
 // shift and the bias of the list it is scanned in.
 struct AsymScan {
   using Order = ScoreOrder;
-  using Selector = AdmitTies<HeapSelector<ScoreOrder>>;
+  using Selector = AdmitTies<BufferedSelector<ScoreOrder>>;
   using Elem = std::uint8_t;
   using Hit = ScoreHit;
   static constexpr std::size_t kTile = kMaxQueryTile;
