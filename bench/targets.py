@@ -113,6 +113,8 @@ class Sizes:
     # come from the data, and the lists are scaled to it).
     sub_data: str = "synthetic"
     sub_max_items: Optional[int] = None  # a seeded subset of the Debian corpus
+    # The contenders of the section (SUB_CONTENDERS' keys); None: all of them.
+    sub_contenders: Optional[tuple] = None
 
 
 # The issue's sizes.
@@ -718,21 +720,34 @@ SUB_MEMORY_SHARE = 0.25  # our coarse stage's resident bytes against IndexHNSWFl
 SUB_MAX_CANDIDATES = 16_384
 
 
+# The sub-linear section's contenders by key (--sub-contenders): cofisearch's Hamming and
+# asymmetric IVF cascades and exhaustive float search; faiss's HNSW, IVFFlat and
+# IVFRaBitQ + RefineFlat.
+SUB_OURS = ("ivf", "asym", "flat")
+SUB_PEERS = ("hnsw", "ivfflat", "rabitq")
+SUB_CONTENDERS = SUB_OURS + SUB_PEERS
+
+
 def sublinear_contenders(sizes, threads):
-    """``(cofisearch's, the peers')`` contenders of the sub-linear section. A new
-    cofisearch screen joins the first list (an :class:`~cofisearch._bench.contenders.
-    AnnContender`, e.g. ``CofiIVFCascade(..., name=..., make_coarse=...)``); the fastest
-    cofisearch setting at each target is judged against every peer."""
-    nlist = sizes.sub_nlist
-    ours = [CofiIVFCascade(nlist, threads, max_candidates=SUB_MAX_CANDIDATES),
-            CofiIVFCascade(nlist, threads, max_candidates=SUB_MAX_CANDIDATES,
-                           make_coarse=asymmetric_coarse(nlist),
-                           name=f"cofisearch asymmetric IVF cascade nlist={nlist}"),
-            CofiFlat(FLOAT, threads)]
-    peers = []
-    if faiss_available():
-        nlist = sizes.sub_faiss_nlist
-        peers = [FaissHNSW(), FaissIVF("flat", nlist), FaissIVF("rabitq", nlist)]
+    """``(cofisearch's, the peers')`` contenders of the sub-linear section (those of
+    ``sizes.sub_contenders``, or all). A new cofisearch screen joins the first list (an
+    :class:`~cofisearch._bench.contenders.AnnContender`, e.g. ``CofiIVFCascade(...,
+    name=..., make_coarse=...)``); the fastest cofisearch setting at each target is judged
+    against every peer."""
+    nlist, fnlist = sizes.sub_nlist, sizes.sub_faiss_nlist
+    make = {
+        "ivf": lambda: CofiIVFCascade(nlist, threads, max_candidates=SUB_MAX_CANDIDATES),
+        "asym": lambda: CofiIVFCascade(nlist, threads, max_candidates=SUB_MAX_CANDIDATES,
+                                       make_coarse=asymmetric_coarse(nlist),
+                                       name=f"cofisearch asymmetric IVF cascade nlist={nlist}"),
+        "flat": lambda: CofiFlat(FLOAT, threads),
+        "hnsw": FaissHNSW,
+        "ivfflat": lambda: FaissIVF("flat", fnlist),
+        "rabitq": lambda: FaissIVF("rabitq", fnlist),
+    }
+    chosen = sizes.sub_contenders or SUB_CONTENDERS
+    ours = [make[key]() for key in SUB_OURS if key in chosen]
+    peers = [make[key]() for key in SUB_PEERS if key in chosen] if faiss_available() else []
     return ours, peers
 
 
@@ -891,6 +906,11 @@ def main(argv=None):
         help="with --sub-data debian: the seeded subset of the corpus that "
         "bench/debian_study.py --max-items takes (default: the whole corpus)",
     )
+    parser.add_argument(
+        "--sub-contenders", default=",".join(SUB_CONTENDERS),
+        help=f"comma-separated subset of {','.join(SUB_CONTENDERS)}: the sublinear section's "
+        "contenders (default: all; the rows of a peer left out are left out)",
+    )
     args = parser.parse_args(argv)
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = sorted(set(sections) - set(SECTIONS))
@@ -902,7 +922,12 @@ def main(argv=None):
     if not faiss_available():
         progress("faiss-cpu is not installed: faiss comparisons left out (pip install faiss-cpu)")
 
-    sizes = replace(SIZES[args.scale], sub_data=args.sub_data, sub_max_items=args.sub_max_items)
+    contenders = tuple(c.strip() for c in args.sub_contenders.split(",") if c.strip())
+    unknown = sorted(set(contenders) - set(SUB_CONTENDERS))
+    if unknown:
+        parser.error(f"unknown sub-contender(s) {unknown}; choose from {list(SUB_CONTENDERS)}")
+    sizes = replace(SIZES[args.scale], sub_data=args.sub_data, sub_max_items=args.sub_max_items,
+                    sub_contenders=contenders)
     before = machine_info()
     report = Report(repeat=repeat, clock=args.clock)
     progress(f"measuring ({args.scale} sizes, median of {repeat})")

@@ -319,7 +319,8 @@ py::tuple ivf_asym_search(const py::array& codes, const py::array& factors, cons
                           const py::array& list_start, const py::array& list_size,
                           const py::array& planes, std::int64_t qbits, const py::array& consts,
                           const py::array& probes, const py::array& bias, std::int64_t k,
-                          int num_threads, const py::object& allow) {
+                          int num_threads, const py::object& allow, const py::object& panel,
+                          const py::object& panel_start) {
   require<std::uint8_t>(codes, "codes", "uint8");
   require_1d<float>(factors, "factors", "float32");
   require_1d<std::int64_t>(ids, "ids", "int64");
@@ -364,13 +365,33 @@ py::tuple ivf_asym_search(const py::array& codes, const py::array& factors, cons
   const cofisearch::AsymQueries queries{static_cast<const std::uint8_t*>(planes.data()), qb,
                                         static_cast<const float*>(consts.data()),
                                         static_cast<const float*>(bias.data())};
+  cofisearch::AsymPanel stored;
+  py::array panel_words, panel_groups;  // held until the search returns
+  if (panel.is_none() != panel_start.is_none())
+    throw py::value_error("panel and panel_start must be given together");
+  if (!panel.is_none()) {
+    panel_words = py::array::ensure(panel);
+    panel_groups = py::array::ensure(panel_start);
+    require_1d<std::uint64_t>(panel_words, "panel", "uint64");
+    require_1d<std::int64_t>(panel_groups, "panel_start", "int64");
+    if (nbytes % 8 || static_cast<std::size_t>(panel_groups.shape(0)) != nlist)
+      throw py::value_error("panel needs codes of whole 64-bit words and panel_start one entry per list");
+    const auto* ps = static_cast<const std::int64_t*>(panel_groups.data());
+    const auto* ls = static_cast<const std::int64_t*>(list_size.data());
+    const auto groups = static_cast<std::int64_t>(panel_words.shape(0)) /
+                        static_cast<std::int64_t>(nbytes / 8 * cofisearch::kCodeGroup);
+    for (std::size_t l = 0; l < nlist; ++l)
+      if (ps[l] < 0 || ps[l] + (ls[l] + 7) / 8 > groups)
+        throw py::value_error("panel_start names groups outside the panel for list " + std::to_string(l));
+    stored = {static_cast<const std::uint64_t*>(panel_words.data()), ps};
+  }
   const auto* fp = static_cast<const float*>(factors.data());
   const auto* pp = static_cast<const std::int64_t*>(probes.data());
   const std::size_t nprobe = static_cast<std::size_t>(probes.shape(1));
   float* sp = scores.mutable_data();
   std::int64_t* ip = out_ids.mutable_data();
   without_gil([&] {
-    cofisearch::ivf_asym_search(lists, fp, queries, nq, pp, nprobe, kk, threads, sp, ip);
+    cofisearch::ivf_asym_search(lists, fp, queries, nq, pp, nprobe, kk, threads, sp, ip, stored);
   });
   return out;
 }
@@ -493,7 +514,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("ivf_asym_search", &ivf_asym_search, py::arg("codes"), py::arg("factors"), py::arg("ids"),
         py::arg("list_start"), py::arg("list_size"), py::arg("planes"), py::arg("qbits"),
         py::arg("consts"), py::arg("probes"), py::arg("bias"), py::arg("k"), py::arg("num_threads"),
-        py::arg("allow") = py::none(),
+        py::arg("allow") = py::none(), py::arg("panel") = py::none(), py::arg("panel_start") = py::none(),
         "Top-k estimated inner products (cpp/asym.h) of each query over the inverted lists "
         "named in its row of probes: 1-bit codes with one factor per row, queries as qbits "
         "bit planes with (scale, lo2, shift) constants and a bias per probed list; allow as "

@@ -55,9 +55,19 @@ struct AsymQueries {
   const float* bias;
 };
 
+// The lists' codes already in the kernels' panel layout (kernels.h, HammingPackFn), so
+// that a scan reads them in place instead of packing each block: list l is the
+// ceil(size[l] / kCodeGroup) groups from group start[l] of `panel` (zero past the code's
+// bytes; rows past the list's size may hold anything, the kernels never report them).
+// Optional: without it every block is packed from the row-major codes.
+struct AsymPanel {
+  const std::uint64_t* panel = nullptr;
+  const std::int64_t* start = nullptr;  // nlist first groups
+};
+
 void ivf_asym_search(const InvertedLists& lists, const float* factors, const AsymQueries& queries,
                      std::size_t nq, const std::int64_t* probes, std::size_t nprobe, std::size_t k,
-                     int nthreads, float* scores, std::int64_t* ids);
+                     int nthreads, float* scores, std::int64_t* ids, const AsymPanel& panel = {});
 
 void ivf_hamming_search(const InvertedLists& lists, const std::uint8_t* queries, std::size_t nq,
                         const std::int64_t* probes, std::size_t nprobe, std::size_t k,

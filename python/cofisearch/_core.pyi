@@ -85,6 +85,8 @@ def ivf_asym_search(
     k: int,
     num_threads: int,
     allow: npt.NDArray[np.uint64] | None = ...,
+    panel: npt.NDArray[np.uint64] | None = ...,
+    panel_start: npt.NDArray[np.int64] | None = ...,
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]: ...
 
 # Private, for the tests: what the scan drivers decide (cpp/search.h).

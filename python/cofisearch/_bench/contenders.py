@@ -525,4 +525,10 @@ class CofiIVFCascade(AnnContender):
     def resident_bytes(self):
         # The screen alone: the float vectors of the rerank may stay memory-mapped.
         coarse = self.cascade.coarse
-        return coarse.ntotal * (coarse.code_size + 8) + coarse.nlist * (coarse.dim or 0) * 4
+        per_item, extra = coarse.code_size + 8, 0
+        if coarse.screen == "asymmetric":
+            # Its 1-bit codes twice (rows and the kernels' panel) and a factor per item;
+            # the rotation and the lists' centres.
+            per_item += 2 * coarse.screen_bits // 8 + 4
+            extra = coarse.dim * coarse.screen_bits * 4 + coarse.nlist * 4
+        return coarse.ntotal * per_item + coarse.nlist * (coarse.dim or 0) * 4 + extra

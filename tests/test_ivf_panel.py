@@ -1,0 +1,146 @@
+"""The asymmetric screen's fast paths: the stored panel (cpp/ivf.h, AsymPanel) and the
+probe order of the IVF driver (a search that reads the lists' codes from their stored
+panel answers exactly what one that packs every block answers, at every SIMD level, for
+one query and for batches; the index keeps its panel in step with adds and removals),
+and the query quantisation, bit for bit the reference's."""
+
+import numpy as np
+import pytest
+
+import cofisearch
+from cofisearch import _core
+from cofisearch import ivf as ivf_module
+from cofisearch._reference import quantize_queries
+
+LEVELS = _core.available_simd_levels()
+
+
+@pytest.fixture
+def level():
+    before = _core.simd_level()
+    yield
+    _core.set_simd_level(before)
+
+
+def _case(rng, nbytes, nq, nlist, qbits=4):
+    # Lists of sizes off the group of 8 (and an empty one), laid out with room between
+    # them as adds leave it.
+    size = rng.integers(0, 90, nlist).astype(np.int64)
+    size[1] = 0
+    size[2] = 8
+    start = np.cumsum(size + 5) - size - 5
+    n = int(start[-1] + size[-1] + 3)
+    codes = rng.integers(0, 256, (n, nbytes), dtype=np.uint8)
+    factors = rng.random(n).astype(np.float32)
+    codes[7], factors[7] = codes[3], factors[3]  # a tie, to the smaller id
+    ids = rng.permutation(n).astype(np.int64)
+    planes = rng.integers(0, 256, (nq, qbits * nbytes), dtype=np.uint8)
+    consts = rng.standard_normal((nq, 3)).astype(np.float32)
+    return codes, factors, ids, start, size, planes, consts
+
+
+def _panel(codes, start, size):
+    lists = ivf_module._Lists(codes, np.zeros(len(codes), np.int64), start, size, size, len(codes),
+                              int(size.sum()), acodes=codes, factors=None)
+    return ivf_module._panel(lists)
+
+
+@pytest.mark.parametrize("lvl", LEVELS)
+@pytest.mark.parametrize("nbytes", [8, 16, 64, 72])
+@pytest.mark.parametrize("nq, threads", [(1, 1), (1, 2), (3, 2), (40, 1), (40, 2)])
+def test_the_stored_panel_answers_what_packing_answers(level, lvl, nbytes, nq, threads):
+    _core.set_simd_level(lvl)
+    rng = np.random.default_rng(nbytes * 100 + nq * 10 + threads)
+    nlist, qbits = 11, 4
+    codes, factors, ids, start, size, planes, consts = _case(rng, nbytes, nq, nlist, qbits)
+    probes = rng.integers(-1, nlist, (nq, 6)).astype(np.int64)
+    probes[0, 4] = probes[0, 0]  # named twice: scanned once, its first bias counts
+    bias = rng.standard_normal(probes.shape).astype(np.float32)
+    panel, panel_start = _panel(codes, start, size)
+    for k in (1, 10, 500):
+        args = (codes, factors, ids, start, size, planes, qbits, consts, probes, bias, k, threads)
+        want = _core.ivf_asym_search(*args)
+        got = _core.ivf_asym_search(*args, panel=panel, panel_start=panel_start)
+        np.testing.assert_array_equal(got[1], want[1])
+        np.testing.assert_array_equal(got[0], want[0])
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_one_query_at_a_time_equals_the_batch(threads):
+    # One query takes the few-queries path (lists dealt to threads nearest first), a batch
+    # the list-major one (the nearest lists of each query first): both exact.
+    rng = np.random.default_rng(5)
+    n, dim = 3000, 32
+    v = rng.standard_normal((n, dim)).astype(np.float32)
+    codes = np.packbits(v @ rng.standard_normal((dim, 64)) > 0, axis=1)
+    q = (v[:50] + 0.3 * rng.standard_normal((50, dim))).astype(np.float32)
+    index = cofisearch.IVFBinaryIndex(64, 16, nprobe=5, screen="asymmetric")
+    index.train(codes, v)
+    index.add(codes, v)
+    for screen in ("asymmetric", "hamming"):
+        batch = index.search(codes[:50], 40, vectors=q, num_threads=threads, screen=screen)
+        for i in range(0, 50, 7):
+            one = index.search(codes[i], 40, vectors=q[i], num_threads=threads, screen=screen)
+            np.testing.assert_array_equal(one.ids[0], batch.ids[i])
+            np.testing.assert_array_equal(one.distances[0], batch.distances[i])
+
+
+def test_the_panel_follows_adds_and_removals():
+    rng = np.random.default_rng(6)
+    n, dim = 2000, 24
+    v = rng.standard_normal((n, dim)).astype(np.float32)
+    codes = np.packbits(v @ rng.standard_normal((dim, 32)) > 0, axis=1)
+    q = rng.standard_normal((9, dim)).astype(np.float32)
+    index = cofisearch.IVFBinaryIndex(32, 8, nprobe=8, screen="asymmetric")
+    index.train(codes, v)
+    index.add(codes[:1000], v[:1000])
+    index.search(codes[:9], 20, vectors=q)  # builds the panel of this snapshot
+    index.add(codes[1000:], v[1000:])
+    index.remove(np.arange(0, n, 3))
+    fresh = cofisearch.IVFBinaryIndex(32, 8, nprobe=8, screen="asymmetric")
+    fresh.train(codes, v)
+    fresh.add(codes, v)
+    fresh.remove(np.arange(0, n, 3))
+    for got, want in ((index.search(codes[:9], 20, vectors=q), fresh.search(codes[:9], 20, vectors=q)),
+                      (index.search(codes[0], 20, vectors=q[0]), fresh.search(codes[0], 20, vectors=q[0]))):
+        np.testing.assert_array_equal(got.ids, want.ids)
+        np.testing.assert_array_equal(got.distances, want.distances)
+
+
+@pytest.mark.parametrize(
+    "extra, error, fragment",
+    [
+        ({"panel": np.zeros(8, np.uint64)}, ValueError, "given together"),
+        ({"panel_start": np.zeros(1, np.int64)}, ValueError, "given together"),
+        ({"panel": np.zeros(8, np.int64), "panel_start": np.zeros(1, np.int64)}, TypeError,
+         "panel must have dtype uint64"),
+        ({"panel": np.zeros(8, np.uint64), "panel_start": np.zeros(2, np.int64)}, ValueError,
+         "one entry per list"),
+        ({"panel": np.zeros(8, np.uint64), "panel_start": np.ones(1, np.int64)}, ValueError,
+         "outside the panel"),
+        ({"panel": np.zeros(8, np.uint64), "panel_start": np.full(1, -1, np.int64)}, ValueError,
+         "outside the panel"),
+    ],
+)
+def test_the_binding_refuses_a_bad_panel(extra, error, fragment):
+    args = {"codes": np.zeros((3, 8), np.uint8), "factors": np.zeros(3, np.float32),
+            "ids": np.arange(3, dtype=np.int64), "list_start": np.array([0]), "list_size": np.array([3]),
+            "planes": np.zeros((2, 32), np.uint8), "qbits": 4, "consts": np.zeros((2, 3), np.float32),
+            "probes": np.zeros((2, 1), np.int64), "bias": np.zeros((2, 1), np.float32), "k": 2,
+            "num_threads": 1}
+    with pytest.raises(error, match=fragment):
+        _core.ivf_asym_search(**args, **extra)
+
+
+@pytest.mark.parametrize("shape", [(1, 512), (7, 64), (3, 8)])
+def test_quantize_is_the_reference_bit_for_bit(shape):
+    rng = np.random.default_rng(shape[1])
+    w = (rng.standard_normal(shape) * rng.random((shape[0], 1)) * 10).astype(np.float32)
+    w[0, :3] = w[0].max()  # ties at the top level
+    if shape[0] > 1:
+        w[1] = 0.25  # a constant row: step 1
+    planes, consts = ivf_module._quantize(w)
+    ref_planes, ref_consts = quantize_queries(w, ivf_module._QUERY_BITS)
+    np.testing.assert_array_equal(planes, ref_planes)
+    np.testing.assert_array_equal(consts, ref_consts)
+    assert planes.dtype == np.uint8 and consts.dtype == np.float32 and planes.flags.c_contiguous
