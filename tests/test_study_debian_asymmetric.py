@@ -49,9 +49,10 @@ def test_with_mean_needs_a_fitted_binarizer():
         ITQBinarizer(8).with_mean(np.zeros(8, np.float32))
 
 
+@pytest.mark.parametrize("nbits", [16, 128])  # packed per search; stored as a panel
 @pytest.mark.parametrize("n_items, n", [(1, 1), (37, 5), (300, 300), (300, 1000)])
-def test_asymmetric_screen_ranks_the_kernels_estimates(n_items, n):
-    model, x = _fitted(n=max(n_items, 30))
+def test_asymmetric_screen_ranks_the_kernels_estimates(n_items, n, nbits):
+    model, x = _fitted(nbits=nbits, dim=160, n=max(n_items, 30))
     rng = np.random.default_rng(1)
     # Repeated items: equal codes, so exact ties for every query.
     codes = model.transform(x[rng.integers(0, max(1, n_items // 3), n_items)])

@@ -410,6 +410,16 @@ class _AsymmetricScreen:
         self._ones = np.ones(self.ntotal, dtype=np.float32)
         self._ids = np.arange(self.ntotal, dtype=np.int64)
         self._list = (np.zeros(1, dtype=np.int64), np.array([self.ntotal], dtype=np.int64))
+        # Codes of whole words once in the kernels' panel layout (cpp/ivf.h, AsymPanel:
+        # groups of 8 codes, word-major within a group), as the IVF index stores its lists:
+        # packing them on every search cost more than scoring them. Others are packed.
+        self._panel = (None, None)
+        if self.codes.shape[1] % 8 == 0:
+            words = self.codes.shape[1] // 8
+            rows = np.zeros((-(-self.ntotal // 8) * 8, words), dtype=np.uint64)
+            rows[: self.ntotal] = self.codes.view(np.uint64)
+            self._panel = (rows.reshape(-1, 8, words).transpose(0, 2, 1).ravel(),
+                           np.zeros(1, dtype=np.int64))
 
     def search(self, queries, n, *, num_threads=None):
         planes, consts = quantize_queries(self.binarizer.project(queries), ASYMMETRIC_QUERY_BITS)
@@ -417,7 +427,7 @@ class _AsymmetricScreen:
         return _core.ivf_asym_search(
             self.codes, self._ones, self._ids, *self._list, planes, ASYMMETRIC_QUERY_BITS,
             consts, np.zeros((nq, 1), dtype=np.int64), np.zeros((nq, 1), dtype=np.float32),
-            min(n, self.ntotal), check_num_threads(num_threads))
+            min(n, self.ntotal), check_num_threads(num_threads), None, *self._panel)
 
 
 class _ScreenedCascade:
