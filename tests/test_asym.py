@@ -11,16 +11,6 @@ from cofisearch import _core
 from cofisearch import ivf as ivf_module
 from cofisearch._reference import asymmetric_estimates, quantize_queries, topk
 
-LEVELS = _core.available_simd_levels()
-
-
-@pytest.fixture
-def level():
-    before = _core.simd_level()
-    yield
-    _core.set_simd_level(before)
-
-
 def _kernel_case(rng, n, nbytes, nq, qbits, nlist):
     codes = rng.integers(0, 256, (n, nbytes), dtype=np.uint8)
     factors = rng.random(n).astype(np.float32)
@@ -61,11 +51,9 @@ def _reference_search(codes, factors, ids, start, size, planes, consts, probes, 
     return np.array(out_d), np.array(out_i)
 
 
-@pytest.mark.parametrize("lvl", LEVELS)
 @pytest.mark.parametrize("nbytes", [1, 8, 9, 32, 64, 65])
 @pytest.mark.parametrize("qbits", [1, 4, 8])
-def test_one_list_equals_the_reference_ranking(level, lvl, nbytes, qbits):
-    _core.set_simd_level(lvl)
+def test_one_list_equals_the_reference_ranking(simd, nbytes, qbits):
     rng = np.random.default_rng(nbytes * 10 + qbits)
     n, nq = 203, 21
     codes, factors, planes, consts, _, _ = _kernel_case(rng, n, nbytes, nq, qbits, 1)
@@ -80,10 +68,8 @@ def test_one_list_equals_the_reference_ranking(level, lvl, nbytes, qbits):
         np.testing.assert_array_equal(d, rd)
 
 
-@pytest.mark.parametrize("lvl", LEVELS)
 @pytest.mark.parametrize("nq, threads", [(1, 1), (3, 2), (40, 1), (40, 2)])
-def test_probed_lists_equal_the_reference(level, lvl, nq, threads):
-    _core.set_simd_level(lvl)
+def test_probed_lists_equal_the_reference(simd, nq, threads):
     rng = np.random.default_rng(nq + threads)
     n, nbytes, nlist, qbits = 1500, 16, 12, 4
     codes, factors, planes, consts, start, size = _kernel_case(rng, n, nbytes, nq, qbits, nlist)

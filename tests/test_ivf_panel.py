@@ -12,16 +12,6 @@ from cofisearch import _core
 from cofisearch import ivf as ivf_module
 from cofisearch._reference import quantize_queries
 
-LEVELS = _core.available_simd_levels()
-
-
-@pytest.fixture
-def level():
-    before = _core.simd_level()
-    yield
-    _core.set_simd_level(before)
-
-
 def _case(rng, nbytes, nq, nlist, qbits=4):
     # Lists of sizes off the group of 8 (and an empty one), laid out with room between
     # them as adds leave it.
@@ -45,11 +35,9 @@ def _panel(codes, start, size):
     return ivf_module._panel(lists)
 
 
-@pytest.mark.parametrize("lvl", LEVELS)
 @pytest.mark.parametrize("nbytes", [8, 16, 64, 72])
 @pytest.mark.parametrize("nq, threads", [(1, 1), (1, 2), (3, 2), (40, 1), (40, 2)])
-def test_the_stored_panel_answers_what_packing_answers(level, lvl, nbytes, nq, threads):
-    _core.set_simd_level(lvl)
+def test_the_stored_panel_answers_what_packing_answers(simd, nbytes, nq, threads):
     rng = np.random.default_rng(nbytes * 100 + nq * 10 + threads)
     nlist, qbits = 11, 4
     codes, factors, ids, start, size, planes, consts = _case(rng, nbytes, nq, nlist, qbits)
