@@ -99,6 +99,10 @@ def test_quantized_queries_reconstruct_within_half_a_step():
     assert u[3].max() == 0 and delta[3] == 1
 
 
+# Codes of whole words and their planes, which a stored panel needs.
+_WORDS = {"codes": np.zeros((3, 8), np.uint8), "planes": np.zeros((2, 32), np.uint8)}
+
+
 @pytest.mark.parametrize(
     "args, error, fragment",
     [
@@ -110,6 +114,17 @@ def test_quantized_queries_reconstruct_within_half_a_step():
         ({"probes": np.full((2, 1), 5, np.int64)}, ValueError, "probes must hold list numbers"),
         ({"bias": np.zeros((2, 2), np.float32)}, ValueError, "bias must have the shape"),
         ({"list_size": np.array([4])}, ValueError, "must lie inside"),
+        # A stored panel (cpp/ivf.h, AsymPanel), given with codes of whole words.
+        ({**_WORDS, "panel": np.zeros(8, np.uint64)}, ValueError, "given together"),
+        ({**_WORDS, "panel_start": np.zeros(1, np.int64)}, ValueError, "given together"),
+        ({**_WORDS, "panel": np.zeros(8, np.int64), "panel_start": np.zeros(1, np.int64)},
+         TypeError, "panel must have dtype uint64"),
+        ({**_WORDS, "panel": np.zeros(8, np.uint64), "panel_start": np.zeros(2, np.int64)},
+         ValueError, "one entry per list"),
+        ({**_WORDS, "panel": np.zeros(8, np.uint64), "panel_start": np.ones(1, np.int64)},
+         ValueError, "outside the panel"),
+        ({**_WORDS, "panel": np.zeros(8, np.uint64), "panel_start": np.full(1, -1, np.int64)},
+         ValueError, "outside the panel"),
     ],
 )
 def test_the_binding_refuses_bad_arguments(args, error, fragment):

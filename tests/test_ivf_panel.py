@@ -95,31 +95,6 @@ def test_the_panel_follows_adds_and_removals():
         np.testing.assert_array_equal(got.distances, want.distances)
 
 
-@pytest.mark.parametrize(
-    "extra, error, fragment",
-    [
-        ({"panel": np.zeros(8, np.uint64)}, ValueError, "given together"),
-        ({"panel_start": np.zeros(1, np.int64)}, ValueError, "given together"),
-        ({"panel": np.zeros(8, np.int64), "panel_start": np.zeros(1, np.int64)}, TypeError,
-         "panel must have dtype uint64"),
-        ({"panel": np.zeros(8, np.uint64), "panel_start": np.zeros(2, np.int64)}, ValueError,
-         "one entry per list"),
-        ({"panel": np.zeros(8, np.uint64), "panel_start": np.ones(1, np.int64)}, ValueError,
-         "outside the panel"),
-        ({"panel": np.zeros(8, np.uint64), "panel_start": np.full(1, -1, np.int64)}, ValueError,
-         "outside the panel"),
-    ],
-)
-def test_the_binding_refuses_a_bad_panel(extra, error, fragment):
-    args = {"codes": np.zeros((3, 8), np.uint8), "factors": np.zeros(3, np.float32),
-            "ids": np.arange(3, dtype=np.int64), "list_start": np.array([0]), "list_size": np.array([3]),
-            "planes": np.zeros((2, 32), np.uint8), "qbits": 4, "consts": np.zeros((2, 3), np.float32),
-            "probes": np.zeros((2, 1), np.int64), "bias": np.zeros((2, 1), np.float32), "k": 2,
-            "num_threads": 1}
-    with pytest.raises(error, match=fragment):
-        _core.ivf_asym_search(**args, **extra)
-
-
 @pytest.mark.parametrize("shape", [(1, 512), (7, 64), (3, 8)])
 def test_quantize_is_the_reference_bit_for_bit(shape):
     rng = np.random.default_rng(shape[1])
