@@ -21,25 +21,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 
 from cofisearch import get_num_threads
+from cofisearch._bench.machine import cpu_model
 from cofisearch.study_debian import DEBIAN_SCALES, run_debian_study
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-
-
-def _cpu():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main(argv=None):
@@ -77,7 +66,7 @@ def main(argv=None):
                               map_queries=args.map_queries, peer=False if args.no_peer else (args.peers or True), ivf=not args.no_ivf, hashing=not args.no_hashing,
                               show_progress_bar=not args.quiet, **preset)
     result.notes.append(
-        f"CPU: {_cpu()}, {os.cpu_count()} logical CPUs, load average "
+        f"CPU: {cpu_model()}, {os.cpu_count()} logical CPUs, load average "
         f"{' '.join(f'{x:.1f}' for x in os.getloadavg())} at the end; the run took "
         f"{time.perf_counter() - started:.0f} s")
     written = result.save(args.out, args.stem)

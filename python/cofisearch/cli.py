@@ -23,6 +23,7 @@ import sys
 import cofisearch
 
 from . import study
+from ._bench.machine import cpu_model
 from ._bench.plans import SCALES as BENCH_SCALES
 from ._checks import check_int, check_output_dir, check_positive_int
 
@@ -104,22 +105,11 @@ def _parser():
     return parser
 
 
-def _cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def cmd_info(args, out):
     rows = [
         ("version", cofisearch.__version__),
         ("python", platform.python_version()),
-        ("cpu", _cpu_model()),
+        ("cpu", cpu_model()),
         ("simd level", cofisearch.simd_level()),
         ("simd levels available", ", ".join(cofisearch.available_simd_levels())),
         ("COFISEARCH_SIMD", os.environ.get("COFISEARCH_SIMD", "(unset)")),

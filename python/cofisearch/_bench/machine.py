@@ -23,6 +23,7 @@ from .._checks import mem_available_bytes
 __all__ = [
     "blas_threads",
     "blas_warnings",
+    "cpu_model",
     "faiss_available",
     "format_machine",
     "machine_info",
@@ -62,6 +63,12 @@ def _cpuinfo():
     except OSError:
         pass
     return fields
+
+
+def cpu_model(cpu=None):
+    """The processor's name (``/proc/cpuinfo``'s model name, else what ``platform`` says)."""
+    cpu = _cpuinfo() if cpu is None else cpu
+    return cpu.get("model name") or platform.processor() or platform.machine()
 
 
 def _read_text(path):
@@ -160,7 +167,7 @@ def machine_info():
     except OSError:
         load = None
     return {
-        "cpu_model": cpu.get("model name") or platform.processor() or platform.machine(),
+        "cpu_model": cpu_model(cpu),
         "cpu_vendor": cpu.get("vendor_id"),
         "cpu_family": cpu.get("cpu family"),
         "cpu_model_number": cpu.get("model"),
