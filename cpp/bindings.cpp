@@ -302,6 +302,18 @@ std::size_t checked_lists(const py::array& list_start, const py::array& list_siz
   return nlist;
 }
 
+// The lists of codes (checked by checked_lists, nlist of them) with their ids, and the
+// rows that `allow` (None, or uint64 words with a bit per row) lets through.
+cofisearch::InvertedLists inverted_lists(const py::array& codes, const py::array& ids,
+                                         const py::array& list_start, const py::array& list_size,
+                                         std::size_t nlist, const py::object& allow) {
+  const auto rows = static_cast<std::size_t>(codes.shape(0));
+  return {static_cast<const std::uint8_t*>(codes.data()), static_cast<const std::int64_t*>(ids.data()),
+          static_cast<const std::int64_t*>(list_start.data()),
+          static_cast<const std::int64_t*>(list_size.data()), nlist,
+          static_cast<std::size_t>(codes.shape(1)), row_filter(allow, py::none(), true, rows).allow};
+}
+
 void check_probes(const py::array& probes, std::size_t nq, std::size_t nlist) {
   require<std::int64_t>(probes, "probes", "int64");
   if (static_cast<std::size_t>(probes.shape(0)) != nq)
@@ -357,11 +369,7 @@ py::tuple ivf_asym_search(const py::array& codes, const py::array& factors, cons
   py::array_t<float> scores;
   py::array_t<std::int64_t> out_ids;
   py::tuple out = allocate(nq, kk, scores, out_ids);
-  const cofisearch::InvertedLists lists{static_cast<const std::uint8_t*>(codes.data()),
-                                        static_cast<const std::int64_t*>(ids.data()),
-                                        static_cast<const std::int64_t*>(list_start.data()),
-                                        static_cast<const std::int64_t*>(list_size.data()), nlist, nbytes,
-                                        row_filter(allow, py::none(), true, static_cast<std::size_t>(rows)).allow};
+  const cofisearch::InvertedLists lists = inverted_lists(codes, ids, list_start, list_size, nlist, allow);
   const cofisearch::AsymQueries queries{static_cast<const std::uint8_t*>(planes.data()), qb,
                                         static_cast<const float*>(consts.data()),
                                         static_cast<const float*>(bias.data())};
@@ -419,13 +427,7 @@ py::tuple ivf_search(const py::array& codes, const py::array& ids, const py::arr
   py::array_t<std::int32_t> dist;
   py::array_t<std::int64_t> out_ids;
   py::tuple out = allocate(nq, kk, dist, out_ids);
-  const cofisearch::InvertedLists lists{static_cast<const std::uint8_t*>(codes.data()),
-                                        static_cast<const std::int64_t*>(ids.data()),
-                                        static_cast<const std::int64_t*>(list_start.data()),
-                                        static_cast<const std::int64_t*>(list_size.data()), nlist,
-                                        static_cast<std::size_t>(codes.shape(1)),
-                                        row_filter(allow, py::none(), true,
-                                                   static_cast<std::size_t>(codes.shape(0))).allow};
+  const cofisearch::InvertedLists lists = inverted_lists(codes, ids, list_start, list_size, nlist, allow);
   const auto* qp = static_cast<const std::uint8_t*>(queries.data());
   std::int32_t* dp = dist.mutable_data();
   std::int64_t* ip = out_ids.mutable_data();
