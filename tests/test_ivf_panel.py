@@ -9,6 +9,7 @@ import pytest
 
 import cofisearch
 from cofisearch import _core
+from cofisearch._bits import code_panel
 from cofisearch import ivf as ivf_module
 from cofisearch._reference import quantize_queries
 
@@ -30,9 +31,8 @@ def _case(rng, nbytes, nq, nlist, qbits=4):
 
 
 def _panel(codes, start, size):
-    lists = ivf_module._Lists(codes, np.zeros(len(codes), np.int64), start, size, size, len(codes),
-                              int(size.sum()), acodes=codes, factors=None)
-    return ivf_module._panel(lists)
+    rows = np.concatenate([np.arange(s, s + n) for s, n in zip(start, size)])
+    return code_panel(codes[rows], size)
 
 
 @pytest.mark.parametrize("nbytes", [8, 16, 64, 72])

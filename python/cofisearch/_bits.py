@@ -6,7 +6,7 @@ import numpy as np
 
 from ._checks import as_numpy, check_codes, check_nbits
 
-__all__ = ["pack_bits", "unpack_bits"]
+__all__ = ["code_panel", "pack_bits", "unpack_bits"]
 
 
 def pack_bits(bits):
@@ -47,3 +47,21 @@ def unpack_bits(codes, nbits):
     a = check_codes(codes, "codes", nbits // 8, one_d_ok=True)
     out = np.unpackbits(a, axis=1)
     return out[0] if one_code else out
+
+
+def code_panel(codes, sizes):
+    """``(panel, start)``: packed codes of whole 64-bit words, in runs of ``sizes`` rows
+    (a list each), rearranged in the kernels' panel layout (cpp/kernels.h, HammingPackFn;
+    cpp/ivf.h, AsymPanel): groups of 8 codes, word ``j`` of code ``8g + l`` at
+    ``panel[(g * words + j) * 8 + l]``, run ``r`` from group ``start[r]`` (int64), its last
+    group padded with zeros. A scan then reads the codes in place instead of packing them."""
+    sizes = np.asarray(sizes, dtype=np.int64)
+    groups = (sizes + 7) // 8
+    start = np.cumsum(groups) - groups
+    words = codes.shape[1] // 8
+    rows = np.zeros((int(groups.sum()) * 8, words), np.uint64)
+    # Row i of run r goes to row 8 start[r] + i.
+    before = np.cumsum(sizes) - sizes
+    rows[np.repeat(8 * start - before, sizes) + np.arange(int(sizes.sum()))] = (
+        np.ascontiguousarray(codes).view(np.uint64))
+    return rows.reshape(-1, 8, words).transpose(0, 2, 1).ravel(), start

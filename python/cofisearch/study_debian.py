@@ -35,6 +35,7 @@ import time
 import numpy as np
 
 from . import _core, datasets
+from ._bits import code_panel
 from ._bench.measure import measure
 from ._checks import check_int, check_int_sequence, check_num_threads, check_positive_int
 from ._files import json_default
@@ -369,17 +370,12 @@ def _recall(ids, truth, k):
 
 
 def _cascade_row(name, direction, cascade, qc, qv, side, depth, num_threads, repeats):
-    """``repeats=0``: the timings of the one search that finds the results (for screens
-    too slow to repeat; that first call may include warm-up)."""
     found = cascade.search(qc, qv, 10, num_threads=num_threads)
     stage = {key: [] for key in ("coarse", "fine", "total")}
     for _ in range(repeats):
         timed = cascade.search(qc, qv, 10, num_threads=num_threads)
         for key, values in stage.items():
             values.append(timed.timings[key])
-    if not repeats:
-        for key, values in stage.items():
-            values.append(found.timings[key])
     per_query = {k: 1e3 * float(np.median(v)) / len(qc) for k, v in stage.items()}
     return {
         "codes": name, "direction": direction, "n_candidates": depth,
@@ -410,16 +406,11 @@ class _AsymmetricScreen:
         self._ones = np.ones(self.ntotal, dtype=np.float32)
         self._ids = np.arange(self.ntotal, dtype=np.int64)
         self._list = (np.zeros(1, dtype=np.int64), np.array([self.ntotal], dtype=np.int64))
-        # Codes of whole words once in the kernels' panel layout (cpp/ivf.h, AsymPanel:
-        # groups of 8 codes, word-major within a group), as the IVF index stores its lists:
-        # packing them on every search cost more than scoring them. Others are packed.
-        self._panel = (None, None)
-        if self.codes.shape[1] % 8 == 0:
-            words = self.codes.shape[1] // 8
-            rows = np.zeros((-(-self.ntotal // 8) * 8, words), dtype=np.uint64)
-            rows[: self.ntotal] = self.codes.view(np.uint64)
-            self._panel = (rows.reshape(-1, 8, words).transpose(0, 2, 1).ravel(),
-                           np.zeros(1, dtype=np.int64))
+        # Codes of whole words once in the kernels' panel layout, as the IVF index stores
+        # its lists: packing them on every search cost more than scoring them. Others are
+        # packed by the scan.
+        self._panel = (code_panel(self.codes, [self.ntotal]) if self.codes.shape[1] % 8 == 0
+                       else (None, None))
 
     def search(self, queries, n, *, num_threads=None):
         planes, consts = quantize_queries(self.binarizer.project(queries), ASYMMETRIC_QUERY_BITS)

@@ -56,6 +56,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import _core
+from .._bits import code_panel
 from .._checks import (
     check_codes,
     check_floats,
@@ -94,8 +95,6 @@ _SCREENS = ("hamming", "asymmetric")
 # against float queries on cross-modal data (recall@10 within 0.005 at every depth), as
 # RaBitQ's authors found.
 _QUERY_BITS = 4
-# Codes per group of the kernels' panel layout (kCodeGroup, cpp/kernels.h).
-_GROUP = 8
 # A filter of at most GATHER_ROWS present items, or of a 1 / _GATHER_FRACTION part of
 # them, is searched over those items alone in every list (exact over the allowed items,
 # whatever nprobe), instead of probing with a bitmap: a selective filter would leave most
@@ -232,7 +231,7 @@ class IVFBinaryIndex:
         self._screen_bits = screen_bits
         self._lock = threading.Lock()
         # (lists, panel, panel_start) of the asymmetric screen's codes for the lists
-        # snapshot they were built from (see _panel); replaced in one assignment.
+        # snapshot they were built from (see search); replaced in one assignment.
         self._panel = None
         # (routing or None, lists): replaced in one assignment, read once per search.
         self._state = (None, _empty_lists(self._nlist, nbits // 8))
@@ -508,7 +507,12 @@ class IVFBinaryIndex:
         if allow is None and lists is self._state[1]:
             cached = self._panel
             if cached is None or cached[0] is not lists:
-                cached = self._panel = (lists, *_panel(lists))
+                # Built on the first asymmetric search of each snapshot (it doubles the
+                # screen's codes in memory): packing every probed block for one query cost
+                # more than scoring it (0.21 against 0.15 of a single query's time at 200k
+                # items, 1024 lists, 64 probed).
+                cached = self._panel = (lists, *code_panel(lists.acodes[lists.list_rows()],
+                                                           lists.size))
             stored = {"panel": cached[1], "panel_start": cached[2]}
         d, i = _core.ivf_asym_search(lists.acodes, lists.factors, lists.ids, lists.start, lists.size,
                                      planes, _QUERY_BITS, consts, probes, bias, k, threads, allow,
@@ -859,22 +863,6 @@ def _without(lists, rows, hit):
         start, cap, used = np.cumsum(size) - size, size.copy(), total
     return _Lists(bufs[0], bufs[1], start, size, cap, used, int(size.sum()), *bufs[2:],
                   next_id=lists.next_id)
-
-
-def _panel(lists):
-    """``(panel, start)``: the asymmetric screen's codes in the kernels' panel layout
-    (cpp/ivf.h, AsymPanel), list by list, each list from group ``start[l]``, its last group
-    padded with zeros. A search then scans the codes in place: packing every probed block
-    for one query cost more than scoring it (0.21 against 0.15 of a single query's time
-    at 200k items, 1024 lists, 64 probed). Built on the first asymmetric search of each
-    snapshot, it doubles the screen's codes in memory."""
-    groups = (lists.size + _GROUP - 1) // _GROUP
-    start = np.cumsum(groups) - groups
-    words = lists.acodes.shape[1] // 8
-    rows = np.zeros((int(groups.sum()) * _GROUP, words), np.uint64)
-    rows[_ranges(start * _GROUP, lists.size)] = lists.acodes.view(np.uint64)[lists.list_rows()]
-    panel = rows.reshape(-1, _GROUP, words).transpose(0, 2, 1).ravel()
-    return panel, start.astype(np.int64)
 
 
 def _lists_from(sizes, ids, codes, *screened, next_id):
