@@ -84,7 +84,7 @@ def debian_quality(args, n_rerank=32, nbits=256, n_candidates=256, epochs=2):
         ITQBinarizer,
         SentenceEncoder,
     )
-    from cofisearch.study_debian import _dedup
+    from cofisearch.study_debian import database_of
 
     shape = MODEL_SIZES["default"]
     data = datasets.load_debian_descriptions(test_size=0.1, seed=0)
@@ -93,19 +93,15 @@ def debian_quality(args, n_rerank=32, nbits=256, n_candidates=256, epochs=2):
     descs = encoder.encode(list(data.descriptions))
     # As the Debian study: items without a description have nothing to find, and items
     # sharing a description share its one database row.
-    keep = np.array([bool(t.strip()) for t in data.descriptions])
-    every = np.flatnonzero(keep)
-    rows, group = _dedup([data.descriptions[i] for i in every], every)
-    position = np.full(len(keep), -1, dtype=np.int64)
-    position[every] = np.arange(len(every))
+    rows, truth = database_of(data, "desc")
     db = np.ascontiguousarray(descs[rows], dtype=np.float32)
     itq = ITQBinarizer(nbits, seed=0).fit(db)
     db_codes = itq.transform(db)
 
     def split(items):
-        items = items[keep[items]]
+        items = items[truth[items] >= 0]
         q = np.ascontiguousarray(titles[items], dtype=np.float32)
-        return q, itq.transform(q), group[position[items]]
+        return q, itq.transform(q), truth[items]
 
     (q_tr, c_tr, y_tr), (q_te, c_te, y_te) = split(data.train), split(data.test)
     cascade = _cascade(db_codes, db, n_candidates)

@@ -127,6 +127,20 @@ def _dedup(texts, rows):
     return rows[first[order]], rank[group]
 
 
+def database_of(data, kind):
+    """The deduplicated database of one kind of Debian text (``"desc"`` or ``"title"``) in
+    ``data`` (:func:`cofisearch.datasets.load_debian_descriptions`): ``(rows, truth)``, the
+    corpus rows of the first package of each distinct text, in corpus order, and for each
+    corpus item the position of its text among them. Only packages with a description
+    count (one with only a summary has no description to find): their ``truth`` is -1."""
+    texts = {"desc": data.descriptions, "title": data.titles}[kind]
+    every = np.flatnonzero([bool(t.strip()) for t in data.descriptions])
+    rows, group = _dedup([texts[i] for i in every], every)
+    truth = np.full(len(data.descriptions), -1, dtype=np.int64)
+    truth[every] = group
+    return rows, truth
+
+
 def run_debian_study(
     *,
     max_items=None,
@@ -179,20 +193,16 @@ def run_debian_study(
         emb[kind] = encoder.encode(texts, show_progress_bar=show_progress_bar)
         timings[kind] = (time.perf_counter() - started, cached, len(texts))
 
-    # An item whose package has only a summary has no description to find.
-    keep = np.array([bool(t.strip()) for t in data.descriptions])
+    desc_db, desc_truth = database_of(data, "desc")
+    title_db, title_truth = database_of(data, "title")
+    keep = desc_truth >= 0
     test = data.test[keep[data.test]]
     train = data.train[keep[data.train]]
     labels = data.labels
-    every = np.flatnonzero(keep)
-    desc_db, desc_group = _dedup([data.descriptions[i] for i in every], every)
-    title_db, title_group = _dedup([data.titles[i] for i in every], every)
-    position = np.full(len(keep), -1, dtype=np.int64)
-    position[every] = np.arange(len(every))
     sides = {
-        "title->desc": _Side("title", test, "desc", desc_db, desc_group[position[test]],
+        "title->desc": _Side("title", test, "desc", desc_db, desc_truth[test],
                              labels[test], labels[desc_db]),
-        "desc->title": _Side("desc", test, "title", title_db, title_group[position[test]],
+        "desc->title": _Side("desc", test, "title", title_db, title_truth[test],
                              labels[test], labels[title_db]),
     }
     config.update(n_items=int(keep.sum()), n_queries=len(test),
