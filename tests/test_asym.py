@@ -51,7 +51,7 @@ def _reference_search(codes, factors, ids, start, size, planes, consts, probes, 
     return np.array(out_d), np.array(out_i)
 
 
-@pytest.mark.parametrize("nbytes", [1, 8, 9, 32, 64, 65])
+@pytest.mark.parametrize("nbytes", [1, 8, 9, 32, 64, 65, 96, 128, 136])
 @pytest.mark.parametrize("qbits", [1, 4, 8])
 def test_one_list_equals_the_reference_ranking(simd, nbytes, qbits):
     rng = np.random.default_rng(nbytes * 10 + qbits)

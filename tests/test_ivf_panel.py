@@ -35,7 +35,7 @@ def _panel(codes, start, size):
     return code_panel(codes[rows], size)
 
 
-@pytest.mark.parametrize("nbytes", [8, 16, 64, 72])
+@pytest.mark.parametrize("nbytes", [8, 16, 64, 72, 96, 136])
 @pytest.mark.parametrize("nq, threads", [(1, 1), (1, 2), (3, 2), (40, 1), (40, 2)])
 def test_the_stored_panel_answers_what_packing_answers(simd, nbytes, nq, threads):
     rng = np.random.default_rng(nbytes * 100 + nq * 10 + threads)
