@@ -404,6 +404,28 @@ py::tuple ivf_asym_search(const py::array& codes, const py::array& factors, cons
   return out;
 }
 
+py::tuple quantize_queries(const py::array& rotated, std::int64_t qbits) {
+  require<float>(rotated, "rotated", "float32");
+  const std::size_t nbits = static_cast<std::size_t>(rotated.shape(1));
+  if (nbits == 0 || nbits % 8 || nbits > cofisearch::kMaxAsymBits)
+    throw py::value_error("rotated must have a multiple of 8 columns, 8 to " +
+                          std::to_string(cofisearch::kMaxAsymBits) + ", got " + std::to_string(nbits));
+  if (qbits < 1 || static_cast<std::uint64_t>(qbits) > cofisearch::kMaxQueryBits)
+    throw py::value_error("qbits must be in [1, " + std::to_string(cofisearch::kMaxQueryBits) +
+                          "], got " + std::to_string(qbits));
+  const auto nq = static_cast<std::size_t>(rotated.shape(0));
+  const auto qb = static_cast<std::size_t>(qbits);
+  py::array_t<std::uint8_t> planes({nq, qb * nbits / 8});
+  py::array_t<float> consts({nq, std::size_t(3)});
+  const auto* w = static_cast<const float*>(rotated.data());
+  std::uint8_t* pp = planes.mutable_data();
+  float* cp = consts.mutable_data();
+  bool finite = true;
+  without_gil([&] { finite = cofisearch::quantize_queries(w, nq, nbits, qb, pp, cp); });
+  if (!finite) throw py::value_error("rotated must contain only finite values, got NaN or infinity");
+  return py::make_tuple(planes, consts);
+}
+
 py::tuple ivf_search(const py::array& codes, const py::array& ids, const py::array& list_start,
                      const py::array& list_size, const py::array& queries,
                      const py::array& probes, std::int64_t k, int num_threads,
@@ -521,6 +543,10 @@ PYBIND11_MODULE(_core, m) {
         "named in its row of probes: 1-bit codes with one factor per row, queries as qbits "
         "bit planes with (scale, lo2, shift) constants and a bias per probed list; allow as "
         "for ivf_search.");
+
+  m.def("quantize_queries", &quantize_queries, py::arg("rotated"), py::arg("qbits"),
+        "The asymmetric screen's (planes, consts) of float32 rotated queries, qbits bits a "
+        "dimension (cpp/ivf.h; cofisearch._reference.quantize_queries bit for bit).");
 
   // Private: what the drivers decide, for the tests (cpp/search.h); not part of the API.
   m.def("_block_rows", [](const std::string& kind, std::int64_t row_bytes, std::int64_t nq) {

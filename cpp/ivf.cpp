@@ -372,6 +372,46 @@ void probe_search(const S& s, const InvertedLists& lists, const Gather& queries,
 
 }  // namespace
 
+bool quantize_queries(const float* rotated, std::size_t nq, std::size_t nbits, std::size_t qbits,
+                      std::uint8_t* planes, float* consts) {
+  const auto top = static_cast<float>((1u << qbits) - 1);
+  const std::size_t nbytes = nbits / 8;
+  std::vector<std::uint8_t> u(nbits);
+  for (std::size_t q = 0; q < nq; ++q) {
+    const float* w = rotated + q * nbits;
+    float lo = w[0], hi = w[0];
+    for (std::size_t i = 0; i < nbits; ++i) {
+      if (!std::isfinite(w[i])) return false;
+      lo = std::min(lo, w[i]);
+      hi = std::max(hi, w[i]);
+    }
+    const float span = hi - lo;
+    const float delta = span > 0 ? span / top : 1.0f;
+    std::uint32_t sum = 0;
+    for (std::size_t i = 0; i < nbits; ++i) {
+      // (w - lo) is never negative, so only the top needs a clip; nearbyint rounds ties
+      // to even in the default rounding mode, as numpy.rint does.
+      const float v = std::min(std::nearbyint((w[i] - lo) / delta), top);
+      u[i] = static_cast<std::uint8_t>(v);
+      sum += u[i];
+    }
+    std::uint8_t* out = planes + q * qbits * nbytes;
+    for (std::size_t j = 0; j < qbits; ++j)
+      for (std::size_t b = 0; b < nbytes; ++b) {
+        std::uint8_t byte = 0;
+        for (std::size_t i = 0; i < 8; ++i) byte = static_cast<std::uint8_t>(byte << 1 | (u[b * 8 + i] >> j & 1));
+        out[j * nbytes + b] = byte;
+      }
+    // The sum is below 2^24 (8,192 dimensions of at most 255), so exact as a float.
+    const float whole = static_cast<float>(nbits) * lo;
+    const float rest = delta * static_cast<float>(sum);
+    consts[3 * q] = 2.0f * delta;
+    consts[3 * q + 1] = 2.0f * lo;
+    consts[3 * q + 2] = -(whole + rest);
+  }
+  return true;
+}
+
 void ivf_hamming_search(const InvertedLists& lists, const std::uint8_t* queries, std::size_t nq,
                         const std::int64_t* probes, std::size_t nprobe, std::size_t k,
                         int nthreads, std::int32_t* distances, std::int64_t* ids) {

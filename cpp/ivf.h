@@ -65,6 +65,21 @@ struct AsymPanel {
   const std::int64_t* start = nullptr;  // nlist first groups
 };
 
+// The asymmetric screen's form of nq float queries of nbits dimensions (their rotated
+// vectors w, row-major), as AsymQueries takes them: each row is cut to qbits bits a
+// dimension, u = min(rint((w - lo) / delta), 2^qbits - 1) with lo = min(w) and
+// delta = (max(w) - lo) / (2^qbits - 1) (1 for a constant row), in float32 one rounding
+// per operation and ties to even (cofisearch._reference.quantize_queries is the
+// specification, bit for bit). planes gets qbits * nbits / 8 bytes a query, plane j
+// holding bit j of every u packed like numpy.packbits (dimension i in bit 7 - i % 8 of
+// byte i / 8); consts gets (2 delta, 2 lo, shift) with shift = -(nbits * lo + delta * sum u),
+// minus the sum of the quantised query, which only integers and two roundings make, so
+// that the estimate is the inner product of the quantised query with the code's signs.
+// nbits is a multiple of 8; every w must be finite (returns false otherwise, writing
+// nothing of that query and those after it).
+bool quantize_queries(const float* rotated, std::size_t nq, std::size_t nbits, std::size_t qbits,
+                      std::uint8_t* planes, float* consts);
+
 void ivf_asym_search(const InvertedLists& lists, const float* factors, const AsymQueries& queries,
                      std::size_t nq, const std::int64_t* probes, std::size_t nprobe, std::size_t k,
                      int nthreads, float* scores, std::int64_t* ids, const AsymPanel& panel = {});

@@ -95,7 +95,9 @@ def test_quantized_queries_reconstruct_within_half_a_step():
     u = (bits << np.arange(4, dtype=np.uint8)[None, :, None]).sum(axis=1)
     delta, lo = consts[:, 0] / 2, consts[:, 1] / 2
     assert np.all(np.abs(u * delta[:, None] + lo[:, None] - w) <= delta[:, None] / 2 + 1e-6)
-    np.testing.assert_allclose(consts[:, 2], -w.sum(axis=1), rtol=1e-6)
+    # The shift is minus the quantised query's sum: within half a step a dimension of w's.
+    np.testing.assert_allclose(consts[:, 2], -(u * delta[:, None] + lo[:, None]).sum(axis=1), rtol=1e-5)
+    assert np.all(np.abs(consts[:, 2] + w.sum(axis=1)) <= 64 * delta / 2 + 1e-4)
     assert u[3].max() == 0 and delta[3] == 1
 
 

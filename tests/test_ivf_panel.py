@@ -10,7 +10,6 @@ import pytest
 import cofisearch
 from cofisearch import _core
 from cofisearch._bits import code_panel
-from cofisearch import ivf as ivf_module
 from cofisearch._reference import quantize_queries
 
 def _case(rng, nbytes, nq, nlist, qbits=4):
@@ -95,15 +94,36 @@ def test_the_panel_follows_adds_and_removals():
         np.testing.assert_array_equal(got.distances, want.distances)
 
 
-@pytest.mark.parametrize("shape", [(1, 512), (7, 64), (3, 8)])
-def test_quantize_is_the_reference_bit_for_bit(shape):
-    rng = np.random.default_rng(shape[1])
+@pytest.mark.parametrize("qbits", [1, 4, 8])
+@pytest.mark.parametrize("shape", [(1, 512), (7, 64), (3, 8), (2, 8192)])
+def test_quantize_is_the_reference_bit_for_bit(shape, qbits):
+    rng = np.random.default_rng(shape[1] + qbits)
     w = (rng.standard_normal(shape) * rng.random((shape[0], 1)) * 10).astype(np.float32)
     w[0, :3] = w[0].max()  # ties at the top level
     if shape[0] > 1:
         w[1] = 0.25  # a constant row: step 1
-    planes, consts = ivf_module._quantize(w)
-    ref_planes, ref_consts = quantize_queries(w, ivf_module._QUERY_BITS)
+    if shape[0] > 2:
+        # Values halfway between two levels, which round to the even one, and a row far
+        # from the origin, whose sum of levels and lo * nbits need their own roundings.
+        w[2] = np.float32(-1) + np.arange(shape[1], dtype=np.float32) % 5 * np.float32(0.5)
+        w[2, 0], w[2, 1] = -1, np.float32(-1) + np.float32(2**qbits - 1)
+    w[-1] += np.float32(1e4)
+    planes, consts = _core.quantize_queries(w, qbits)
+    ref_planes, ref_consts = quantize_queries(w, qbits)
     np.testing.assert_array_equal(planes, ref_planes)
     np.testing.assert_array_equal(consts, ref_consts)
     assert planes.dtype == np.uint8 and consts.dtype == np.float32 and planes.flags.c_contiguous
+
+
+def test_quantize_refuses_what_it_cannot_quantise():
+    good = np.zeros((2, 64), np.float32)
+    with pytest.raises(TypeError, match="rotated must have dtype float32"):
+        _core.quantize_queries(good.astype(np.float64), 4)
+    with pytest.raises(ValueError, match="multiple of 8 columns"):
+        _core.quantize_queries(np.zeros((2, 12), np.float32), 4)
+    with pytest.raises(ValueError, match="qbits must be in"):
+        _core.quantize_queries(good, 9)
+    bad = good.copy()
+    bad[1, 5] = np.inf
+    with pytest.raises(ValueError, match="finite"):
+        _core.quantize_queries(bad, 4)

@@ -88,6 +88,9 @@ def ivf_asym_search(
     panel: npt.NDArray[np.uint64] | None = ...,
     panel_start: npt.NDArray[np.int64] | None = ...,
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]: ...
+def quantize_queries(
+    rotated: npt.NDArray[np.float32], qbits: int
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.float32]]: ...
 
 # Private, for the tests: what the scan drivers decide (cpp/search.h).
 def _block_rows(kind: str, row_bytes: int, nq: int) -> int: ...

@@ -203,7 +203,9 @@ def quantize_queries(rotated, qbits):
     and ``delta = (max(w) - lo) / (2**qbits - 1)`` (1 for a constant row); ``planes`` is
     uint8 ``(nq, qbits * nbits // 8)``, plane ``j`` (bit ``j`` of every ``u``) packed like
     the codes (``numpy.packbits``), and ``consts`` float32 ``(nq, 3)`` holds ``(2 delta,
-    2 lo, -sum(w))``. All arithmetic is float32.
+    2 lo, shift)``, ``shift = -((nbits * lo) + (delta * sum(u)))``: minus the sum of the
+    quantised query (integers and two roundings, so the engine makes the same bits). All
+    arithmetic is float32, one rounding per operation.
     """
     w = np.ascontiguousarray(rotated, dtype=np.float32)
     lo = w.min(axis=1, keepdims=True)
@@ -213,9 +215,10 @@ def quantize_queries(rotated, qbits):
     u = np.clip(np.rint((w - lo) / delta), 0, top).astype(np.uint8)
     bits = (u[:, None, :] >> np.arange(qbits, dtype=np.uint8)[None, :, None]) & 1
     planes = np.packbits(bits, axis=2).reshape(w.shape[0], -1)
-    two = np.float32(2)
-    consts = np.concatenate([two * delta, two * lo, -w.sum(axis=1, keepdims=True, dtype=np.float32)],
-                            axis=1).astype(np.float32)
+    f32 = np.float32
+    total = u.sum(axis=1, keepdims=True, dtype=np.int64).astype(f32)
+    shift = -(f32(w.shape[1]) * lo + delta * total)
+    consts = np.concatenate([f32(2) * delta, f32(2) * lo, shift], axis=1).astype(f32)
     return planes, consts
 
 

@@ -40,7 +40,6 @@ from ._bench.measure import measure
 from ._checks import check_int, check_int_sequence, check_num_threads, check_positive_int
 from ._files import json_default
 from ._index import BinaryIndex, FloatIndex
-from ._reference import quantize_queries
 from .cascade import Cascade, run_first_stages, run_last_stage
 from .ivf import IVFBinaryIndex
 from .study import StudyResult
@@ -423,7 +422,8 @@ class _AsymmetricScreen:
                        else (None, None))
 
     def search(self, queries, n, *, num_threads=None):
-        planes, consts = quantize_queries(self.binarizer.project(queries), ASYMMETRIC_QUERY_BITS)
+        projected = np.ascontiguousarray(self.binarizer.project(queries), dtype=np.float32)
+        planes, consts = _core.quantize_queries(projected, ASYMMETRIC_QUERY_BITS)
         nq = planes.shape[0]
         return _core.ivf_asym_search(
             self.codes, self._ones, self._ids, *self._list, planes, ASYMMETRIC_QUERY_BITS,
