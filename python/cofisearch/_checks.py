@@ -316,8 +316,11 @@ def check_floats(x, name, dim=None, *, one_d_ok=False):
     a = _as_2d(a, name, one_d_ok)
     if dim is not None and a.shape[1] != dim:
         raise ValueError(f"{name} must have {dim} columns, got {a.shape[1]}")
-    with np.errstate(over="ignore"):  # values beyond float32 become inf, rejected below
-        a = np.ascontiguousarray(a, dtype=np.float32)
+    # A single query's search is mostly fixed costs like these: float32 rows in order, the
+    # common case, skip the conversion and its error state.
+    if a.dtype != np.float32 or not a.flags.c_contiguous:
+        with np.errstate(over="ignore"):  # values beyond float32 become inf, rejected below
+            a = np.ascontiguousarray(a, dtype=np.float32)
     # min and max propagate NaN and expose infinities without a temporary the size of a.
     if a.size and not (np.isfinite(a.min()) and np.isfinite(a.max())):
         raise ValueError(f"{name} must contain only finite values, got NaN or infinity")
