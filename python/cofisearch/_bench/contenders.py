@@ -458,13 +458,19 @@ class CofiFlat(AnnContender):
         return self.index.search(q[rows], k, num_threads=self.threads).ids
 
 
-def asymmetric_coarse(nlist):
+def asymmetric_coarse(nlist, bits_per_dim=None):
     """A ``make_coarse`` for :class:`CofiIVFCascade`: the IVF index routed by the vectors
     and screened by asymmetric estimates (``screen="asymmetric"``) instead of Hamming
-    distances."""
+    distances, with screen codes of ``bits_per_dim`` bits a dimension rounded up to 64
+    (default: the index's, 2)."""
 
     def make(data, threads):
-        coarse = cofisearch.IVFBinaryIndex(data.codes.shape[1] * 8, nlist, screen="asymmetric")
+        bits = None
+        if bits_per_dim is not None:
+            dim = data.vectors.shape[1]
+            bits = max(dim, -(-int(bits_per_dim * dim) // 64) * 64)
+        coarse = cofisearch.IVFBinaryIndex(data.codes.shape[1] * 8, nlist, screen="asymmetric",
+                                           screen_bits=bits)
         coarse.train(data.codes, data.vectors, num_threads=threads)
         coarse.add(data.codes, data.vectors, num_threads=threads)
         return coarse
