@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from cofisearch import BinaryIndex, Cascade, FloatIndex, IVFBinaryIndex
 from cofisearch import ivf as ivf_module
+from cofisearch.ivf import _lists as lists_module
 from test_ids import Model
 
 
@@ -23,11 +24,11 @@ def filter_path(request, monkeypatch):
     """Forces a filtered search onto the bitmap probe, the probe of lists of the allowed
     items alone, or those lists probed everywhere."""
     if request.param in ("bitmap", "pack"):
-        monkeypatch.setattr(ivf_module, "GATHER_ROWS", -1)
-        monkeypatch.setattr(ivf_module, "_GATHER_FRACTION", 1 << 62)
-        monkeypatch.setattr(ivf_module, "PACK_QUERIES", 1 << 62 if request.param == "bitmap" else 0)
+        monkeypatch.setattr(lists_module, "GATHER_ROWS", -1)
+        monkeypatch.setattr(lists_module, "_GATHER_FRACTION", 1 << 62)
+        monkeypatch.setattr(lists_module, "PACK_QUERIES", 1 << 62 if request.param == "bitmap" else 0)
     else:
-        monkeypatch.setattr(ivf_module, "GATHER_ROWS", 1 << 62)
+        monkeypatch.setattr(lists_module, "GATHER_ROWS", 1 << 62)
     return request.param
 
 
@@ -89,7 +90,7 @@ def test_random_adds_removes_and_filters_match_numpy(simd, filter_path, nbits, t
 
 
 def test_a_selective_filter_is_ranked_over_every_list_and_a_wide_one_over_the_probed(monkeypatch):
-    monkeypatch.setattr(ivf_module, "GATHER_ROWS", 100)
+    monkeypatch.setattr(lists_module, "GATHER_ROWS", 100)
     rng = np.random.default_rng(3)
     index = IVFBinaryIndex(64, 16, nprobe=1)
     codes = rng.integers(0, 256, (4000, 8), dtype=np.uint8)

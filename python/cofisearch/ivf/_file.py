@@ -175,14 +175,8 @@ def _restore(settings, centroids, sizes, ids, codes, checksum, rotation=None, sc
 
 def _build(s, centroids, sizes, ids, codes, rotation=None, scale=None, acodes=None, factors=None):
     # Here rather than at the top: the package imports this module.
-    from . import (
-        _ROUTINGS,
-        _SCREENS,
-        IVFBinaryIndex,
-        _lists_from,
-        _norm_bound,
-        _Routing,
-    )
+    from . import _ROUTINGS, _SCREENS, IVFBinaryIndex, _norm_bound, _Routing
+    from ._lists import _lists_from
 
     index = IVFBinaryIndex(s.nbits, s.nlist, nprobe=s.nprobe, seed=s.seed, niter=s.niter,
                            max_points_per_centroid=s.max_points, screen=_SCREENS[s.screen],
