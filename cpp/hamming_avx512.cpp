@@ -577,9 +577,10 @@ std::size_t hamming_u8_count_avx512(const std::uint8_t* d, const std::uint32_t* 
   return nb;
 }
 
-void hamming_u8_collect_avx512(const std::uint8_t* d, const std::uint32_t* blocks, std::size_t nb,
-                               std::uint8_t t, std::size_t ties, std::uint32_t* lt,
-                               std::uint32_t* eq) {
+std::size_t hamming_u8_collect_avx512(const std::uint8_t* d, const std::uint32_t* blocks,
+                                      std::size_t nb, std::uint8_t t, std::size_t ties,
+                                      std::uint32_t* lt, std::uint32_t* eq) {
+  u32* const first = lt;
   const __m512i tv = _mm512_set1_epi8(static_cast<char>(t));
   for (sz b = 0; b < nb; ++b) {
     const sz i = blocks[b];
@@ -597,6 +598,7 @@ void hamming_u8_collect_avx512(const std::uint8_t* d, const std::uint32_t* block
     for (u64 e = ties ? same : 0; e && ties; e &= e - 1, --ties)
       *eq++ = static_cast<u32>(i + static_cast<sz>(__builtin_ctzll(e)));
   }
+  return static_cast<sz>(lt - first);
 }
 
 }  // namespace cofisearch

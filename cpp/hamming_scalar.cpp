@@ -133,9 +133,10 @@ std::size_t hamming_u8_count_scalar(const std::uint8_t* d, const std::uint32_t* 
   return nb;
 }
 
-void hamming_u8_collect_scalar(const std::uint8_t* d, const std::uint32_t* blocks, std::size_t nb,
-                               std::uint8_t t, std::size_t ties, std::uint32_t* lt,
-                               std::uint32_t* eq) {
+std::size_t hamming_u8_collect_scalar(const std::uint8_t* d, const std::uint32_t* blocks,
+                                      std::size_t nb, std::uint8_t t, std::size_t ties,
+                                      std::uint32_t* lt, std::uint32_t* eq) {
+  std::uint32_t* const first = lt;
   for (std::size_t b = 0; b < nb; ++b)
     for (std::size_t i = blocks[b]; i < blocks[b] + kDistBlock; ++i) {
       const std::uint8_t v = d[i];
@@ -146,6 +147,7 @@ void hamming_u8_collect_scalar(const std::uint8_t* d, const std::uint32_t* block
         --ties;
       }
     }
+  return static_cast<std::size_t>(lt - first);
 }
 
 }  // namespace cofisearch

@@ -129,12 +129,13 @@ using HammingCountFn = std::size_t(const std::uint8_t* d, const std::uint32_t* f
 
 // Of the nb blocks of row d at offsets blocks[0, nb) (ascending), writes in ascending
 // order the codes whose distance is < t to lt, and the `ties` smallest codes at distance t
-// to eq; the blocks hold every code at distance t or below. lt has room for
+// to eq (eq may be null when ties is 0); returns the number written to lt. The blocks
+// hold every code below t, and every code at t when ties > 0. lt has room for
 // kCollectSlack entries past the last: a kernel may write there rather than branch.
 constexpr std::size_t kCollectSlack = 2;
-using HammingCollectFn = void(const std::uint8_t* d, const std::uint32_t* blocks, std::size_t nb,
-                              std::uint8_t t, std::size_t ties, std::uint32_t* lt,
-                              std::uint32_t* eq);
+using HammingCollectFn = std::size_t(const std::uint8_t* d, const std::uint32_t* blocks,
+                                     std::size_t nb, std::uint8_t t, std::size_t ties,
+                                     std::uint32_t* lt, std::uint32_t* eq);
 
 // Emits every pair whose inner product is > thresh[q], or unordered with it: a NaN
 // threshold therefore admits everything, which is how an unfilled heap is signalled.
