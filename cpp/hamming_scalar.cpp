@@ -56,6 +56,38 @@ void hamming_b8_pack_scalar(const std::uint8_t* codes, std::size_t n, std::size_
   }
 }
 
+void hamming_b8_pack_groups_scalar(const std::uint8_t* codes, std::size_t n, std::size_t nbytes,
+                                   std::uint64_t* panel) {
+  const std::size_t words = (nbytes + 7) / 8;
+  const std::size_t ld = (n + kDistBlock - 1) / kDistBlock * kDistBlock;
+  std::fill_n(panel, ld * words, std::uint64_t(0));
+  for (std::size_t i = 0; i < n; ++i) {
+    // Code i at panel row r, lane r % 8 of group r / 8 (the map is its own inverse).
+    const std::size_t r = (i & ~std::size_t(63)) | (i & 7) << 3 | (i >> 3 & 7);
+    std::uint64_t* out = panel + r / kCodeGroup * words * kCodeGroup + r % kCodeGroup;
+    const std::uint8_t* code = codes + i * nbytes;
+    for (std::size_t j = 0; j < words; ++j) {
+      std::uint64_t w = 0;
+      for (std::size_t b = 0; b < 8 && 8 * j + b < nbytes; ++b)
+        w |= static_cast<std::uint64_t>(code[8 * j + b]) << (8 * b);
+      out[j * kCodeGroup] = w;
+    }
+  }
+}
+
+void hamming_b8_pack_planes_scalar(const std::uint8_t* codes, std::size_t n, std::size_t nbytes,
+                                   std::uint64_t* panel) {
+  const std::size_t planes = (nbytes + 7) / 8 * 8;
+  const std::size_t ld = (n + kDistBlock - 1) / kDistBlock * kDistBlock;
+  // Bytes written through an unsigned char pointer may alias the words.
+  auto* out = reinterpret_cast<unsigned char*>(panel);
+  std::fill_n(out, ld * planes, static_cast<unsigned char>(0));
+  for (std::size_t i = 0; i < n; ++i) {
+    unsigned char* block = out + i / kDistBlock * planes * kDistBlock + i % kDistBlock;
+    for (std::size_t j = 0; j < nbytes; ++j) block[j * kDistBlock] = codes[i * nbytes + j];
+  }
+}
+
 std::size_t hamming_b8_scan_packed_scalar(const std::uint64_t* qwords, std::size_t nq,
                                           const std::uint64_t* panel, std::size_t n,
                                           std::size_t words, const std::uint32_t* thresh,

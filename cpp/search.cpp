@@ -440,16 +440,10 @@ void hamming_dense(const HammingScan<CountingSelector>& s, const std::uint8_t* c
   const KernelSet& ks = s.k;
   const std::size_t words = s.words();
   const std::size_t ld = (n + kDistBlock - 1) / kDistBlock * kDistBlock;
-  // The database once, each block of 64 codes transposed (kernels.h).
+  // The database once, as the level's kernel reads it (kernels.h).
+  static_assert(kMaxCountingBits <= 64 * kDenseMaxWords, "dense panels hold every counted width");
   std::vector<std::uint64_t> panel(ld * words);
-  {
-    std::vector<std::uint8_t> order(ld * s.stride, 0);
-    for (std::size_t i = 0; i < n; ++i) {
-      const std::size_t r = (i & ~std::size_t(63)) | (i & 7) << 3 | (i >> 3 & 7);
-      std::memcpy(order.data() + r * s.stride, codes + i * s.stride, s.stride);
-    }
-    ks.hamming_pack(order.data(), ld, s.stride, panel.data());
-  }
+  ks.hamming_dense_pack(codes, n, s.stride, panel.data());
   const std::size_t tiles = (nq + kDenseTile - 1) / kDenseTile;
   const int T = threads_for(nthreads, n * nq * s.stride, tiles);
   const auto sentinel = static_cast<std::uint32_t>(kHammingSentinel);
