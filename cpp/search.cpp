@@ -312,9 +312,6 @@ constexpr std::size_t kDenseMinQueries = 16;
 
 using Hit8 = Entry<HammingOrder>;
 
-// The largest k for which select_row collects a row's codes up to its first thresholds
-// before counting them.
-constexpr std::size_t kCollectFirstMax = 24;
 
 // One thread's buffers for select_row, kept from row to row.
 struct RowSelection {
@@ -322,6 +319,9 @@ struct RowSelection {
   std::vector<std::uint32_t> blocks;  // blocks the last count listed
   std::vector<std::uint32_t> every;   // every block of a row
   std::vector<Hit8> sorted;           // the codes of a row up to the first threshold, sorted
+  // Whether select_row collects the next row's codes up to its first thresholds before
+  // counting them: while the last row had few of them per listed block.
+  bool collect_first = false;
   // A moving average of the recent rows' cap-th distances: this row's, give or take one
   // (counted for 1,000 random queries over 5,000 codes at k = 10, it took 4.1 / 4.5 / 5.7
   // thresholds a row at 64 / 128 / 256 bits, against 4.2 / 5.2 / 6.9 guessing the
@@ -340,10 +340,10 @@ struct RowSelection {
 
 // The cap best of one row d of ld byte distances (kernels.h), best first, into best. The
 // kernel that wrote the row listed its nfirst blocks holding a distance up to
-// first[kCountSpan - 1]; where they hold cap codes, those are the ones, else the row is
-// counted there at the thresholds `first`, then as many more times as it takes. A row has at least cap codes, but those past
-// kByteDistanceMax are saturated there: returns false when the cap-th best is one of them
-// (the caller then searches the query exactly).
+// first[kCountSpan - 1]; the best are collected there, or the row is counted there at
+// the thresholds `first`, then as many more times as it takes. A row has at least cap
+// codes, but those past kByteDistanceMax are saturated there: returns false when the
+// cap-th best is one of them (the caller then searches the query exactly).
 bool select_row(const KernelSet& ks, const std::uint8_t* d, std::size_t ld, std::size_t cap,
                 const std::uint8_t* first, const std::uint32_t* listed, std::size_t nfirst,
                 RowSelection& w, Hit8* best) {
@@ -356,19 +356,24 @@ bool select_row(const KernelSet& ks, const std::uint8_t* d, std::size_t ld, std:
   }
   // Usually the guess holds: the listed blocks hold the cap-th distance, with two or
   // three times cap codes at or below the top threshold (random 64-bit codes, 5,000 of
-  // them, k = 10: 22 in 19 blocks of 79). For small cap those are collected in one pass,
-  // in id order, and sorted by distance, where counting first and collecting at the
-  // count's answer read the blocks twice. The sort grows with cap and the count does
-  // not: one thread, 5,000 x 5,000 all-vs-all, time of the one pass over the two (Intel
-  // Xeon, family 6 model 106): 64 bits k = 10 0.95, 20 0.95, 32 1.0, 50 1.35, 100 1.6;
-  // 256 bits k = 10 0.85-0.98, 100 1.07.
+  // them, k = 10: 22 in 19 blocks of 79). Those can be collected in one pass, in id
+  // order, and sorted by distance, where counting first and collecting at the count's
+  // answer read the blocks twice. That pays while the blocks hold about one such code
+  // each; past that the sort and the collect's loop over each block's codes grow and the
+  // count does not. One thread, all-vs-all, time of the one pass over the two, (codes
+  // per listed block) (Intel Xeon, family 6 model 106): 64 bits, 5,000 codes, k = 10
+  // 0.95 (1.15), 20 0.95 (1.3), 32 1.0 (1.6), 50 1.35 (2), 100 1.6 (3.4); 1,000 codes
+  // k = 10 1.15 (2). The last row's ratio decides for the next (a count of the first
+  // thresholds gives it too).
   const std::uint8_t top = first[kCountSpan - 1];
+  const auto few_per_block = [nfirst](std::size_t codes) { return 2 * codes <= 3 * nfirst; };
   if (w.pos.size() < ld + kCollectSlack) w.pos.resize(ld + kCollectSlack);
-  const std::size_t up_to =
-      cap <= kCollectFirstMax
-          ? ks.hamming_collect(d, listed, nfirst, static_cast<std::uint8_t>(top + 1), 0,
-                               w.pos.data(), nullptr)
-          : 0;
+  std::size_t up_to = 0;
+  if (w.collect_first) {
+    up_to = ks.hamming_collect(d, listed, nfirst, static_cast<std::uint8_t>(top + 1), 0,
+                               w.pos.data(), nullptr);
+    w.collect_first = few_per_block(up_to);
+  }
   if (up_to >= cap) {
     std::uint32_t start[kTop + 1];
     std::fill_n(start, top + 1u, 0u);
@@ -394,6 +399,7 @@ bool select_row(const KernelSet& ks, const std::uint8_t* d, std::size_t ld, std:
   // A count lists, in w.blocks, the blocks holding a distance up to its highest
   // threshold: below that, the next count or the collect reads only those.
   std::size_t nlisted = ks.hamming_count(d, listed, nfirst, t, counts, w.blocks.data());
+  w.collect_first = few_per_block(counts[kCountSpan - 1]);
   for (;;) {
     for (std::size_t j = 0; j < kCountSpan; ++j) {
       if (counts[j] >= cap) {
