@@ -4,6 +4,7 @@
 // running anywhere.
 #include <algorithm>
 #include <cstring>
+#include <initializer_list>
 
 #include "kernels.h"
 

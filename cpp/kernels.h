@@ -101,6 +101,8 @@ using HammingPackedScanFn = std::size_t(const std::uint64_t* qwords, std::size_t
 constexpr std::size_t kDistBlock = 64;
 constexpr std::uint32_t kByteDistanceMax = 255;
 
+// The widest codes, in 64-bit words, of a dense panel: the AVX-512 kernel keeps every
+// byte of its queries on its stack.
 constexpr std::size_t kDenseMaxWords = 16;
 
 // Writes the dense panel of codes [0, n) for the level's HammingDistFn: every 64-bit word

@@ -312,15 +312,15 @@ constexpr std::size_t kDenseMinQueries = 16;
 
 using Hit8 = Entry<HammingOrder>;
 
-
 // One thread's buffers for select_row, kept from row to row.
 struct RowSelection {
-  std::vector<std::uint32_t> pos;     // collected codes: those under t, slack, the ties
+  std::vector<std::uint32_t> pos;     // collected codes: those under t, slack, the ties;
+                                      // or those up to the first thresholds
   std::vector<std::uint32_t> blocks;  // blocks the last count listed
   std::vector<std::uint32_t> every;   // every block of a row
   std::vector<Hit8> sorted;           // the codes of a row up to the first threshold, sorted
   // Whether select_row collects the next row's codes up to its first thresholds before
-  // counting them: while the last row had few of them per listed block.
+  // counting them: while the last row had at most 1.5 of them per listed block.
   bool collect_first = false;
   // A moving average of the recent rows' cap-th distances: this row's, give or take one
   // (counted for 1,000 random queries over 5,000 codes at k = 10, it took 4.1 / 4.5 / 5.7
