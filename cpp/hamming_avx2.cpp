@@ -250,9 +250,10 @@ std::size_t hamming_u8_count_avx2(const std::uint8_t* d, const std::uint32_t* fr
   return nb;
 }
 
-void hamming_u8_collect_avx2(const std::uint8_t* d, const std::uint32_t* blocks, std::size_t nb,
-                             std::uint8_t t, std::size_t ties, std::uint32_t* lt,
-                             std::uint32_t* eq) {
+std::size_t hamming_u8_collect_avx2(const std::uint8_t* d, const std::uint32_t* blocks,
+                                    std::size_t nb, std::uint8_t t, std::size_t ties,
+                                    std::uint32_t* lt, std::uint32_t* eq) {
+  u32* const first = lt;
   const __m256i tv = _mm256_set1_epi8(static_cast<char>(t));
   for (sz b = 0; b < nb; ++b) {
     const sz i = blocks[b];
@@ -267,6 +268,7 @@ void hamming_u8_collect_avx2(const std::uint8_t* d, const std::uint32_t* blocks,
     for (u64 m = ties ? same : 0; m && ties; m &= m - 1, --ties)
       *eq++ = static_cast<u32>(i + static_cast<sz>(__builtin_ctzll(m)));
   }
+  return static_cast<sz>(lt - first);
 }
 
 }  // namespace cofisearch

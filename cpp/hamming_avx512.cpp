@@ -1,4 +1,5 @@
-// AVX-512 Hamming kernel (F, BW, VL and VPOPCNTDQ), compiled only in this translation unit.
+// AVX-512 Hamming kernel (F, BW, VL, VPOPCNTDQ and BITALG), compiled only in this
+// translation unit.
 //
 // VPOPCNTQ counts bits per 64-bit lane, so a 512-bit register holds 8 codes of 64 bits,
 // 4 of 128, 2 of 256 or a part of one longer code. Summing lanes per code one register
@@ -316,75 +317,71 @@ HammingHit* packed_group(const u64* qwords, sz q0, const u64* panel, sz n, sz wo
   return out;
 }
 
-// G queries' rows of byte distances (kernels.h), a block of 64 codes (8 panel groups) at
-// a time: the block's 8 registers of distances per query merge into one with shifts (at
-// most 255 each, saturated first where the width allows more), one store per block and
-// query. Converting each register to bytes instead (VPMOVUSQB) cost two shuffle-port
-// operations per 8 codes and query, as much again as the popcounts.
+// G queries' rows of byte distances over a panel of byte planes (kernels.h), a block of
+// 64 codes at a time: per plane and query one XOR, one VPOPCNTB and one saturating byte
+// add (a plane adds at most 8, so a row saturates at kByteDistanceMax as it must), one
+// store per block and query. The groups layout spent a shift or a merge per 8 codes and
+// query putting qword counts into bytes, and as many again on the popcounts' port.
 template <int G, int W>
-void dist_group(const u64* qwords, sz q0, const u64* panel, sz n, sz words, u8* dist, sz ld,
-                const RowBlocks& rb) {
+void plane_group(const u64* qwords, sz q0, const u8* panel, sz n, sz words, u8* dist, sz ld,
+                 const RowBlocks& rb) {
+  constexpr sz kStride = 8 * kDenseMaxWords;
   const sz nw = W > 0 ? static_cast<sz>(W) : words;
-  const u64* qw = qwords + q0 * nw;
-  const __m512i top = _mm512_set1_epi64(kByteDistanceMax);
+  const sz planes = 8 * nw;
+  // Each query byte repeated through a word: the XOR's embedded-broadcast operand, so the
+  // G * planes query bytes take no registers and no byte broadcast (a shuffle-port
+  // operation) runs per block.
+  alignas(64) u64 qb[G][kStride];
+  for (int j = 0; j < G; ++j)
+    for (sz p = 0; p < planes; ++p)
+      qb[j][p] = (qwords[(q0 + j) * nw + p / 8] >> (8 * (p % 8)) & 0xFF) * 0x0101010101010101ull;
   const __m512i t = _mm512_set1_epi8(static_cast<char>(rb.t));
+  const __m512i top = _mm512_set1_epi8(static_cast<char>(kByteDistanceMax));
   u32 listed[G] = {};
   u32* blocks[G];
   for (int j = 0; j < G; ++j) blocks[j] = rb.blocks + (q0 + j) * (ld / kDistBlock);
-  for (sz g0 = 0; 8 * g0 < n; g0 += 8) {
-    __m512i acc[8][G];
-    if (8 * g0 + 64 <= n) {
-      // A whole block: unrolled, so that the accumulators stay in registers (indexed by
-      // a loop counter, they went through the stack).
-#pragma GCC unroll 8
-      for (sz u = 0; u < 8; ++u) {
-        for (int j = 0; j < G; ++j) acc[u][j] = _mm512_setzero_si512();
-        add_distances<G, W>(qw, panel + (g0 + u) * 8 * nw, nw, acc[u]);
-        if (W == 0 || W >= 4)
-          for (int j = 0; j < G; ++j) acc[u][j] = _mm512_min_epu64(acc[u][j], top);
-      }
-    } else {
-      // The last block, with codes past n: group u's lane l holds code 8 * g0 + 8l + u.
-      const sz left = n - 8 * g0;
-      for (sz u = 0; u < 8; ++u) {
-        for (int j = 0; j < G; ++j) acc[u][j] = top;
-        if (u >= left) continue;
-        __m512i d[G];
-        for (int j = 0; j < G; ++j) d[j] = _mm512_setzero_si512();
-        add_distances<G, W>(qw, panel + (g0 + u) * 8 * nw, nw, d);
-        const sz lanes = (left - u + 7) / 8;
-        const __mmask8 in = static_cast<__mmask8>((1u << lanes) - 1);
-        for (int j = 0; j < G; ++j) acc[u][j] = _mm512_mask_min_epu64(top, in, d[j], top);
-      }
+  for (sz i = 0; i < n; i += kDistBlock) {
+    const u8* block = panel + i * planes;
+    const u64* qp = &qb[0][0];
+    // Hidden, the query words stay memory operands; the compiler would otherwise hoist
+    // their broadcasts into more registers than there are, and spill them.
+    __asm__("" : "+r"(qp));
+    __m512i acc[G];
+    {
+      const __m512i c = _mm512_loadu_si512(block);
+      for (int j = 0; j < G; ++j)
+        acc[j] = _mm512_popcnt_epi8(
+            _mm512_xor_si512(c, _mm512_set1_epi64(static_cast<long long>(qp[j * kStride]))));
+    }
+#pragma GCC unroll 32
+    for (sz p = 1; p < planes; ++p) {
+      const __m512i c = _mm512_loadu_si512(block + 64 * p);
+      for (int j = 0; j < G; ++j)
+        acc[j] = _mm512_adds_epu8(
+            acc[j], _mm512_popcnt_epi8(_mm512_xor_si512(
+                        c, _mm512_set1_epi64(static_cast<long long>(qp[j * kStride + p])))));
+    }
+    if (n - i < kDistBlock) {
+      const __mmask64 in = ~0ull >> (kDistBlock - (n - i));
+      for (int j = 0; j < G; ++j) acc[j] = _mm512_mask_blend_epi8(in, top, acc[j]);
     }
     for (int j = 0; j < G; ++j) {
-      const __m512i a = _mm512_ternarylogic_epi64(acc[0][j], _mm512_slli_epi64(acc[1][j], 8),
-                                                  _mm512_slli_epi64(acc[2][j], 16), 0xFE);
-      const __m512i b = _mm512_ternarylogic_epi64(_mm512_slli_epi64(acc[3][j], 24),
-                                                  _mm512_slli_epi64(acc[4][j], 32),
-                                                  _mm512_slli_epi64(acc[5][j], 40), 0xFE);
-      const __m512i c = _mm512_ternarylogic_epi64(_mm512_slli_epi64(acc[6][j], 48),
-                                                  _mm512_slli_epi64(acc[7][j], 56), a, 0xFE);
-      const __m512i v = _mm512_or_si512(b, c);
-      _mm512_storeu_si512(dist + (q0 + j) * ld + 8 * g0, v);
+      _mm512_storeu_si512(dist + (q0 + j) * ld + i, acc[j]);
       // Listed without a branch, as in hamming_u8_count_avx512.
-      blocks[j][listed[j]] = static_cast<u32>(8 * g0);
-      listed[j] += _mm512_cmple_epu8_mask(v, t) != 0;
+      blocks[j][listed[j]] = static_cast<u32>(i);
+      listed[j] += _mm512_cmple_epu8_mask(acc[j], t) != 0;
     }
   }
   for (int j = 0; j < G; ++j) rb.listed[q0 + j] = listed[j];
 }
 
 template <int W>
-void dist_packed(const u64* qwords, sz nq, const u64* panel, sz n, sz words, u8* dist, sz ld,
+void dist_planes(const u64* qwords, sz nq, const u8* panel, sz n, sz words, u8* dist, sz ld,
                  const RowBlocks& rb) {
-  // Two queries share each loaded code where their 16 accumulators leave room for the
-  // query words (256-bit codes: a 5,000 x 5,000 all-vs-all at k = 1 ran at 0.83 of the
-  // large-batch rate, against 0.61 with one query).
-  constexpr int G = W > 0 && W <= 4 ? 2 : 1;
+  constexpr int G = 4;
   sz q = 0;
-  for (; q + G <= nq; q += G) dist_group<G, W>(qwords, q, panel, n, words, dist, ld, rb);
-  for (; q < nq; ++q) dist_group<1, W>(qwords, q, panel, n, words, dist, ld, rb);
+  for (; q + G <= nq; q += G) plane_group<G, W>(qwords, q, panel, n, words, dist, ld, rb);
+  for (; q < nq; ++q) plane_group<1, W>(qwords, q, panel, n, words, dist, ld, rb);
 }
 
 template <int W>
@@ -534,14 +531,14 @@ std::size_t hamming_b8_scan_packed_avx512(const std::uint64_t* qwords, std::size
 void hamming_b8_dist_packed_avx512(const std::uint64_t* qwords, std::size_t nq,
                                    const std::uint64_t* panel, std::size_t n, std::size_t words,
                                    std::uint8_t* dist, std::size_t ld, const RowBlocks& rb) {
+  // Byte planes, read as bytes (a char type may alias the words).
+  const auto* planes = reinterpret_cast<const u8*>(panel);
   switch (words) {
-    case 1: return dist_packed<1>(qwords, nq, panel, n, words, dist, ld, rb);
-    case 2: return dist_packed<2>(qwords, nq, panel, n, words, dist, ld, rb);
-    case 3: return dist_packed<3>(qwords, nq, panel, n, words, dist, ld, rb);
-    case 4: return dist_packed<4>(qwords, nq, panel, n, words, dist, ld, rb);
-    case 5: return dist_packed<5>(qwords, nq, panel, n, words, dist, ld, rb);
-    case 6: return dist_packed<6>(qwords, nq, panel, n, words, dist, ld, rb);
-    default: return dist_packed<0>(qwords, nq, panel, n, words, dist, ld, rb);
+    case 1: return dist_planes<1>(qwords, nq, planes, n, words, dist, ld, rb);
+    case 2: return dist_planes<2>(qwords, nq, planes, n, words, dist, ld, rb);
+    case 3: return dist_planes<3>(qwords, nq, planes, n, words, dist, ld, rb);
+    case 4: return dist_planes<4>(qwords, nq, planes, n, words, dist, ld, rb);
+    default: return dist_planes<0>(qwords, nq, planes, n, words, dist, ld, rb);
   }
 }
 
@@ -577,9 +574,10 @@ std::size_t hamming_u8_count_avx512(const std::uint8_t* d, const std::uint32_t* 
   return nb;
 }
 
-void hamming_u8_collect_avx512(const std::uint8_t* d, const std::uint32_t* blocks, std::size_t nb,
-                               std::uint8_t t, std::size_t ties, std::uint32_t* lt,
-                               std::uint32_t* eq) {
+std::size_t hamming_u8_collect_avx512(const std::uint8_t* d, const std::uint32_t* blocks,
+                                      std::size_t nb, std::uint8_t t, std::size_t ties,
+                                      std::uint32_t* lt, std::uint32_t* eq) {
+  u32* const first = lt;
   const __m512i tv = _mm512_set1_epi8(static_cast<char>(t));
   for (sz b = 0; b < nb; ++b) {
     const sz i = blocks[b];
@@ -597,6 +595,7 @@ void hamming_u8_collect_avx512(const std::uint8_t* d, const std::uint32_t* block
     for (u64 e = ties ? same : 0; e && ties; e &= e - 1, --ties)
       *eq++ = static_cast<u32>(i + static_cast<sz>(__builtin_ctzll(e)));
   }
+  return static_cast<sz>(lt - first);
 }
 
 }  // namespace cofisearch

@@ -15,7 +15,7 @@
 // over bytes of packed bits, dot_f32_*), each metric and instruction set in its own
 // translation unit (hamming_scalar.cpp ... dot_avx512.cpp) compiled with its own flags;
 // the exceptions are the packs that only move data (the float pack and the code pack at
-// AVX2), which are the portable ones. The scalar units are the reference
+// AVX2, the dense panels), which are the portable ones. The scalar units are the reference
 // the others are tested against.
 //
 // What a unit compiled with ISA flags may include: <immintrin.h> and this header (which
@@ -87,12 +87,28 @@ using HammingPackedScanFn = std::size_t(const std::uint64_t* qwords, std::size_t
 //
 // A row holds code i's distance, saturated at kByteDistanceMax, at byte i, and
 // kByteDistanceMax in its padding up to ld = n rounded up to kDistBlock. The codes come
-// as a panel (HammingPackFn) of ld codes in which each block of 64 is transposed: group
-// 8b + u, lane l holds code 64b + 8l + u (panel rows past n are ignored). A kernel then
-// computes 8 registers of distances whose merge into one register with shifts (lane l of
-// register u to byte 8l + u) puts every code at its own byte, with no byte shuffle.
+// as the level's dense panel (HammingDensePackFn), for ld codes of at most kDenseMaxWords
+// words, in one of two layouts:
+// - groups (scalar, AVX2): a panel (HammingPackFn) in which each block of 64 codes is
+//   transposed: group 8b + u, lane l holds code 64b + 8l + u. A kernel then computes 8
+//   registers of distances whose merge into one register with shifts (lane l of
+//   register u to byte 8l + u) puts every code at its own byte, with no byte shuffle.
+// - byte planes (AVX-512): with words = ceil(nbytes / 8), block b of 64 codes is 8 *
+//   words planes of 64 bytes, plane j holding byte j of code 64b + l at byte l (zeros
+//   past nbytes and past n): [(b * 8 * words + j) * 64 + l] as bytes. VPOPCNTB of a plane
+//   XORed with the query's byte j adds up to the row's bytes directly, where the groups
+//   cost a merge into bytes as dear as the popcounts.
 constexpr std::size_t kDistBlock = 64;
 constexpr std::uint32_t kByteDistanceMax = 255;
+
+// The widest codes, in 64-bit words, of a dense panel: the AVX-512 kernel keeps every
+// byte of its queries on its stack.
+constexpr std::size_t kDenseMaxWords = 16;
+
+// Writes the dense panel of codes [0, n) for the level's HammingDistFn: every 64-bit word
+// of ceil(n / kDistBlock) * kDistBlock codes of ceil(nbytes / 8) words, padding included.
+using HammingDensePackFn = void(const std::uint8_t* codes, std::size_t n, std::size_t nbytes,
+                                std::uint64_t* panel);
 
 // Thresholds counted in one pass over a row.
 constexpr std::size_t kCountSpan = 4;
@@ -111,7 +127,7 @@ struct RowBlocks {
 };
 
 // Writes row q of nq queries (words as for HammingPackedScanFn) to dist + q * ld, and
-// lists its blocks into rb.
+// lists its blocks into rb. panel is the level's dense panel.
 using HammingDistFn = void(const std::uint64_t* qwords, std::size_t nq,
                            const std::uint64_t* panel, std::size_t n, std::size_t words,
                            std::uint8_t* dist, std::size_t ld, const RowBlocks& rb);
@@ -129,12 +145,13 @@ using HammingCountFn = std::size_t(const std::uint8_t* d, const std::uint32_t* f
 
 // Of the nb blocks of row d at offsets blocks[0, nb) (ascending), writes in ascending
 // order the codes whose distance is < t to lt, and the `ties` smallest codes at distance t
-// to eq; the blocks hold every code at distance t or below. lt has room for
+// to eq (eq may be null when ties is 0); returns the number written to lt. The blocks
+// hold every code below t, and every code at t when ties > 0. lt has room for
 // kCollectSlack entries past the last: a kernel may write there rather than branch.
 constexpr std::size_t kCollectSlack = 2;
-using HammingCollectFn = void(const std::uint8_t* d, const std::uint32_t* blocks, std::size_t nb,
-                              std::uint8_t t, std::size_t ties, std::uint32_t* lt,
-                              std::uint32_t* eq);
+using HammingCollectFn = std::size_t(const std::uint8_t* d, const std::uint32_t* blocks,
+                                     std::size_t nb, std::uint8_t t, std::size_t ties,
+                                     std::uint32_t* lt, std::uint32_t* eq);
 
 // Emits every pair whose inner product is > thresh[q], or unordered with it: a NaN
 // threshold therefore admits everything, which is how an unfilled heap is signalled.
@@ -177,6 +194,8 @@ std::uint32_t hamming_b8_distance_scalar(const std::uint8_t* a, const std::uint8
                                          std::size_t nbytes);
 HammingScanFn hamming_b8_scan_scalar;
 HammingPackFn hamming_b8_pack_scalar;
+HammingDensePackFn hamming_b8_pack_groups_scalar;
+HammingDensePackFn hamming_b8_pack_planes_scalar;
 HammingPackedScanFn hamming_b8_scan_packed_scalar;
 HammingDistFn hamming_b8_dist_packed_scalar;
 HammingCountFn hamming_u8_count_scalar;
@@ -220,6 +239,7 @@ struct KernelSet {
   HammingPackedScanFn* hamming_scan_packed;
   // The smallest batch of codes of nbytes bytes for which the driver packs blocks.
   std::size_t (*hamming_panel_min_queries)(std::size_t nbytes);
+  HammingDensePackFn* hamming_dense_pack;
   HammingDistFn* hamming_dist;
   HammingCountFn* hamming_count;
   HammingCollectFn* hamming_collect;

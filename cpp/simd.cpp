@@ -28,8 +28,11 @@ SimdLevel detect() {
   if ((xcr0 & 0x6) != 0x6) return SimdLevel::scalar;  // XMM and YMM state
   if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return SimdLevel::scalar;
   if (!(b & (1u << 5))) return SimdLevel::scalar;  // AVX2
+  // F, DQ, BW, VL, VPOPCNTDQ and BITALG (VPOPCNTB). Every processor with BW and
+  // VPOPCNTDQ has BITALG too (Ice Lake and later, Zen 4 and later); the one with
+  // VPOPCNTDQ and not BITALG, Knights Mill, lacks BW and never ran this level.
   const bool avx512 = (b & (1u << 16)) && (b & (1u << 17)) && (b & (1u << 30)) &&
-                      (b & (1u << 31)) && (c & (1u << 14));  // F, DQ, BW, VL, VPOPCNTDQ
+                      (b & (1u << 31)) && (c & (1u << 14)) && (c & (1u << 12));
   const bool zmm_state = (xcr0 & 0xE6) == 0xE6;                // opmask, ZMM hi256, hi16
   return avx512 && zmm_state ? SimdLevel::avx512 : SimdLevel::avx2;
 }
@@ -82,7 +85,7 @@ std::size_t hamming_dense_avx512(std::size_t nbytes) {
 
 constexpr KernelSet kScalar = {hamming_b8_scan_scalar,     hamming_b8_pack_scalar,
                                hamming_b8_scan_packed_scalar, hamming_panels_never,
-                               hamming_b8_dist_packed_scalar, hamming_u8_count_scalar,
+                               hamming_b8_pack_groups_scalar, hamming_b8_dist_packed_scalar, hamming_u8_count_scalar,
                                hamming_u8_collect_scalar,  hamming_dense_never,
                                dot_f32_scan_scalar,
                                dot_f32_gather_scalar,      dot_f32_pack_scalar,
@@ -91,7 +94,7 @@ constexpr KernelSet kScalar = {hamming_b8_scan_scalar,     hamming_b8_pack_scala
 #if defined(COFISEARCH_X86)
 constexpr KernelSet kAvx2 = {hamming_b8_scan_avx2,     hamming_b8_pack_scalar,
                              hamming_b8_scan_packed_avx2, hamming_panels_avx2,
-                             hamming_b8_dist_packed_avx2, hamming_u8_count_avx2,
+                             hamming_b8_pack_groups_scalar, hamming_b8_dist_packed_avx2, hamming_u8_count_avx2,
                              hamming_u8_collect_avx2,  hamming_dense_never,
                              dot_f32_scan_avx2,
                              dot_f32_gather_avx2,      dot_f32_pack_scalar,
@@ -99,7 +102,7 @@ constexpr KernelSet kAvx2 = {hamming_b8_scan_avx2,     hamming_b8_pack_scalar,
                              kNoPanels};
 constexpr KernelSet kAvx512 = {hamming_b8_scan_avx512,     hamming_b8_pack_avx512,
                                hamming_b8_scan_packed_avx512, hamming_panels_avx512,
-                               hamming_b8_dist_packed_avx512, hamming_u8_count_avx512,
+                               hamming_b8_pack_planes_scalar, hamming_b8_dist_packed_avx512, hamming_u8_count_avx512,
                                hamming_u8_collect_avx512,  hamming_dense_avx512,
                                dot_f32_scan_avx512,
                                dot_f32_gather_avx512,      dot_f32_pack_avx512,
@@ -110,7 +113,7 @@ constexpr KernelSet kAvx512 = {hamming_b8_scan_avx512,     hamming_b8_pack_avx51
 // Every kernel at every level: the driver never checks for a missing one.
 constexpr bool complete(const KernelSet& k) {
   return k.hamming_scan && k.hamming_pack && k.hamming_scan_packed &&
-         k.hamming_panel_min_queries && k.hamming_dist && k.hamming_count &&
+         k.hamming_panel_min_queries && k.hamming_dense_pack && k.hamming_dist && k.hamming_count &&
          k.hamming_collect && k.hamming_dense_max_rows && k.dot_scan && k.dot_gather && k.dot_pack && k.dot_scan_packed &&
          k.dot_scan_qpanel && k.dot_panel_min_queries > 0;
 }

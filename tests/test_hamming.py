@@ -254,6 +254,27 @@ def test_rows_of_byte_distances_break_ties_across_blocks(simd, threads):
         np.testing.assert_array_equal(i, ri)
 
 
+@pytest.mark.parametrize("nbytes", [*range(1, 18), 24, 31, 32, 33, 63, 64, 128])
+def test_rows_of_byte_distances_at_every_width_and_tail(simd, nbytes):
+    # Each level lays the database out for its own row kernel (AVX-512: one plane per
+    # byte of the codes, 64 codes a plane); every width, database sizes around the
+    # 64-code blocks, 21 queries (a tile of 16 and a tail, groups of 4 and a tail), and
+    # k on both sides of the selection's one-pass limit. Rows repeat, so distances tie
+    # within and across blocks; the queries include a stored code and its complement.
+    rng = np.random.default_rng(300 + nbytes)
+    for n in (1, 63, 64, 65, 130):
+        db = rng.integers(0, 256, (n, nbytes), dtype=np.uint8)
+        db[n // 3 :: 5] = db[0]
+        queries = rng.integers(0, 256, (21, nbytes), dtype=np.uint8)
+        queries[0], queries[1] = db[-1], ~db[-1]
+        for k in (1, 10, 24, 25, n):
+            with hamming_path_forced("dense"):
+                d, i = cofisearch.hamming_knn(db, queries, k, num_threads=1)
+            rd, ri = hamming_reference(db, queries, k)
+            np.testing.assert_array_equal(d, rd, err_msg=f"n={n} k={k}")
+            np.testing.assert_array_equal(i, ri, err_msg=f"n={n} k={k}")
+
+
 def _peak_rss_growth(fn):
     """Bytes by which the process's peak resident set grew while fn ran (Linux)."""
 
