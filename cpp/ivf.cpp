@@ -131,6 +131,9 @@ void prefetch(const char* p, std::size_t bytes) {
   for (std::size_t b = 0; b < bytes; b += 64) __builtin_prefetch(p + b);
 }
 
+// Bytes of lists a thread scans for a few queries, below which they are not split.
+constexpr std::size_t kMinListWork = std::size_t(8) << 20;
+
 // Hamming queries: the code itself.
 struct CodeGather {
   const std::uint8_t* queries;
@@ -361,12 +364,12 @@ void probe_search(const S& s, const InvertedLists& lists, const Gather& queries,
   // Few queries: the probed lists are dealt to the threads, each list to the one with the
   // least work so far, in the order the queries probe them (a list at its earliest place
   // in any query's row), so that every thread meets the nearest lists first and its
-  // thresholds rise early; the per-thread top lists are then merged. Like a few queries
-  // over a flat index, this streams the lists from memory, which a second thread reads
-  // little faster, while each thread fills its own selectors: only a scan of
-  // kMinRowWorkPerThread a thread is split (one query, 64 of 1,024 lists of 1M 512-bit
-  // screen codes, 4.3 MB: 2 threads took 1.07-1.15x the time of one).
-  const int T = threads_for(nthreads, work, active.size(), kMinRowWorkPerThread);
+  // thresholds rise early; the per-thread top lists are then merged. The lists come
+  // from memory, scattered, and each thread fills selectors of the whole capacity
+  // (hundreds of candidates for the asymmetric screen): only a scan of kMinListWork a
+  // thread is split (one query, 64 of 1,024 lists of 1M 512-bit screen codes, 4.3 MB: 2
+  // threads took 1.07-1.15x the time of one).
+  const int T = threads_for(nthreads, work, active.size(), kMinListWork);
   const auto parts = static_cast<std::size_t>(T);
   std::vector<std::size_t> rank(lists.nlist, nprobe);
   for (std::size_t q = 0; q < nq; ++q)

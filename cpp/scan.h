@@ -30,11 +30,14 @@ namespace drivers {
 // - a batch split by queries is compute-bound, and the pool wakes a worker in
 //   microseconds: 64-bit codes, 16,000 rows, 16 / 32 / 64 queries (2 / 4 / 8 MB of work)
 //   ran 1.12x / 1.10-1.32x / 1.18x faster split;
-// - a few queries split by rows stream the database, and a second thread found no more
-//   memory bandwidth (two threads read 64 MB at 9.7 GB/s, one at 9.6): one query over
-//   1M 64-bit codes split in two ran 0.93-0.96x, over 250k 256-bit codes 0.94x.
+// - a few queries split by rows stream the database: from memory, with the other vCPU
+//   busy, a second thread found no more bandwidth (two threads read 64 MB at 9.7 GB/s,
+//   one at 9.6; one query over 1M 64-bit codes split in two ran 0.93-0.96x), but from
+//   the L3, where a database searched again and again sits, and on an idle machine it
+//   pays: one query over 1M 64-bit codes (8 MB) 1.46-1.54x, over 1M 128-bit codes
+//   2.3-2.5x (warm caches, quiet; session 8), over 1M 256-bit codes 1.3-2x.
 constexpr std::size_t kMinWorkPerThread = std::size_t(1) << 20;
-constexpr std::size_t kMinRowWorkPerThread = std::size_t(8) << 20;
+constexpr std::size_t kMinRowWorkPerThread = std::size_t(2) << 20;
 
 // Rows per cache block: a block is scanned by every query tile before the next block is
 // touched, so it should sit in L2 while the queries cycle through L1.

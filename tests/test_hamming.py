@@ -63,7 +63,7 @@ def test_ties_break_by_smaller_id(simd, hamming_path, nbits):
 @pytest.mark.parametrize("nq", [1, 3, 17, 40])
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_threads_and_query_tiles_do_not_change_results(simd, nq, threads):
-    # Large enough (over 8 MB of codes) that a few queries make the threads split the
+    # Large enough (9.6 MB of codes) that a few queries make the threads split the
     # database; more queries split the queries instead.
     rng = np.random.default_rng(nq)
     db = rng.integers(0, 256, (1_200_000, 8), dtype=np.uint8)
@@ -78,7 +78,7 @@ def test_threads_and_query_tiles_do_not_change_results(simd, nq, threads):
 
 @pytest.mark.parametrize("nq", [1, 5, 40])
 def test_packed_widths_split_over_threads_match(simd, hamming_path, nq):
-    # 384-bit codes, over 8 MB: few queries split the database over the threads, a
+    # 384-bit codes, 8.6 MB: few queries split the database over the threads, a
     # batch splits the queries; each thread packs its own blocks.
     rng = np.random.default_rng(100 + nq)
     db = rng.integers(0, 256, (180_000, 48), dtype=np.uint8)
