@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "pool.h"
@@ -127,8 +128,10 @@ class BufferedSelector {
 // the list (60k items in 983 lists, 128 probed: 1 us a list of fixed cost).
 constexpr std::size_t kWarmBytes = 4096;
 
-void prefetch(const char* p, std::size_t bytes) {
-  for (std::size_t b = 0; b < bytes; b += 64) __builtin_prefetch(p + b);
+// Requests the first kWarmBytes of n rows of row_bytes bytes from p.
+void warm_rows(const void* p, std::size_t n, std::size_t row_bytes) {
+  const auto* c = static_cast<const char*>(p);
+  for (std::size_t b = 0; b < std::min(kWarmBytes, n * row_bytes); b += 64) __builtin_prefetch(c + b);
 }
 
 // Bytes of lists a thread scans for a few queries, below which they are not split.
@@ -204,22 +207,23 @@ struct AsymScan {
     return {w.panel.data(), f, w.qwords.data(), w.qconst.data(), w.bias.data()};
   }
   const AsymPanel& stored;
+  // List l's groups in the stored panel, or null when none is stored.
+  const std::uint64_t* stored_list(std::size_t l) const {
+    return stored.panel ? stored.panel + static_cast<std::size_t>(stored.start[l]) * words() * kCodeGroup
+                        : nullptr;
+  }
   void enter_list(const InvertedLists& lists, std::size_t l, Workspace& w) const {
     w.list_rows = lists.codes + static_cast<std::size_t>(lists.start[l]) * stride;
-    w.list_panel = stored.panel ? stored.panel + static_cast<std::size_t>(stored.start[l]) * words() * kCodeGroup
-                                : nullptr;
+    w.list_panel = stored_list(l);
   }
-  // Requests the start of list l's panel (or rows) and factors, which the kernel's own
-  // prefetch does not reach before it runs.
+  // Requests the start of list l's codes (the stored panel's groups, or its rows) and
+  // factors.
   void warm(const InvertedLists& lists, std::size_t l) const {
     const auto start = static_cast<std::size_t>(lists.start[l]);
     const auto n = static_cast<std::size_t>(lists.size[l]);
-    const char* first = stored.panel
-        ? reinterpret_cast<const char*>(stored.panel + static_cast<std::size_t>(stored.start[l]) * words() * kCodeGroup)
-        : reinterpret_cast<const char*>(codes + start * stride);
-    prefetch(first, std::min(kWarmBytes, n * stride));
-    prefetch(reinterpret_cast<const char*>(factors + start), std::min(kWarmBytes, n * sizeof(float)));
-    prefetch(reinterpret_cast<const char*>(lists.ids + start), std::min(kWarmBytes, n * sizeof(std::int64_t)));
+    const std::uint64_t* panel = stored_list(l);
+    warm_rows(panel ? static_cast<const void*>(panel) : codes + start * stride, n, stride);
+    warm_rows(factors + start, n, sizeof(float));
   }
   std::size_t run(const Elem*, std::size_t t, std::size_t nt, const Block& b, std::size_t n,
                   const float* thresh, Hit* hits) const {
@@ -247,15 +251,19 @@ struct AsymGather {
 template <class S>
 void enter_list(const S&, const InvertedLists&, std::size_t, typename S::Workspace&) {}
 
-// A list's first rows, requested while the list before it is scanned (warm_list).
+// A list's first ids and codes (for the asymmetric screen, its stored panel's groups and
+// its factors), requested while the list before it is scanned: the kernels' own
+// prefetch does not reach them before they run.
 template <class S>
-void warm_list(const S&, const InvertedLists& lists, std::size_t l) {
+void warm_list(const S& s, const InvertedLists& lists, std::size_t l) {
   const auto start = static_cast<std::size_t>(lists.start[l]);
   const auto n = static_cast<std::size_t>(lists.size[l]);
-  prefetch(reinterpret_cast<const char*>(lists.codes + start * lists.nbytes), std::min(kWarmBytes, n * lists.nbytes));
-  prefetch(reinterpret_cast<const char*>(lists.ids + start), std::min(kWarmBytes, n * sizeof(std::int64_t)));
+  warm_rows(lists.ids + start, n, sizeof(std::int64_t));
+  if constexpr (std::is_same_v<S, AsymScan>)
+    s.warm(lists, l);
+  else
+    warm_rows(lists.codes + start * lists.nbytes, n, lists.nbytes);
 }
-inline void warm_list(const AsymScan& s, const InvertedLists& lists, std::size_t l) { s.warm(lists, l); }
 inline void enter_list(const AsymScan& s, const InvertedLists& lists, std::size_t l,
                        AsymScan::Workspace& w) {
   s.enter_list(lists, l, w);
