@@ -63,7 +63,9 @@ def main(argv=None):
     started = time.perf_counter()
     result = run_debian_study(seed=args.seed, num_threads=args.threads,
                               torch_threads=args.torch_threads, repeats=args.repeats,
-                              map_queries=args.map_queries, peer=False if args.no_peer else (args.peers or True), ivf=not args.no_ivf, hashing=not args.no_hashing,
+                              map_queries=args.map_queries,
+                              peer=False if args.no_peer else (args.peers or True),
+                              ivf=not args.no_ivf, hashing=not args.no_hashing,
                               show_progress_bar=not args.quiet, **preset)
     result.notes.append(
         f"CPU: {cpu_model()}, {os.cpu_count()} logical CPUs, load average "
