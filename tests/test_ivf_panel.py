@@ -4,6 +4,8 @@ panel answers exactly what one that packs every block answers, at every SIMD lev
 one query and for batches; the index keeps its panel in step with adds and removals),
 and the query quantisation, bit for bit the reference's."""
 
+import threading
+
 import numpy as np
 import pytest
 
@@ -92,6 +94,54 @@ def test_the_panel_follows_adds_and_removals():
                       (index.search(codes[0], 20, vectors=q[0]), fresh.search(codes[0], 20, vectors=q[0]))):
         np.testing.assert_array_equal(got.ids, want.ids)
         np.testing.assert_array_equal(got.distances, want.distances)
+
+
+def test_concurrent_searches_build_the_panel_and_see_each_snapshot_whole():
+    # The stored panel is built by whichever search first meets a snapshot, with no lock:
+    # searches racing each other and an add must each get the answer of the index before
+    # or after the add, as the class promises.
+    rng = np.random.default_rng(7)
+    n, dim = 4000, 24
+    v = rng.standard_normal((n, dim)).astype(np.float32)
+    codes = np.packbits(v @ rng.standard_normal((dim, 64)) > 0, axis=1)
+    q = rng.standard_normal((5, dim)).astype(np.float32)
+    index = cofisearch.IVFBinaryIndex(64, 8, nprobe=4, screen="asymmetric")
+    index.train(codes, v)
+    index.add(codes[:2000], v[:2000])
+    before = index.search(codes[:5], 15, vectors=q, num_threads=1)
+    twin = cofisearch.IVFBinaryIndex(64, 8, nprobe=4, screen="asymmetric")
+    twin.train(codes, v)
+    twin.add(codes, v)
+    after = twin.search(codes[:5], 15, vectors=q, num_threads=1)
+    assert not np.array_equal(before.ids, after.ids)
+    index._panel = None  # the searches below race to build it
+    results, errors = [], []
+    start = threading.Barrier(5)
+
+    def search():
+        try:
+            start.wait()
+            for _ in range(20):
+                results.append(index.search(codes[:5], 15, vectors=q, num_threads=2))
+        except Exception as exc:  # reported after join
+            errors.append(exc)
+
+    def add():
+        start.wait()
+        index.add(codes[2000:], v[2000:])
+
+    threads = [threading.Thread(target=search) for _ in range(4)] + [threading.Thread(target=add)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for got in results:
+        want = before if np.array_equal(got.ids, before.ids) else after
+        np.testing.assert_array_equal(got.ids, want.ids)
+        np.testing.assert_array_equal(got.distances, want.distances)
+    final = index.search(codes[:5], 15, vectors=q, num_threads=1)
+    np.testing.assert_array_equal(final.ids, after.ids)
 
 
 @pytest.mark.parametrize("qbits", [1, 4, 8])
