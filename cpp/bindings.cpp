@@ -250,6 +250,48 @@ py::tuple dot_search(const py::array& db, std::int64_t n, const py::array& queri
   return out;
 }
 
+// A float database packed for dot_search_packed: one row per strip of kPanelRows rows.
+py::array_t<float> dot_pack(const py::array& db) {
+  require<float>(db, "database", "float32");
+  const auto n = static_cast<std::size_t>(db.shape(0)), dim = static_cast<std::size_t>(db.shape(1));
+  const std::size_t strips = (n + cofisearch::kPanelRows - 1) / cofisearch::kPanelRows;
+  py::array_t<float> panel({strips, cofisearch::kPanelRows * dim});
+  const auto* dbp = static_cast<const float*>(db.data());
+  float* pp = panel.mutable_data();
+  without_gil([&] { cofisearch::dot_pack(dbp, n, dim, pp); });
+  return panel;
+}
+
+py::tuple dot_search_packed(const py::array& panel, std::int64_t n, const py::array& queries,
+                            std::int64_t k, int num_threads) {
+  require<float>(panel, "panel", "float32");
+  require<float>(queries, "queries", "float32");
+  const auto dim = static_cast<std::size_t>(queries.shape(1));
+  const auto strips = static_cast<std::int64_t>(panel.shape(0));
+  const auto per_strip = static_cast<std::int64_t>(cofisearch::kPanelRows);
+  if (static_cast<std::size_t>(panel.shape(1)) != cofisearch::kPanelRows * dim)
+    throw py::value_error("panel must have " + std::to_string(cofisearch::kPanelRows) +
+                          " * dim = " + std::to_string(cofisearch::kPanelRows * dim) +
+                          " columns for queries of dim " + std::to_string(dim) + ", got " +
+                          std::to_string(panel.shape(1)));
+  if (n < 0 || n > strips * per_strip || n <= (strips - 1) * per_strip)
+    throw py::value_error("n must be the rows packed in the panel's " + std::to_string(strips) +
+                          " strips of " + std::to_string(per_strip) + ", got " + std::to_string(n));
+  const std::size_t kk = checked_k(k);
+  const int threads = checked_threads(num_threads);
+  const auto nq = static_cast<std::size_t>(queries.shape(0));
+  py::array_t<float> scores;
+  py::array_t<std::int64_t> ids;
+  py::tuple out = allocate(nq, kk, scores, ids);
+  const auto* pp = static_cast<const float*>(panel.data());
+  const auto* qp = static_cast<const float*>(queries.data());
+  float* sp = scores.mutable_data();
+  std::int64_t* ip = ids.mutable_data();
+  const auto rows = static_cast<std::size_t>(n);
+  without_gil([&] { cofisearch::dot_search_packed(pp, rows, dim, qp, nq, kk, threads, sp, ip); });
+  return out;
+}
+
 py::tuple dot_rerank(const py::array& db, std::int64_t n, const py::array& queries,
                      const py::array& candidates, std::int64_t k, int num_threads) {
   require<float>(db, "database", "float32");
@@ -518,6 +560,13 @@ PYBIND11_MODULE(_core, m) {
         py::arg("rows"), py::arg("k"), py::arg("num_threads"), py::arg("ids") = py::none(),
         "Exact inner-product top-k of float32 queries over the listed rows only (int64), "
         "returned by ids[row] when ids is given.");
+  m.def("dot_pack", &dot_pack, py::arg("database"),
+        "The rows of a float32 database packed for dot_search_packed (cpp/kernels.h, "
+        "DotPackFn): one row of 32 * dim floats per strip of 32 rows.");
+  m.def("dot_search_packed", &dot_search_packed, py::arg("panel"), py::arg("n"), py::arg("queries"),
+        py::arg("k"), py::arg("num_threads"),
+        "dot_search over the n rows of a dot_pack panel, every score computed and each query's "
+        "top k selected from its whole row (cpp/search.h): (scores, ids), as dot_search's.");
   m.def("dot_search", &dot_search, py::arg("database"), py::arg("n"), py::arg("queries"),
         py::arg("k"), py::arg("num_threads"),
         py::arg("row_norm") = std::numeric_limits<float>::quiet_NaN(),

@@ -550,6 +550,46 @@ void dot_search(const float* rows, std::size_t n, std::size_t dim, float row_nor
            n, queries, nq, k, nthreads, kScoreSentinel, scores, ids, filter);
 }
 
+// Queries a thread scores at once in dot_search_packed: their scores (every pair) stay
+// within about an L2.
+constexpr std::size_t kPackedChunkPairs = std::size_t(1) << 15;
+
+void dot_pack(const float* rows, std::size_t n, std::size_t dim, float* panel) {
+  kernels_for(current_simd_level()).dot_pack(rows, n, dim, panel);
+}
+
+void dot_search_packed(const float* panel, std::size_t n, std::size_t dim, const float* queries,
+                       std::size_t nq, std::size_t k, int nthreads, float* scores,
+                       std::int64_t* ids) {
+  if (nq == 0) return;
+  using E = Entry<ScoreOrder>;
+  const KernelSet& kernels = kernels_for(current_simd_level());
+  const std::size_t chunk = std::clamp<std::size_t>(kPackedChunkPairs / std::max<std::size_t>(n, 1), 1, nq);
+  const std::size_t chunks = (nq + chunk - 1) / chunk;
+  const int T = threads_for(nthreads, nq * n * dim * sizeof(float), chunks);
+  const std::size_t keep = std::min(k, n);
+  std::atomic<std::size_t> next{0};
+  run_parallel(T, [&](int) {
+    std::vector<ScoreHit> hits(chunk * n);
+    std::vector<E> rows(chunk * n);
+    // An open threshold (NaN) admits every pair.
+    const std::vector<float> open(chunk, ScoreOrder::open());
+    for (std::size_t c; (c = next.fetch_add(1)) < chunks;) {
+      const std::size_t q0 = c * chunk, m = std::min(chunk, nq - q0);
+      const std::size_t got = kernels.dot_scan_packed(queries + q0 * dim, m, panel, n, dim, open.data(), hits.data());
+      if (got != m * n) throw std::logic_error("dot_search_packed: a kernel dropped a pair under an open threshold");
+      for (std::size_t h = 0; h < got; ++h)
+        rows[hits[h].query * n + hits[h].row] = {hits[h].score, hits[h].row};
+      for (std::size_t q = 0; q < m; ++q) {
+        E* e = rows.data() + q * n;
+        if (keep < n) std::nth_element(e, e + keep, e + n);
+        std::sort(e, e + keep);
+        write_sorted(e, keep, k, kScoreSentinel, scores + (q0 + q) * k, ids + (q0 + q) * k);
+      }
+    }
+  });
+}
+
 namespace {
 
 // The gather searches' driver: score(q, rows, m, values) scores query q against the m

@@ -200,6 +200,43 @@ def test_every_path_and_the_rerank_give_the_same_bits(simd, dim):
         np.testing.assert_array_equal(reranked.ids, reference.ids)
 
 
+@pytest.mark.parametrize("dim", [1, 15, 17, 100])
+def test_packed_search_gives_dot_search_bits_ties_and_padding(simd, dim):
+    # The IVF's routing: every score over a packed panel, then a selection from whole rows.
+    # Row counts around a strip (32 rows), repeated rows for ties, k up to past n, and
+    # enough rows that a thread's chunk of queries ends inside the batch (2,000 rows: 16
+    # queries a chunk).
+    rng = np.random.default_rng(dim)
+    core = cofisearch._core
+    for n in (1, 31, 32, 33, 65, 2000):
+        db = rng.standard_normal((n, dim)).astype(np.float32)
+        db[n // 2:] = db[: n - n // 2]
+        panel = core.dot_pack(db)
+        assert panel.shape == (-(-n // 32), 32 * dim)
+        queries = rng.standard_normal((37, dim)).astype(np.float32)
+        for k in (1, 5, n, n + 3):
+            for nq in (1, 12, 37):
+                expected = core.dot_search(db, n, queries[:nq], k, 1)
+                for threads in (1, 2):
+                    got = core.dot_search_packed(panel, n, queries[:nq], k, threads)
+                    np.testing.assert_array_equal(_bits(got[0]), _bits(expected[0]), (n, k, nq))
+                    np.testing.assert_array_equal(got[1], expected[1], (n, k, nq))
+
+
+def test_packed_search_refuses_a_panel_of_other_rows_or_width():
+    core = cofisearch._core
+    panel = core.dot_pack(np.ones((40, 8), np.float32))  # two strips
+    queries = np.ones((2, 8), np.float32)
+    for n in (32, 65, -1):
+        with pytest.raises(ValueError, match="n must be the rows packed"):
+            core.dot_search_packed(panel, n, queries, 3, 1)
+    with pytest.raises(ValueError, match=r"panel must have 32 \* dim = 512 columns for queries of dim 16, got 256"):
+        core.dot_search_packed(panel, 40, np.ones((2, 16), np.float32), 3, 1)
+    with pytest.raises(TypeError, match="panel must have dtype float32"):
+        core.dot_search_packed(panel.astype(np.float64), 40, queries, 3, 1)
+    assert core.dot_search_packed(panel, 40, queries[:0], 3, 1)[1].shape == (0, 3)
+
+
 def test_exact_duplicates_tie_break_by_smaller_id(simd, dot_path):
     rng = np.random.default_rng(7)
     base = rng.standard_normal((5, 24)).astype(np.float32)

@@ -237,6 +237,21 @@ def test_vector_routing_is_by_cosine_to_unit_centroids():
     _assert_result(index.search(queries, 9, nprobe=3, vectors=qv), _among(codes, items, queries, 9))
 
 
+@pytest.mark.parametrize("nq", [1, 7])
+def test_vector_routing_equals_the_float_search_over_the_centroids(simd, nq):
+    # A probe keeping a large share of the lists scores every centroid and selects from
+    # whole rows (_core.dot_search_packed); a small share runs the fused selection. Both
+    # are the float search's top nprobe, bit for bit, ties by the smaller list.
+    index, _, _ = _trained(64, nlist=40, n=2000, vectors=True)
+    rng = np.random.default_rng(nq)
+    qv = rng.standard_normal((nq, 24)).astype(np.float32)
+    qv[-1] = index.centroids[3]  # a query on a centroid
+    queries = _codes(rng, nq, 8)
+    for nprobe in (1, 2, 3, 5, 40):
+        expected = cofisearch.dot_knn(np.asarray(index.centroids), qv, nprobe).ids
+        np.testing.assert_array_equal(index.probe(queries, nprobe, vectors=qv), expected, nprobe)
+
+
 def test_fewer_items_than_k_in_the_probed_lists_pad_with_minus_one():
     index, codes, _ = _trained(64, nlist=16, n=200)
     got = index.search(codes[:4], 150, nprobe=1)

@@ -52,6 +52,14 @@ def dot_gather(
     num_threads: int,
     ids: npt.NDArray[np.int64] | None = ...,
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]: ...
+def dot_pack(database: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]: ...
+def dot_search_packed(
+    panel: npt.NDArray[np.float32],
+    n: int,
+    queries: npt.NDArray[np.float32],
+    k: int,
+    num_threads: int,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]: ...
 def dot_rerank(
     database: npt.NDArray[np.float32],
     n: int,

@@ -175,7 +175,7 @@ def _restore(settings, centroids, sizes, ids, codes, checksum, rotation=None, sc
 
 def _build(s, centroids, sizes, ids, codes, rotation=None, scale=None, acodes=None, factors=None):
     # Here rather than at the top: the package imports this module.
-    from . import _ROUTINGS, _SCREENS, IVFBinaryIndex, _norm_bound, _Routing
+    from . import _ROUTINGS, _SCREENS, IVFBinaryIndex, _Routing, _vector_routing
     from ._lists import _lists_from
 
     index = IVFBinaryIndex(s.nbits, s.nlist, nprobe=s.nprobe, seed=s.seed, niter=s.niter,
@@ -184,10 +184,11 @@ def _build(s, centroids, sizes, ids, codes, rotation=None, scale=None, acodes=No
     if s.routing == 0:
         return index
     kind = _ROUTINGS[s.routing]
-    bound = float("nan") if kind == "codes" else _norm_bound(centroids)
+    routing = (_Routing(kind, centroids, float("nan")) if kind == "codes"
+               else _vector_routing(centroids, rotation, scale))
     screened = () if rotation is None else (acodes, factors)
     next_id = s.ntotal if s.next_id < 0 else s.next_id
-    index._state = (_Routing(kind, centroids, bound, rotation, scale),
+    index._state = (routing,
                     _lists_from(sizes, ids, codes, *screened, next_id=next_id))
     return index
 
