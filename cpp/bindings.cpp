@@ -250,6 +250,64 @@ py::tuple dot_search(const py::array& db, std::int64_t n, const py::array& queri
   return out;
 }
 
+// A dot_pack panel of n rows of dim floats: ceil(n / kPanelRows) rows of kPanelRows * dim.
+void check_packed(const py::array& panel, const char* name, std::int64_t n, std::size_t dim) {
+  require<float>(panel, name, "float32");
+  const auto strips = static_cast<std::int64_t>(panel.shape(0));
+  const auto per_strip = static_cast<std::int64_t>(cofisearch::kPanelRows);
+  if (static_cast<std::size_t>(panel.shape(1)) != cofisearch::kPanelRows * dim)
+    throw py::value_error(std::string(name) + " must have " + std::to_string(cofisearch::kPanelRows) +
+                          " * dim = " + std::to_string(cofisearch::kPanelRows * dim) +
+                          " columns for queries of dim " + std::to_string(dim) + ", got " +
+                          std::to_string(panel.shape(1)));
+  if (n < 0 || n > strips * per_strip || n <= (strips - 1) * per_strip)
+    throw py::value_error("n must be the rows packed in " + std::string(name) + "'s " +
+                          std::to_string(strips) + " strips of " + std::to_string(per_strip) +
+                          ", got " + std::to_string(n));
+}
+
+py::tuple dot_route(const py::array& db, const py::array& panel, float row_norm,
+                    const py::array& queries, std::int64_t k, int num_threads) {
+  require<float>(db, "database", "float32");
+  require<float>(queries, "queries", "float32");
+  if (db.shape(1) != queries.shape(1))
+    throw py::value_error("queries must have " + std::to_string(db.shape(1)) +
+                          " columns, got " + std::to_string(queries.shape(1)));
+  if (row_norm < 0.0f)
+    throw py::value_error("row_norm must be a non-negative bound or NaN, got " + std::to_string(row_norm));
+  const auto n = static_cast<std::size_t>(db.shape(0)), dim = static_cast<std::size_t>(db.shape(1));
+  check_packed(panel, "panel", static_cast<std::int64_t>(n), dim);
+  const std::size_t kk = checked_k(k);
+  const int threads = checked_threads(num_threads);
+  const auto nq = static_cast<std::size_t>(queries.shape(0));
+  py::array_t<float> scores;
+  py::array_t<std::int64_t> ids;
+  py::tuple out = allocate(nq, kk, scores, ids);
+  const auto* dbp = static_cast<const float*>(db.data());
+  const auto* pp = static_cast<const float*>(panel.data());
+  const auto* qp = static_cast<const float*>(queries.data());
+  float* sp = scores.mutable_data();
+  std::int64_t* ip = ids.mutable_data();
+  without_gil([&] { cofisearch::dot_route(dbp, pp, n, dim, row_norm, qp, nq, kk, threads, sp, ip); });
+  return out;
+}
+
+py::array_t<float> dot_scores_packed(const py::array& panel, std::int64_t n, const py::array& queries,
+                                     int num_threads) {
+  require<float>(queries, "queries", "float32");
+  const auto dim = static_cast<std::size_t>(queries.shape(1));
+  check_packed(panel, "panel", n, dim);
+  const int threads = checked_threads(num_threads);
+  const auto nq = static_cast<std::size_t>(queries.shape(0));
+  const auto rows = static_cast<std::size_t>(n);
+  py::array_t<float> out({nq, rows});
+  const auto* pp = static_cast<const float*>(panel.data());
+  const auto* qp = static_cast<const float*>(queries.data());
+  float* op = out.mutable_data();
+  without_gil([&] { cofisearch::dot_scores_packed(pp, rows, dim, qp, nq, threads, op); });
+  return out;
+}
+
 // A float database packed for dot_search_packed: one row per strip of kPanelRows rows.
 py::array_t<float> dot_pack(const py::array& db) {
   require<float>(db, "database", "float32");
@@ -264,19 +322,9 @@ py::array_t<float> dot_pack(const py::array& db) {
 
 py::tuple dot_search_packed(const py::array& panel, std::int64_t n, const py::array& queries,
                             std::int64_t k, int num_threads) {
-  require<float>(panel, "panel", "float32");
   require<float>(queries, "queries", "float32");
   const auto dim = static_cast<std::size_t>(queries.shape(1));
-  const auto strips = static_cast<std::int64_t>(panel.shape(0));
-  const auto per_strip = static_cast<std::int64_t>(cofisearch::kPanelRows);
-  if (static_cast<std::size_t>(panel.shape(1)) != cofisearch::kPanelRows * dim)
-    throw py::value_error("panel must have " + std::to_string(cofisearch::kPanelRows) +
-                          " * dim = " + std::to_string(cofisearch::kPanelRows * dim) +
-                          " columns for queries of dim " + std::to_string(dim) + ", got " +
-                          std::to_string(panel.shape(1)));
-  if (n < 0 || n > strips * per_strip || n <= (strips - 1) * per_strip)
-    throw py::value_error("n must be the rows packed in the panel's " + std::to_string(strips) +
-                          " strips of " + std::to_string(per_strip) + ", got " + std::to_string(n));
+  check_packed(panel, "panel", n, dim);
   const std::size_t kk = checked_k(k);
   const int threads = checked_threads(num_threads);
   const auto nq = static_cast<std::size_t>(queries.shape(0));
@@ -369,18 +417,38 @@ void check_probes(const py::array& probes, std::size_t nq, std::size_t nlist) {
                             ") or -1, got " + std::to_string(pp[i]));
 }
 
-py::tuple ivf_asym_search(const py::array& codes, const py::array& factors, const py::array& ids,
-                          const py::array& list_start, const py::array& list_size,
-                          const py::array& planes, std::int64_t qbits, const py::array& consts,
-                          const py::array& probes, const py::array& bias, std::int64_t k,
-                          int num_threads, const py::object& allow, const py::object& panel,
-                          const py::object& panel_start) {
+// The asymmetric screen's lists already in panel form (panel and panel_start, or two Nones),
+// held until the search returns.
+struct StoredPanel {
+  py::array words, groups;
+  cofisearch::AsymPanel view;
+  StoredPanel(const py::object& panel, const py::object& panel_start, std::size_t nlist,
+              std::size_t nbytes, const py::array& list_size) {
+    if (panel.is_none() != panel_start.is_none())
+      throw py::value_error("panel and panel_start must be given together");
+    if (panel.is_none()) return;
+    words = py::array::ensure(panel);
+    groups = py::array::ensure(panel_start);
+    require_1d<std::uint64_t>(words, "panel", "uint64");
+    require_1d<std::int64_t>(groups, "panel_start", "int64");
+    if (nbytes % 8 || static_cast<std::size_t>(groups.shape(0)) != nlist)
+      throw py::value_error("panel needs codes of whole 64-bit words and panel_start one entry per list");
+    const auto* ps = static_cast<const std::int64_t*>(groups.data());
+    const auto* ls = static_cast<const std::int64_t*>(list_size.data());
+    const auto count = static_cast<std::int64_t>(words.shape(0)) /
+                       static_cast<std::int64_t>(nbytes / 8 * cofisearch::kCodeGroup);
+    for (std::size_t l = 0; l < nlist; ++l)
+      if (ps[l] < 0 || ps[l] + (ls[l] + 7) / 8 > count)
+        throw py::value_error("panel_start names groups outside the panel for list " + std::to_string(l));
+    view = {static_cast<const std::uint64_t*>(words.data()), ps};
+  }
+};
+
+// The asymmetric screen's codes and factors, with their ids: their width in bytes.
+std::size_t checked_asym_codes(const py::array& codes, const py::array& factors, const py::array& ids) {
   require<std::uint8_t>(codes, "codes", "uint8");
   require_1d<float>(factors, "factors", "float32");
   require_1d<std::int64_t>(ids, "ids", "int64");
-  require<std::uint8_t>(planes, "planes", "uint8");
-  require<float>(consts, "consts", "float32");
-  require<float>(bias, "bias", "float32");
   const auto rows = static_cast<std::int64_t>(codes.shape(0));
   if (ids.shape(0) != rows || factors.shape(0) != rows)
     throw py::value_error("ids and factors must have one entry per row of codes (" +
@@ -390,12 +458,81 @@ py::tuple ivf_asym_search(const py::array& codes, const py::array& factors, cons
   if (nbytes == 0 || nbytes * 8 > cofisearch::kMaxAsymBits)
     throw py::value_error("codes must have 1 to " + std::to_string(cofisearch::kMaxAsymBits / 8) +
                           " bytes per row, got " + std::to_string(nbytes));
+  return nbytes;
+}
+
+std::size_t checked_qbits(std::int64_t qbits) {
   if (qbits < 1 || static_cast<std::uint64_t>(qbits) > cofisearch::kMaxQueryBits)
     throw py::value_error("qbits must be in [1, " + std::to_string(cofisearch::kMaxQueryBits) +
                           "], got " + std::to_string(qbits));
-  const std::size_t nlist = checked_lists(list_start, list_size, rows);
+  return static_cast<std::size_t>(qbits);
+}
+
+py::tuple ivf_asym_query(const py::array& codes, const py::array& factors, const py::array& ids,
+                         const py::array& list_start, const py::array& list_size,
+                         const py::array& centroids, const py::array& centroid_panel, float row_norm,
+                         const py::array& scale, const py::array& rotation_panel,
+                         const py::array& vectors, std::int64_t qbits, std::int64_t nprobe,
+                         std::int64_t k, int num_threads, const py::object& allow,
+                         const py::object& panel, const py::object& panel_start) {
+  const std::size_t nbytes = checked_asym_codes(codes, factors, ids);
+  const std::size_t qb = checked_qbits(qbits);
+  const std::size_t nlist = checked_lists(list_start, list_size, static_cast<std::int64_t>(codes.shape(0)));
+  require<float>(centroids, "centroids", "float32");
+  require<float>(vectors, "vectors", "float32");
+  require_1d<float>(scale, "scale", "float32");
+  const auto dim = static_cast<std::size_t>(centroids.shape(1));
+  if (static_cast<std::size_t>(centroids.shape(0)) != nlist || static_cast<std::size_t>(scale.shape(0)) != nlist)
+    throw py::value_error("centroids and scale must have one entry per list (" + std::to_string(nlist) +
+                          "), got " + std::to_string(centroids.shape(0)) + " and " +
+                          std::to_string(scale.shape(0)));
+  if (static_cast<std::size_t>(vectors.shape(1)) != dim)
+    throw py::value_error("vectors must have " + std::to_string(dim) + " columns, got " +
+                          std::to_string(vectors.shape(1)));
+  if (row_norm < 0.0f)
+    throw py::value_error("row_norm must be a non-negative bound or NaN, got " + std::to_string(row_norm));
+  check_packed(centroid_panel, "centroid_panel", static_cast<std::int64_t>(nlist), dim);
+  check_packed(rotation_panel, "rotation_panel", static_cast<std::int64_t>(nbytes * 8), dim);
+  if (nprobe < 1 || static_cast<std::size_t>(nprobe) > nlist)
+    throw py::value_error("nprobe must be in [1, " + std::to_string(nlist) + "], got " + std::to_string(nprobe));
+  const std::size_t kk = checked_k(k);
+  const int threads = checked_threads(num_threads);
+  const auto nq = static_cast<std::size_t>(vectors.shape(0));
+  py::array_t<float> scores;
+  py::array_t<std::int64_t> out_ids;
+  py::tuple out = allocate(nq, kk, scores, out_ids);
+  const cofisearch::InvertedLists lists = inverted_lists(codes, ids, list_start, list_size, nlist, allow);
+  const StoredPanel stored(panel, panel_start, nlist, nbytes, list_size);
+  const cofisearch::AsymRouting routing{static_cast<const float*>(centroids.data()),
+                                        static_cast<const float*>(centroid_panel.data()), nlist, dim,
+                                        row_norm, static_cast<const float*>(scale.data()),
+                                        static_cast<const float*>(rotation_panel.data()), nbytes * 8};
+  const auto* fp = static_cast<const float*>(factors.data());
+  const auto* vp = static_cast<const float*>(vectors.data());
+  const auto np = static_cast<std::size_t>(nprobe);
+  float* sp = scores.mutable_data();
+  std::int64_t* ip = out_ids.mutable_data();
+  bool finite = true;
+  without_gil([&] {
+    finite = cofisearch::ivf_asym_query(lists, fp, routing, vp, nq, qb, np, kk, threads, sp, ip, stored.view);
+  });
+  if (!finite) throw py::value_error("vectors must be small enough to rotate: a rotated query overflowed float32");
+  return out;
+}
+
+py::tuple ivf_asym_search(const py::array& codes, const py::array& factors, const py::array& ids,
+                          const py::array& list_start, const py::array& list_size,
+                          const py::array& planes, std::int64_t qbits, const py::array& consts,
+                          const py::array& probes, const py::array& bias, std::int64_t k,
+                          int num_threads, const py::object& allow, const py::object& panel,
+                          const py::object& panel_start) {
+  const std::size_t nbytes = checked_asym_codes(codes, factors, ids);
+  require<std::uint8_t>(planes, "planes", "uint8");
+  require<float>(consts, "consts", "float32");
+  require<float>(bias, "bias", "float32");
+  const std::size_t qb = checked_qbits(qbits);
+  const std::size_t nlist = checked_lists(list_start, list_size, static_cast<std::int64_t>(codes.shape(0)));
   const std::size_t nq = static_cast<std::size_t>(planes.shape(0));
-  const std::size_t qb = static_cast<std::size_t>(qbits);
   if (static_cast<std::size_t>(planes.shape(1)) != qb * nbytes)
     throw py::value_error("planes must have qbits * " + std::to_string(nbytes) + " = " +
                           std::to_string(qb * nbytes) + " bytes per query, got " +
@@ -415,33 +552,14 @@ py::tuple ivf_asym_search(const py::array& codes, const py::array& factors, cons
   const cofisearch::AsymQueries queries{static_cast<const std::uint8_t*>(planes.data()), qb,
                                         static_cast<const float*>(consts.data()),
                                         static_cast<const float*>(bias.data())};
-  cofisearch::AsymPanel stored;
-  py::array panel_words, panel_groups;  // held until the search returns
-  if (panel.is_none() != panel_start.is_none())
-    throw py::value_error("panel and panel_start must be given together");
-  if (!panel.is_none()) {
-    panel_words = py::array::ensure(panel);
-    panel_groups = py::array::ensure(panel_start);
-    require_1d<std::uint64_t>(panel_words, "panel", "uint64");
-    require_1d<std::int64_t>(panel_groups, "panel_start", "int64");
-    if (nbytes % 8 || static_cast<std::size_t>(panel_groups.shape(0)) != nlist)
-      throw py::value_error("panel needs codes of whole 64-bit words and panel_start one entry per list");
-    const auto* ps = static_cast<const std::int64_t*>(panel_groups.data());
-    const auto* ls = static_cast<const std::int64_t*>(list_size.data());
-    const auto groups = static_cast<std::int64_t>(panel_words.shape(0)) /
-                        static_cast<std::int64_t>(nbytes / 8 * cofisearch::kCodeGroup);
-    for (std::size_t l = 0; l < nlist; ++l)
-      if (ps[l] < 0 || ps[l] + (ls[l] + 7) / 8 > groups)
-        throw py::value_error("panel_start names groups outside the panel for list " + std::to_string(l));
-    stored = {static_cast<const std::uint64_t*>(panel_words.data()), ps};
-  }
+  StoredPanel stored(panel, panel_start, nlist, nbytes, list_size);
   const auto* fp = static_cast<const float*>(factors.data());
   const auto* pp = static_cast<const std::int64_t*>(probes.data());
   const std::size_t nprobe = static_cast<std::size_t>(probes.shape(1));
   float* sp = scores.mutable_data();
   std::int64_t* ip = out_ids.mutable_data();
   without_gil([&] {
-    cofisearch::ivf_asym_search(lists, fp, queries, nq, pp, nprobe, kk, threads, sp, ip, stored);
+    cofisearch::ivf_asym_search(lists, fp, queries, nq, pp, nprobe, kk, threads, sp, ip, stored.view);
   });
   return out;
 }
@@ -452,11 +570,8 @@ py::tuple quantize_queries(const py::array& rotated, std::int64_t qbits) {
   if (nbits == 0 || nbits % 8 || nbits > cofisearch::kMaxAsymBits)
     throw py::value_error("rotated must have a multiple of 8 columns, 8 to " +
                           std::to_string(cofisearch::kMaxAsymBits) + ", got " + std::to_string(nbits));
-  if (qbits < 1 || static_cast<std::uint64_t>(qbits) > cofisearch::kMaxQueryBits)
-    throw py::value_error("qbits must be in [1, " + std::to_string(cofisearch::kMaxQueryBits) +
-                          "], got " + std::to_string(qbits));
+  const std::size_t qb = checked_qbits(qbits);
   const auto nq = static_cast<std::size_t>(rotated.shape(0));
-  const auto qb = static_cast<std::size_t>(qbits);
   py::array_t<std::uint8_t> planes({nq, qb * nbits / 8});
   py::array_t<float> consts({nq, std::size_t(3)});
   const auto* w = static_cast<const float*>(rotated.data());
@@ -567,6 +682,14 @@ PYBIND11_MODULE(_core, m) {
         py::arg("k"), py::arg("num_threads"),
         "dot_search over the n rows of a dot_pack panel, every score computed and each query's "
         "top k selected from its whole row (cpp/search.h): (scores, ids), as dot_search's.");
+  m.def("dot_route", &dot_route, py::arg("database"), py::arg("panel"), py::arg("row_norm"),
+        py::arg("queries"), py::arg("k"), py::arg("num_threads"),
+        "The top k of each query over a small database given both as rows and as its dot_pack "
+        "panel, by whichever of dot_search and dot_search_packed pays (cpp/search.h).");
+  m.def("dot_scores_packed", &dot_scores_packed, py::arg("panel"), py::arg("n"), py::arg("queries"),
+        py::arg("num_threads"),
+        "Every inner product of each query with the n rows of a dot_pack panel, (nq, n) in row "
+        "order, the same bits as dot_search's.");
   m.def("dot_search", &dot_search, py::arg("database"), py::arg("n"), py::arg("queries"),
         py::arg("k"), py::arg("num_threads"),
         py::arg("row_norm") = std::numeric_limits<float>::quiet_NaN(),
@@ -593,6 +716,13 @@ PYBIND11_MODULE(_core, m) {
         "bit planes with (scale, lo2, shift) constants and a bias per probed list; allow as "
         "for ivf_search.");
 
+  m.def("ivf_asym_query", &ivf_asym_query, py::arg("codes"), py::arg("factors"), py::arg("ids"),
+        py::arg("list_start"), py::arg("list_size"), py::arg("centroids"), py::arg("centroid_panel"),
+        py::arg("row_norm"), py::arg("scale"), py::arg("rotation_panel"), py::arg("vectors"),
+        py::arg("qbits"), py::arg("nprobe"), py::arg("k"), py::arg("num_threads"),
+        py::arg("allow") = py::none(), py::arg("panel") = py::none(), py::arg("panel_start") = py::none(),
+        "The asymmetric screen's whole search of float queries: route, rotate, quantise, scan "
+        "(cpp/ivf.h); (scores, ids) as ivf_asym_search's.");
   m.def("quantize_queries", &quantize_queries, py::arg("rotated"), py::arg("qbits"),
         "The asymmetric screen's (planes, consts) of float32 rotated queries, qbits bits a "
         "dimension (cpp/ivf.h; cofisearch._reference.quantize_queries bit for bit).");

@@ -489,4 +489,24 @@ void ivf_asym_search(const InvertedLists& lists, const float* factors, const Asy
   probe_search(scan, lists, gather, nq, probes, nprobe, k, nthreads, kScoreSentinel, scores, ids);
 }
 
+bool ivf_asym_query(const InvertedLists& lists, const float* factors, const AsymRouting& routing,
+                    const float* vectors, std::size_t nq, std::size_t qbits, std::size_t nprobe,
+                    std::size_t k, int nthreads, float* scores, std::int64_t* ids,
+                    const AsymPanel& panel) {
+  std::vector<float> route(nq * nprobe);
+  std::vector<std::int64_t> probes(nq * nprobe);
+  dot_route(routing.centroids, routing.centroid_panel, routing.nlist, routing.dim, routing.row_norm,
+            vectors, nq, nprobe, nthreads, route.data(), probes.data());
+  std::vector<float> rotated(nq * routing.bits);
+  dot_scores_packed(routing.rotation_panel, routing.bits, routing.dim, vectors, nq, nthreads, rotated.data());
+  std::vector<std::uint8_t> planes(nq * qbits * lists.nbytes);
+  std::vector<float> consts(3 * nq);
+  if (!quantize_queries(rotated.data(), nq, routing.bits, qbits, planes.data(), consts.data())) return false;
+  for (std::size_t i = 0; i < nq * nprobe; ++i)
+    route[i] = probes[i] >= 0 ? routing.scale[probes[i]] * route[i] : 0.0f;
+  ivf_asym_search(lists, factors, {planes.data(), qbits, consts.data(), route.data()}, nq,
+                  probes.data(), nprobe, k, nthreads, scores, ids, panel);
+  return true;
+}
+
 }  // namespace cofisearch

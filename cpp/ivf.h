@@ -84,6 +84,33 @@ void ivf_asym_search(const InvertedLists& lists, const float* factors, const Asy
                      std::size_t nq, const std::int64_t* probes, std::size_t nprobe, std::size_t k,
                      int nthreads, float* scores, std::int64_t* ids, const AsymPanel& panel = {});
 
+// How the asymmetric screen meets a float query (the IVF index's routing and rotation):
+// centroids (nlist x dim rows, and packed by dot_pack; row_norm bounds their norms) to
+// route by inner product, each list's centre as scale[l] times its centroid, and the
+// rotation's bits columns as the rows of a dot_pack panel (bits x dim).
+struct AsymRouting {
+  const float* centroids;
+  const float* centroid_panel;
+  std::size_t nlist;
+  std::size_t dim;
+  float row_norm;
+  const float* scale;
+  const float* rotation_panel;
+  std::size_t bits;  // the codes' bits: nbytes * 8
+};
+
+// A whole asymmetric search of nq float queries (nq x dim, finite): each query is routed
+// to its nprobe nearest centroids (dot_route; nprobe <= nlist), rotated (dot_scores_packed
+// over the rotation panel), quantised to qbits bits a dimension (quantize_queries) and
+// scanned over those lists with bias[j] = scale[l] * <centroid l, query> (the product in
+// float32) for its j-th list l (ivf_asym_search, same outputs): one call for what would
+// otherwise be five, a single query's fixed costs. Returns false, writing no results,
+// where a rotated query is not finite (a query so large that its rotation overflows).
+bool ivf_asym_query(const InvertedLists& lists, const float* factors, const AsymRouting& routing,
+                    const float* vectors, std::size_t nq, std::size_t qbits, std::size_t nprobe,
+                    std::size_t k, int nthreads, float* scores, std::int64_t* ids,
+                    const AsymPanel& panel = {});
+
 void ivf_hamming_search(const InvertedLists& lists, const std::uint8_t* queries, std::size_t nq,
                         const std::int64_t* probes, std::size_t nprobe, std::size_t k,
                         int nthreads, std::int32_t* distances, std::int64_t* ids);

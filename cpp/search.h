@@ -57,15 +57,27 @@ void dot_search(const float* rows, std::size_t n, std::size_t dim, float row_nor
 
 // dot_search over rows already packed by the level's dot_pack (kernels.h, DotPackFn;
 // ceil(n / kPanelRows) * kPanelRows * dim floats), for a small database kept packed and
-// searched for a large share of its rows: an IVF's routing to its centroids (64-128 of
-// 500-1,000). Every score is computed (the same bits as dot_search) and each query's
-// top k selected from its whole row, where dot_search's admissions against a threshold
-// still on its way down, and a lone query's screen and confirm, cost more than the scores.
-// No filter; the rest of the contract as above.
+// searched for a large share of its rows. Every score is computed (the same bits as
+// dot_search) and each query's top k selected from its whole row, where dot_search's
+// admissions against a threshold still on its way down, and a lone query's screen and
+// confirm, cost more than the scores. No filter; the rest of the contract as above.
 void dot_pack(const float* rows, std::size_t n, std::size_t dim, float* panel);
 void dot_search_packed(const float* panel, std::size_t n, std::size_t dim, const float* queries,
                        std::size_t nq, std::size_t k, int nthreads, float* scores,
                        std::int64_t* ids);
+
+// The top k of nq queries over a small database held both as rows and packed (an IVF's
+// centroids): dot_search_packed where k is a large share of n, dot_search (with
+// row_norm) otherwise. The same results either way.
+void dot_route(const float* rows, const float* panel, std::size_t n, std::size_t dim,
+               float row_norm, const float* queries, std::size_t nq, std::size_t k, int nthreads,
+               float* scores, std::int64_t* ids);
+
+// Every score of nq queries over the n rows of a dot_pack panel, in row order: out[q * n
+// + r] is query q's inner product with row r, the same bits as dot_search's (the linear
+// maps of a search, such as the asymmetric screen's rotation, computed as one).
+void dot_scores_packed(const float* panel, std::size_t n, std::size_t dim, const float* queries,
+                       std::size_t nq, int nthreads, float* out);
 
 // The top k of every query among the m rows listed in `rows` (shared by all queries,
 // each a row of the database; the caller checks), returned as ids[row] (or the row when

@@ -139,6 +139,59 @@ def test_the_binding_refuses_bad_arguments(args, error, fragment):
         _core.ivf_asym_search(**{**good, **args})
 
 
+def _query_args(nlist=2, dim=4, nbytes=1):
+    centroids = np.eye(nlist, dim, dtype=np.float32)
+    rotation = np.eye(dim, nbytes * 8, dtype=np.float32)
+    return {"codes": np.zeros((3, nbytes), np.uint8), "factors": np.zeros(3, np.float32),
+            "ids": np.arange(3, dtype=np.int64), "list_start": np.array([0, 2]),
+            "list_size": np.array([2, 1]), "centroids": centroids,
+            "centroid_panel": _core.dot_pack(centroids), "row_norm": 1.0,
+            "scale": np.ones(nlist, np.float32), "rotation_panel": _core.dot_pack(rotation.T.copy()),
+            "vectors": np.ones((2, dim), np.float32), "qbits": 4, "nprobe": 1, "k": 2,
+            "num_threads": 1}
+
+
+@pytest.mark.parametrize(
+    "args, error, fragment",
+    [
+        ({"vectors": np.ones((2, 5), np.float32)}, ValueError, "vectors must have 4 columns"),
+        ({"vectors": np.ones((2, 4), np.float64)}, TypeError, "vectors must have dtype float32"),
+        ({"centroids": np.eye(3, 4, dtype=np.float32)}, ValueError, "one entry per list"),
+        ({"scale": np.ones(3, np.float32)}, ValueError, "one entry per list"),
+        ({"centroid_panel": _core.dot_pack(np.ones((40, 4), np.float32))}, ValueError,
+         "n must be the rows packed in centroid_panel"),
+        ({"rotation_panel": _core.dot_pack(np.ones((8, 5), np.float32))}, ValueError,
+         "rotation_panel must have 32 \\* dim = 128 columns"),
+        ({"nprobe": 3}, ValueError, "nprobe must be in \\[1, 2\\]"),
+        ({"nprobe": 0}, ValueError, "nprobe must be in"),
+        ({"row_norm": -1.0}, ValueError, "row_norm must be a non-negative bound"),
+        ({"qbits": 9}, ValueError, "qbits must be in"),
+        # A query so large that its rotation overflows float32.
+        ({"vectors": np.full((2, 4), 3e38, np.float32),
+          "rotation_panel": _core.dot_pack(np.ones((8, 4), np.float32))}, ValueError,
+         "small enough to rotate"),
+    ],
+)
+def test_the_whole_query_binding_refuses_bad_arguments(args, error, fragment):
+    with pytest.raises(error, match=fragment):
+        _core.ivf_asym_query(**{**_query_args(), **args})
+
+
+def test_the_whole_query_equals_its_steps():
+    # Route, rotate, quantise and weigh, done apart with the engine's own steps, then the scan.
+    v, codes, q, qc = _data()
+    index = _index(v, codes, nprobe=3)
+    routing, lists = index._state
+    scores, probes = _core.dot_route(routing.centroids, routing.panel, routing.norm_bound, q, 3, 1)
+    rotated = _core.dot_scores_packed(routing.rotation_panel, routing.rotation.shape[1], q, 1)
+    planes, consts = _core.quantize_queries(rotated, ivf_module._QUERY_BITS)
+    want = _core.ivf_asym_search(lists.acodes, lists.factors, lists.ids, lists.start, lists.size,
+                                 planes, ivf_module._QUERY_BITS, consts, probes,
+                                 routing.scale[probes] * scores, 20, 1)
+    for threads in (1, 2):
+        _same(index.search(qc, 20, vectors=q, num_threads=threads), want)
+
+
 # ---- the index --------------------------------------------------------------------------
 
 
@@ -165,13 +218,23 @@ def _index(v, codes, nlist=8, **kw):
     return index
 
 
+def _rotated(routing, q):
+    """Queries rotated as the screen rotates them: the float search's inner products of each
+    query with the rotation's columns, in column order (the same bits in any batch)."""
+    columns = np.ascontiguousarray(routing.rotation.T)
+    scores, ids = cofisearch.dot_knn(columns, q, columns.shape[0])
+    out = np.empty_like(scores)
+    np.put_along_axis(out, ids, scores, axis=1)
+    return out
+
+
 def test_search_ranks_the_probed_items_by_the_reference_estimate():
     v, codes, q, qc = _data()
     index = _index(v, codes, nprobe=3)
     routing, lists = index._state
     probes = index.probe(qc, vectors=q)
     scores, _ = _core.dot_search(routing.centroids, routing.centroids.shape[0], q, 3, 1)
-    planes, consts = quantize_queries(q @ routing.rotation, ivf_module._QUERY_BITS)
+    planes, consts = quantize_queries(_rotated(routing, q), ivf_module._QUERY_BITS)
     bias = routing.scale[probes] * scores
     ref = _reference_search(lists.acodes, lists.factors, lists.ids, lists.start, lists.size,
                             planes, consts, probes, bias, 20)

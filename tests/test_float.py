@@ -202,7 +202,9 @@ def test_every_path_and_the_rerank_give_the_same_bits(simd, dim):
 
 @pytest.mark.parametrize("dim", [1, 15, 17, 100])
 def test_packed_search_gives_dot_search_bits_ties_and_padding(simd, dim):
-    # The IVF's routing: every score over a packed panel, then a selection from whole rows.
+    # The IVF's routing: every score over a packed panel, then a selection from whole rows
+    # (dot_search_packed; dot_route picks it or dot_search), and every score in row order
+    # (dot_scores_packed, the asymmetric screen's rotation).
     # Row counts around a strip (32 rows), repeated rows for ties, k up to past n, and
     # enough rows that a thread's chunk of queries ends inside the batch (2,000 rows: 16
     # queries a chunk).
@@ -214,9 +216,19 @@ def test_packed_search_gives_dot_search_bits_ties_and_padding(simd, dim):
         panel = core.dot_pack(db)
         assert panel.shape == (-(-n // 32), 32 * dim)
         queries = rng.standard_normal((37, dim)).astype(np.float32)
+        every = core.dot_search(db, n, queries, n, 1)
+        in_row_order = np.empty_like(every[0])
+        np.put_along_axis(in_row_order, every[1], every[0], axis=1)
+        for threads in (1, 2):
+            np.testing.assert_array_equal(_bits(core.dot_scores_packed(panel, n, queries, threads)),
+                                          _bits(in_row_order))
         for k in (1, 5, n, n + 3):
             for nq in (1, 12, 37):
                 expected = core.dot_search(db, n, queries[:nq], k, 1)
+                if k <= n:  # the routing picks a path by the share of rows kept: either matches
+                    got = core.dot_route(db, panel, float("nan"), queries[:nq], k, 1)
+                    np.testing.assert_array_equal(_bits(got[0]), _bits(expected[0]))
+                    np.testing.assert_array_equal(got[1], expected[1])
                 for threads in (1, 2):
                     got = core.dot_search_packed(panel, n, queries[:nq], k, threads)
                     np.testing.assert_array_equal(_bits(got[0]), _bits(expected[0]), (n, k, nq))

@@ -60,6 +60,20 @@ def dot_search_packed(
     k: int,
     num_threads: int,
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]: ...
+def dot_route(
+    database: npt.NDArray[np.float32],
+    panel: npt.NDArray[np.float32],
+    row_norm: float,
+    queries: npt.NDArray[np.float32],
+    k: int,
+    num_threads: int,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]: ...
+def dot_scores_packed(
+    panel: npt.NDArray[np.float32],
+    n: int,
+    queries: npt.NDArray[np.float32],
+    num_threads: int,
+) -> npt.NDArray[np.float32]: ...
 def dot_rerank(
     database: npt.NDArray[np.float32],
     n: int,
@@ -90,6 +104,26 @@ def ivf_asym_search(
     consts: npt.NDArray[np.float32],
     probes: npt.NDArray[np.int64],
     bias: npt.NDArray[np.float32],
+    k: int,
+    num_threads: int,
+    allow: npt.NDArray[np.uint64] | None = ...,
+    panel: npt.NDArray[np.uint64] | None = ...,
+    panel_start: npt.NDArray[np.int64] | None = ...,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]: ...
+def ivf_asym_query(
+    codes: npt.NDArray[np.uint8],
+    factors: npt.NDArray[np.float32],
+    ids: npt.NDArray[np.int64],
+    list_start: npt.NDArray[np.int64],
+    list_size: npt.NDArray[np.int64],
+    centroids: npt.NDArray[np.float32],
+    centroid_panel: npt.NDArray[np.float32],
+    row_norm: float,
+    scale: npt.NDArray[np.float32],
+    rotation_panel: npt.NDArray[np.float32],
+    vectors: npt.NDArray[np.float32],
+    qbits: int,
+    nprobe: int,
     k: int,
     num_threads: int,
     allow: npt.NDArray[np.uint64] | None = ...,

@@ -112,8 +112,11 @@ class _Routing(NamedTuple):
     norm_bound: float
     rotation: np.ndarray | None = None
     scale: np.ndarray | None = None
-    #: The float centroids packed for ``_core.dot_search_packed`` (None for codes).
+    #: The float centroids packed by ``_core.dot_pack`` (None for codes), for the routing.
     panel: np.ndarray | None = None
+    #: The rotation's columns packed by ``_core.dot_pack``: queries are rotated by the
+    #: float search's arithmetic, the same bits alone and in any batch.
+    rotation_panel: np.ndarray | None = None
 
     def centres(self, lists):
         """The asymmetric screen's centres of ``lists``, float32."""
@@ -334,9 +337,9 @@ class IVFBinaryIndex:
             bits = 0
             if self._screen == "asymmetric":
                 bits = self._screen_bits or -(-2 * v.shape[1] // 64) * 64
-                routing = routing._replace(rotation=_rotation(v.shape[1], bits, rng),
-                                           scale=_centre_scale(routing, v if sample is None else v[sample],
-                                                               threads))
+                rotation = _rotation(v.shape[1], bits, rng)
+                scale = _centre_scale(routing, v if sample is None else v[sample], threads)
+                routing = _vector_routing(routing.centroids, rotation, scale)
             # An index emptied by removals keeps its next id: a removed id is not reused.
             fresh = _empty_lists(self._nlist, self.code_size, bits)
             self._state = (routing, fresh._replace(next_id=self._state[1].next_id))
@@ -448,15 +451,14 @@ class IVFBinaryIndex:
             # Checked once: a single query's search is mostly such fixed costs.
             vectors = _check_vectors(vectors, "vectors", routing.centroids.shape[1], q.shape[0]) \
                 if vectors is not None else None
-        probes, bias = _route(routing, q, vectors, "vectors", min(nprobe, self._nlist), threads,
-                              checked=True)
+        nprobe = min(nprobe, self._nlist)
         check_result_size(q.shape[0], k, max(lists.ntotal, 1))
         if screen == "hamming":
+            probes = _route(routing, q, vectors, "vectors", nprobe, threads, checked=True)[0]
             d, i = _core.ivf_search(lists.codes, lists.ids, lists.start, lists.size, q, probes, k,
                                     threads, allow)
             return SearchResult(d, i)
-        planes, consts = _core.quantize_queries(vectors @ routing.rotation, _QUERY_BITS)
-        bias = routing.scale[probes] * bias
+        _require_vectors(vectors, "vectors")
         stored = {}
         if allow is None and lists is self._state[1]:
             cached = self._panel
@@ -468,9 +470,12 @@ class IVFBinaryIndex:
                 cached = self._panel = (lists, *code_panel(lists.acodes[lists.list_rows()],
                                                            lists.size))
             stored = {"panel": cached[1], "panel_start": cached[2]}
-        d, i = _core.ivf_asym_search(lists.acodes, lists.factors, lists.ids, lists.start, lists.size,
-                                     planes, _QUERY_BITS, consts, probes, bias, k, threads, allow,
-                                     **stored)
+        # Routed, rotated, quantised and scanned in one call: apart, those steps' calls
+        # were a fifth of a single query's time (60k items, 491 lists, 128 probed).
+        d, i = _core.ivf_asym_query(lists.acodes, lists.factors, lists.ids, lists.start, lists.size,
+                                    routing.centroids, routing.panel, routing.norm_bound,
+                                    routing.scale, routing.rotation_panel, vectors, _QUERY_BITS,
+                                    nprobe, k, threads, allow, **stored)
         return SearchResult(d, i)
 
     def _trained_routing(self):
@@ -544,22 +549,18 @@ def _route(routing, codes, vectors, name, nprobe, threads, checked=False):
                 "them; train on vectors to route by vectors"
             )
         return _nearest(_core.hamming_search, routing.centroids, codes, nprobe, threads)
+    _require_vectors(vectors, name)
+    v = vectors if checked else _check_vectors(vectors, name, routing.centroids.shape[1], codes.shape[0])
+    d, i = _core.dot_route(routing.centroids, routing.panel, routing.norm_bound, v, nprobe, threads)
+    return i, d
+
+
+def _require_vectors(vectors, name):
     if vectors is None:
         raise ValueError(
             f"{name} is required: this index was trained on vectors and routes each code by "
             "its vector"
         )
-    v = vectors if checked else _check_vectors(vectors, name, routing.centroids.shape[1], codes.shape[0])
-    nlist = routing.centroids.shape[0]
-    if nprobe * 8 >= nlist or (v.shape[0] == 1 and nprobe * 16 >= nlist):
-        # Every centroid scored, then each query's nprobe selected from its whole row:
-        # the fused selection's admissions cost more than the scores when a probe keeps
-        # so large a share of the lists. Measured (one thread, 256-d, 491-4,096 lists,
-        # 1-64 queries): a lone query 1.03-2.1x faster from 1/16 of the lists kept, a batch
-        # 1.03-1.7x from 1/8; below those shares, down to 0.3x.
-        d, i = _core.dot_search_packed(routing.panel, nlist, v, nprobe, threads)
-        return i, d
-    return _nearest(_core.dot_search, routing.centroids, v, nprobe, threads, routing.norm_bound)
 
 
 def _nearest(search, centroids, queries, nprobe, threads, *bound):
@@ -646,8 +647,9 @@ def _train_vectors(vectors, nlist, niter, rng, threads):
 
 
 def _vector_routing(centroids, rotation=None, scale=None):
+    rotation_panel = None if rotation is None else _core.dot_pack(np.ascontiguousarray(rotation.T))
     return _Routing("vectors", centroids, _norm_bound(centroids), rotation, scale,
-                    _core.dot_pack(centroids))
+                    _core.dot_pack(centroids), rotation_panel)
 
 
 def _rotation(dim, bits, rng):
