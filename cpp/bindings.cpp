@@ -11,6 +11,7 @@
 #include <pybind11/stl.h>
 
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <stdexcept>
 #include <string>
@@ -248,6 +249,29 @@ py::tuple dot_search(const py::array& db, std::int64_t n, const py::array& queri
   const cofisearch::RowFilter f = row_filter(allow, row_ids, ids_ascending, rows);
   without_gil([&] { cofisearch::dot_search(dbp, rows, dim, row_norm, qp, nq, kk, threads, sp, ip, f); });
   return out;
+}
+
+// Whether every value of a float32 array is finite: the checks of every float input, in one
+// pass where NumPy's min and max took two calls of a few microseconds each.
+bool all_finite(const py::array& a) {
+  if (!a.dtype().equal(py::dtype::of<float>()) || !(a.flags() & py::array::c_style))
+    throw py::type_error("all_finite takes a C-contiguous float32 array, got " + std::string(py::str(a.dtype())));
+  const auto* p = static_cast<const float*>(a.data());
+  const auto n = static_cast<std::size_t>(a.size());
+  const auto scan = [p, n] {
+    // Exponent bits all set: infinity or NaN. Branch-free, so the loop vectorises.
+    std::uint32_t bad = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+      std::uint32_t bits;
+      std::memcpy(&bits, p + i, sizeof bits);
+      bad |= static_cast<std::uint32_t>((bits & 0x7f800000u) == 0x7f800000u);
+    }
+    return bad == 0;
+  };
+  if (n < (std::size_t(1) << 16)) return scan();
+  bool ok = true;
+  without_gil([&] { ok = scan(); });
+  return ok;
 }
 
 // A dot_pack panel of n rows of dim floats: ceil(n / kPanelRows) rows of kPanelRows * dim.
@@ -723,6 +747,8 @@ PYBIND11_MODULE(_core, m) {
         py::arg("allow") = py::none(), py::arg("panel") = py::none(), py::arg("panel_start") = py::none(),
         "The asymmetric screen's whole search of float queries: route, rotate, quantise, scan "
         "(cpp/ivf.h); (scores, ids) as ivf_asym_search's.");
+  m.def("all_finite", &all_finite, py::arg("array"),
+        "Whether every value of a C-contiguous float32 array is finite (no NaN, no infinity).");
   m.def("quantize_queries", &quantize_queries, py::arg("rotated"), py::arg("qbits"),
         "The asymmetric screen's (planes, consts) of float32 rotated queries, qbits bits a "
         "dimension (cpp/ivf.h; cofisearch._reference.quantize_queries bit for bit).");

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import _core
+
 __all__ = [
     "as_numpy",
     "check_bool",
@@ -56,6 +58,8 @@ def as_numpy(x, name):
     Torch tensors (detected by their module, so torch stays optional) are detached and
     moved to the CPU; anything else goes through ``numpy.asarray``.
     """
+    if type(x) is np.ndarray:  # the common case, first: a single query pays every check
+        return x
     if isinstance(x, np.ma.MaskedArray):
         raise TypeError(
             f"{name} must not be a masked array (its mask would be ignored); "
@@ -77,7 +81,9 @@ def as_numpy(x, name):
 
 def check_int(value, name, *, minimum=None, maximum=None):
     """An integer (not a bool) in ``[minimum, maximum]``, returned as ``int``."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+    if type(value) is int:  # the common case, before the slower ABC checks
+        pass
+    elif isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
     value = int(value)
     if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
@@ -311,7 +317,7 @@ def check_codes(codes, name, nbytes=None, *, one_d_ok=False):
 def check_floats(x, name, dim=None, *, one_d_ok=False):
     """Float vectors: any float dtype is converted to float32 once; must be finite."""
     a = as_numpy(x, name)
-    if not np.issubdtype(a.dtype, np.floating):
+    if a.dtype.kind != "f":
         raise TypeError(f"{name} must have a floating-point dtype, got dtype {a.dtype}")
     a = _as_2d(a, name, one_d_ok)
     if dim is not None and a.shape[1] != dim:
@@ -321,8 +327,7 @@ def check_floats(x, name, dim=None, *, one_d_ok=False):
     if a.dtype != np.float32 or not a.flags.c_contiguous:
         with np.errstate(over="ignore"):  # values beyond float32 become inf, rejected below
             a = np.ascontiguousarray(a, dtype=np.float32)
-    # min and max propagate NaN and expose infinities without a temporary the size of a.
-    if a.size and not (np.isfinite(a.min()) and np.isfinite(a.max())):
+    if not _core.all_finite(a):
         raise ValueError(f"{name} must contain only finite values, got NaN or infinity")
     return a
 
