@@ -210,7 +210,7 @@ def test_packed_search_gives_dot_search_bits_ties_and_padding(simd, dim):
     # queries a chunk).
     rng = np.random.default_rng(dim)
     core = cofisearch._core
-    for n in (1, 31, 32, 33, 65, 2000):
+    for n in (1, 31, 32, 33, 65, 130, 2000):
         db = rng.standard_normal((n, dim)).astype(np.float32)
         db[n // 2:] = db[: n - n // 2]
         panel = core.dot_pack(db)
@@ -222,6 +222,9 @@ def test_packed_search_gives_dot_search_bits_ties_and_padding(simd, dim):
         for threads in (1, 2):
             np.testing.assert_array_equal(_bits(core.dot_scores_packed(panel, n, queries, threads)),
                                           _bits(in_row_order))
+        for q in range(3):  # a lone query runs a kernel of its own at AVX-512
+            np.testing.assert_array_equal(_bits(core.dot_scores_packed(panel, n, queries[q:q + 1], 1)),
+                                          _bits(in_row_order[q:q + 1]))
         for k in (1, 5, n, n + 3):
             for nq in (1, 12, 37):
                 expected = core.dot_search(db, n, queries[:nq], k, 1)
