@@ -385,7 +385,7 @@ py::tuple dot_rerank(const py::array& db, std::int64_t n, const py::array& queri
   for (std::size_t i = 0; i < nq * c; ++i)
     if (cand[i] < -1 || cand[i] >= static_cast<std::int64_t>(rows))
       throw py::value_error("candidates must hold ids in [0, " + std::to_string(rows) +
-                            ") or -1, got " + std::to_string(cand[i]));
+                            ") or -1 as padding, got " + std::to_string(cand[i]));
   py::array_t<float> scores;
   py::array_t<std::int64_t> ids;
   py::tuple out = allocate(nq, kk, scores, ids);

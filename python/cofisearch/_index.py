@@ -281,7 +281,7 @@ class FloatIndex(Indexed):
         if n == 0:
             raise ValueError("the index is empty: add vectors before searching")
         if items is None and allowed is None:
-            cand = check_candidates(candidates, q.shape[0], n)
+            cand = check_candidates(candidates, q.shape[0], n, ranged=False)
             check_result_size(q.shape[0], k, cand.shape[1], threads=threads)
             return SearchResult(*_core.dot_rerank(buffer, n, q, cand, k, threads))
         bound = (items.next_id if items is not None else n)
@@ -319,11 +319,13 @@ class FloatIndex(Indexed):
         return f"FloatIndex(dim={self._dim}, metric={self._metric!r}, ntotal={self.ntotal})"
 
 
-def check_candidates(candidates, nq, ntotal):
+def check_candidates(candidates, nq, ntotal, *, ranged=True):
     """Candidate ids for ``nq`` queries over ``ntotal`` rows, as a contiguous int64
     ``(nq, c)`` array: any integer dtype (widened, never narrowed), ids in
-    ``[0, ntotal)`` or ``-1`` as padding, and a 1-D row for a single query. Shared with
-    the sharded index, whose candidates are global ids checked the same way."""
+    ``[0, ntotal)`` or ``-1`` as padding (unless not ``ranged``: the caller hands them
+    to ``_core.dot_rerank``, which checks the same in one pass), and a 1-D row for a
+    single query. Shared with the sharded index, whose candidates are global ids checked
+    the same way."""
     c = as_numpy(candidates, "candidates")
     if c.dtype != np.int64:
         if not np.issubdtype(c.dtype, np.integer):
@@ -338,7 +340,7 @@ def check_candidates(candidates, nq, ntotal):
         c = c[None, :]
     if c.ndim != 2 or c.shape[0] != nq:
         raise ValueError(f"candidates must have shape ({nq}, c), one row per query, got {c.shape}")
-    if c.size:
+    if ranged and c.size:
         lo, hi = int(c.min()), int(c.max())
         if lo < -1 or hi >= ntotal:
             bad = lo if lo < -1 else hi
