@@ -290,6 +290,18 @@ void check_packed(const py::array& panel, const char* name, std::int64_t n, std:
                           ", got " + std::to_string(n));
 }
 
+// The (scores, ids) of nq x k float results that search(scores, ids) writes without the GIL.
+template <class Search>
+py::tuple scored(std::size_t nq, std::size_t k, Search&& search) {
+  py::array_t<float> scores;
+  py::array_t<std::int64_t> ids;
+  py::tuple out = allocate(nq, k, scores, ids);
+  float* sp = scores.mutable_data();
+  std::int64_t* ip = ids.mutable_data();
+  without_gil([&] { search(sp, ip); });
+  return out;
+}
+
 py::tuple dot_route(const py::array& db, const py::array& panel, float row_norm,
                     const py::array& queries, std::int64_t k, int num_threads) {
   require<float>(db, "database", "float32");
@@ -304,16 +316,12 @@ py::tuple dot_route(const py::array& db, const py::array& panel, float row_norm,
   const std::size_t kk = checked_k(k);
   const int threads = checked_threads(num_threads);
   const auto nq = static_cast<std::size_t>(queries.shape(0));
-  py::array_t<float> scores;
-  py::array_t<std::int64_t> ids;
-  py::tuple out = allocate(nq, kk, scores, ids);
   const auto* dbp = static_cast<const float*>(db.data());
   const auto* pp = static_cast<const float*>(panel.data());
   const auto* qp = static_cast<const float*>(queries.data());
-  float* sp = scores.mutable_data();
-  std::int64_t* ip = ids.mutable_data();
-  without_gil([&] { cofisearch::dot_route(dbp, pp, n, dim, row_norm, qp, nq, kk, threads, sp, ip); });
-  return out;
+  return scored(nq, kk, [&](float* sp, std::int64_t* ip) {
+    cofisearch::dot_route(dbp, pp, n, dim, row_norm, qp, nq, kk, threads, sp, ip);
+  });
 }
 
 py::array_t<float> dot_scores_packed(const py::array& panel, std::int64_t n, const py::array& queries,
@@ -352,16 +360,12 @@ py::tuple dot_search_packed(const py::array& panel, std::int64_t n, const py::ar
   const std::size_t kk = checked_k(k);
   const int threads = checked_threads(num_threads);
   const auto nq = static_cast<std::size_t>(queries.shape(0));
-  py::array_t<float> scores;
-  py::array_t<std::int64_t> ids;
-  py::tuple out = allocate(nq, kk, scores, ids);
   const auto* pp = static_cast<const float*>(panel.data());
   const auto* qp = static_cast<const float*>(queries.data());
-  float* sp = scores.mutable_data();
-  std::int64_t* ip = ids.mutable_data();
   const auto rows = static_cast<std::size_t>(n);
-  without_gil([&] { cofisearch::dot_search_packed(pp, rows, dim, qp, nq, kk, threads, sp, ip); });
-  return out;
+  return scored(nq, kk, [&](float* sp, std::int64_t* ip) {
+    cofisearch::dot_search_packed(pp, rows, dim, qp, nq, kk, threads, sp, ip);
+  });
 }
 
 py::tuple dot_rerank(const py::array& db, std::int64_t n, const py::array& queries,
