@@ -31,9 +31,11 @@ code, as RaBitQ does (Gao & Long, SIGMOD 2024; faiss's IndexIVFRaBitQ): at ``tra
 random ``(dim, screen_bits)`` rotation with orthonormal rows and, per list, a centre on
 its centroid's axis (the mean projection of its members); at ``add``, per item the signs
 ``x`` of its rotated residual ``r = (v - centre) P`` and one factor ``|r|^2 / sum|r_i|``;
-at ``search``, the rotated query quantised to 4 bits per dimension, and
+at ``search``, the rotated query (``Pq``, by the float search's arithmetic, so the same
+bits alone and in any batch) quantised to 4 bits per dimension, and
 ``<v, q> ~ <centre, q> + factor * <2x - 1, Pq>``, the last inner product taken with
-popcounts over the query's bit planes (cpp/asym.h). The items' Hamming codes stay, so
+popcounts over the query's bit planes (cpp/asym.h); routing, rotation, quantisation and
+scan are one call into the engine. The items' Hamming codes stay, so
 ``search(..., screen="hamming")`` still answers code-only comparisons.
 
 Training follows faiss: at most ``max_points_per_centroid`` (256) points per centroid
