@@ -493,19 +493,28 @@ bool ivf_asym_query(const InvertedLists& lists, const float* factors, const Asym
                     const float* vectors, std::size_t nq, std::size_t qbits, std::size_t nprobe,
                     std::size_t k, int nthreads, float* scores, std::int64_t* ids,
                     const AsymPanel& panel) {
-  std::vector<float> route(nq * nprobe);
-  std::vector<std::int64_t> probes(nq * nprobe);
-  dot_route(routing.centroids, routing.centroid_panel, routing.nlist, routing.dim, routing.row_norm,
-            vectors, nq, nprobe, nthreads, route.data(), probes.data());
-  std::vector<float> rotated(nq * routing.bits);
-  dot_scores_packed(routing.rotation_panel, routing.bits, routing.dim, vectors, nq, nthreads, rotated.data());
-  std::vector<std::uint8_t> planes(nq * qbits * lists.nbytes);
-  std::vector<float> consts(3 * nq);
-  if (!quantize_queries(rotated.data(), nq, routing.bits, qbits, planes.data(), consts.data())) return false;
-  for (std::size_t i = 0; i < nq * nprobe; ++i)
-    route[i] = probes[i] >= 0 ? routing.scale[probes[i]] * route[i] : 0.0f;
-  ivf_asym_search(lists, factors, {planes.data(), qbits, consts.data(), route.data()}, nq,
-                  probes.data(), nprobe, k, nthreads, scores, ids, panel);
+  // A batch is searched in passes whose rotated and quantised queries, routes and probes
+  // take at most kQueryPassBytes: a million queries at 768 bits would hold 3 GB of them.
+  const std::size_t per_query = routing.bits * sizeof(float) + qbits * lists.nbytes + 3 * sizeof(float) +
+                                nprobe * (sizeof(float) + sizeof(std::int64_t));
+  const std::size_t pass = std::max<std::size_t>(1, kQueryPassBytes / per_query);
+  for (std::size_t q0 = 0; q0 < nq; q0 += pass) {
+    const std::size_t m = std::min(pass, nq - q0);
+    const float* v = vectors + q0 * routing.dim;
+    std::vector<float> route(m * nprobe);
+    std::vector<std::int64_t> probes(m * nprobe);
+    dot_route(routing.centroids, routing.centroid_panel, routing.nlist, routing.dim, routing.row_norm,
+              v, m, nprobe, nthreads, route.data(), probes.data());
+    std::vector<float> rotated(m * routing.bits);
+    dot_scores_packed(routing.rotation_panel, routing.bits, routing.dim, v, m, nthreads, rotated.data());
+    std::vector<std::uint8_t> planes(m * qbits * lists.nbytes);
+    std::vector<float> consts(3 * m);
+    if (!quantize_queries(rotated.data(), m, routing.bits, qbits, planes.data(), consts.data())) return false;
+    for (std::size_t i = 0; i < m * nprobe; ++i)
+      route[i] = probes[i] >= 0 ? routing.scale[probes[i]] * route[i] : 0.0f;
+    ivf_asym_search(lists, factors, {planes.data(), qbits, consts.data(), route.data()}, m,
+                    probes.data(), nprobe, k, nthreads, scores + q0 * k, ids + q0 * k, panel);
+  }
   return true;
 }
 

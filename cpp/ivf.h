@@ -104,8 +104,11 @@ struct AsymRouting {
 // over the rotation panel), quantised to qbits bits a dimension (quantize_queries) and
 // scanned over those lists with bias[j] = scale[l] * <centroid l, query> (the product in
 // float32) for its j-th list l (ivf_asym_search, same outputs): one call for what would
-// otherwise be five, a single query's fixed costs. Returns false, writing no results,
-// where a rotated query is not finite (a query so large that its rotation overflows).
+// otherwise be five, a single query's fixed costs. A batch runs in passes of at most
+// kQueryPassBytes of those steps' temporaries (each query's results are the same in any
+// pass). Returns false, its outputs then unspecified, where a rotated query is not finite
+// (a query so large that its rotation overflows).
+constexpr std::size_t kQueryPassBytes = std::size_t(16) << 20;
 bool ivf_asym_query(const InvertedLists& lists, const float* factors, const AsymRouting& routing,
                     const float* vectors, std::size_t nq, std::size_t qbits, std::size_t nprobe,
                     std::size_t k, int nthreads, float* scores, std::int64_t* ids,

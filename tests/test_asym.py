@@ -192,6 +192,24 @@ def test_the_whole_query_equals_its_steps():
         _same(index.search(qc, 20, vectors=q, num_threads=threads), want)
 
 
+def test_a_batch_searched_in_passes_equals_its_parts():
+    # The engine holds a pass of queries' rotations at a time (cpp/ivf.h, kQueryPassBytes:
+    # 16 MiB, here ~1,800 queries of a 2,048-bit screen); 2,000 queries take two passes.
+    rng = np.random.default_rng(11)
+    v = rng.standard_normal((600, 16)).astype(np.float32)
+    codes = np.packbits(v @ rng.standard_normal((16, 32)) > 0, axis=1)
+    index = cofisearch.IVFBinaryIndex(32, 8, nprobe=3, screen="asymmetric", screen_bits=2048)
+    index.train(codes, v)
+    index.add(codes, v)
+    q = rng.standard_normal((2000, 16)).astype(np.float32)
+    qc = np.packbits(q @ rng.standard_normal((16, 32)) > 0, axis=1)
+    whole = index.search(qc, 7, vectors=q)
+    for part in (slice(0, 999), slice(999, 1801), slice(1801, 2000)):
+        got = index.search(qc[part], 7, vectors=q[part])
+        np.testing.assert_array_equal(got.ids, whole.ids[part])
+        np.testing.assert_array_equal(got.distances, whole.distances[part])
+
+
 # ---- the index --------------------------------------------------------------------------
 
 
