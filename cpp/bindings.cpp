@@ -224,13 +224,17 @@ py::tuple dot_gather(const py::array& db, std::int64_t n, const py::array& queri
   return out;
 }
 
+// A bound on the norm of every row, or NaN where none is known.
+void check_row_norm(float row_norm) {
+  if (row_norm < 0.0f)
+    throw py::value_error("row_norm must be a non-negative bound or NaN, got " + std::to_string(row_norm));
+}
+
 py::tuple dot_search(const py::array& db, std::int64_t n, const py::array& queries,
                      std::int64_t k, int num_threads, float row_norm, const py::object& allow,
                      const py::object& row_ids, bool ids_ascending) {
   require<float>(db, "database", "float32");
-  if (row_norm < 0.0f)
-    throw py::value_error("row_norm must be a non-negative bound or NaN, got " +
-                          std::to_string(row_norm));
+  check_row_norm(row_norm);
   require<float>(queries, "queries", "float32");
   if (db.shape(1) != queries.shape(1))
     throw py::value_error("queries must have " + std::to_string(db.shape(1)) +
@@ -309,8 +313,7 @@ py::tuple dot_route(const py::array& db, const py::array& panel, float row_norm,
   if (db.shape(1) != queries.shape(1))
     throw py::value_error("queries must have " + std::to_string(db.shape(1)) +
                           " columns, got " + std::to_string(queries.shape(1)));
-  if (row_norm < 0.0f)
-    throw py::value_error("row_norm must be a non-negative bound or NaN, got " + std::to_string(row_norm));
+  check_row_norm(row_norm);
   const auto n = static_cast<std::size_t>(db.shape(0)), dim = static_cast<std::size_t>(db.shape(1));
   check_packed(panel, "panel", static_cast<std::int64_t>(n), dim);
   const std::size_t kk = checked_k(k);
@@ -517,8 +520,7 @@ py::tuple ivf_asym_query(const py::array& codes, const py::array& factors, const
   if (static_cast<std::size_t>(vectors.shape(1)) != dim)
     throw py::value_error("vectors must have " + std::to_string(dim) + " columns, got " +
                           std::to_string(vectors.shape(1)));
-  if (row_norm < 0.0f)
-    throw py::value_error("row_norm must be a non-negative bound or NaN, got " + std::to_string(row_norm));
+  check_row_norm(row_norm);
   check_packed(centroid_panel, "centroid_panel", static_cast<std::int64_t>(nlist), dim);
   check_packed(rotation_panel, "rotation_panel", static_cast<std::int64_t>(nbytes * 8), dim);
   if (nprobe < 1 || static_cast<std::size_t>(nprobe) > nlist)
@@ -526,9 +528,6 @@ py::tuple ivf_asym_query(const py::array& codes, const py::array& factors, const
   const std::size_t kk = checked_k(k);
   const int threads = checked_threads(num_threads);
   const auto nq = static_cast<std::size_t>(vectors.shape(0));
-  py::array_t<float> scores;
-  py::array_t<std::int64_t> out_ids;
-  py::tuple out = allocate(nq, kk, scores, out_ids);
   const cofisearch::InvertedLists lists = inverted_lists(codes, ids, list_start, list_size, nlist, allow);
   const StoredPanel stored(panel, panel_start, nlist, nbytes, list_size);
   const cofisearch::AsymRouting routing{static_cast<const float*>(centroids.data()),
@@ -538,10 +537,8 @@ py::tuple ivf_asym_query(const py::array& codes, const py::array& factors, const
   const auto* fp = static_cast<const float*>(factors.data());
   const auto* vp = static_cast<const float*>(vectors.data());
   const auto np = static_cast<std::size_t>(nprobe);
-  float* sp = scores.mutable_data();
-  std::int64_t* ip = out_ids.mutable_data();
   bool finite = true;
-  without_gil([&] {
+  py::tuple out = scored(nq, kk, [&](float* sp, std::int64_t* ip) {
     finite = cofisearch::ivf_asym_query(lists, fp, routing, vp, nq, qb, np, kk, threads, sp, ip, stored.view);
   });
   if (!finite) throw py::value_error("vectors must be small enough to rotate: a rotated query overflowed float32");

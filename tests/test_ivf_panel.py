@@ -54,17 +54,27 @@ def test_the_stored_panel_answers_what_packing_answers(simd, nbytes, nq, threads
         np.testing.assert_array_equal(got[0], want[0])
 
 
+def _items(rng, n, dim, nbits):
+    """(vectors, codes) of n items: Gaussian vectors and the signs of a random projection."""
+    v = rng.standard_normal((n, dim)).astype(np.float32)
+    return v, np.packbits(v @ rng.standard_normal((dim, nbits)) > 0, axis=1)
+
+
+def _trained(codes, v, nlist, *, nprobe):
+    """An asymmetric index over these codes, trained on them and v, still empty."""
+    index = cofisearch.IVFBinaryIndex(codes.shape[1] * 8, nlist, nprobe=nprobe, screen="asymmetric")
+    index.train(codes, v)
+    return index
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_one_query_at_a_time_equals_the_batch(threads):
     # One query takes the few-queries path (lists dealt to threads nearest first), a batch
     # the list-major one (the nearest lists of each query first): both exact.
     rng = np.random.default_rng(5)
-    n, dim = 3000, 32
-    v = rng.standard_normal((n, dim)).astype(np.float32)
-    codes = np.packbits(v @ rng.standard_normal((dim, 64)) > 0, axis=1)
-    q = (v[:50] + 0.3 * rng.standard_normal((50, dim))).astype(np.float32)
-    index = cofisearch.IVFBinaryIndex(64, 16, nprobe=5, screen="asymmetric")
-    index.train(codes, v)
+    v, codes = _items(rng, 3000, 32, 64)
+    q = (v[:50] + 0.3 * rng.standard_normal((50, 32))).astype(np.float32)
+    index = _trained(codes, v, 16, nprobe=5)
     index.add(codes, v)
     for screen in ("asymmetric", "hamming"):
         batch = index.search(codes[:50], 40, vectors=q, num_threads=threads, screen=screen)
@@ -76,18 +86,15 @@ def test_one_query_at_a_time_equals_the_batch(threads):
 
 def test_the_panel_follows_adds_and_removals():
     rng = np.random.default_rng(6)
-    n, dim = 2000, 24
-    v = rng.standard_normal((n, dim)).astype(np.float32)
-    codes = np.packbits(v @ rng.standard_normal((dim, 32)) > 0, axis=1)
-    q = rng.standard_normal((9, dim)).astype(np.float32)
-    index = cofisearch.IVFBinaryIndex(32, 8, nprobe=8, screen="asymmetric")
-    index.train(codes, v)
+    n = 2000
+    v, codes = _items(rng, n, 24, 32)
+    q = rng.standard_normal((9, 24)).astype(np.float32)
+    index = _trained(codes, v, 8, nprobe=8)
     index.add(codes[:1000], v[:1000])
     index.search(codes[:9], 20, vectors=q)  # builds the panel of this snapshot
     index.add(codes[1000:], v[1000:])
     index.remove(np.arange(0, n, 3))
-    fresh = cofisearch.IVFBinaryIndex(32, 8, nprobe=8, screen="asymmetric")
-    fresh.train(codes, v)
+    fresh = _trained(codes, v, 8, nprobe=8)
     fresh.add(codes, v)
     fresh.remove(np.arange(0, n, 3))
     for got, want in ((index.search(codes[:9], 20, vectors=q), fresh.search(codes[:9], 20, vectors=q)),
@@ -101,16 +108,12 @@ def test_concurrent_searches_build_the_panel_and_see_each_snapshot_whole():
     # searches racing each other and an add must each get the answer of the index before
     # or after the add, as the class promises.
     rng = np.random.default_rng(7)
-    n, dim = 4000, 24
-    v = rng.standard_normal((n, dim)).astype(np.float32)
-    codes = np.packbits(v @ rng.standard_normal((dim, 64)) > 0, axis=1)
-    q = rng.standard_normal((5, dim)).astype(np.float32)
-    index = cofisearch.IVFBinaryIndex(64, 8, nprobe=4, screen="asymmetric")
-    index.train(codes, v)
+    v, codes = _items(rng, 4000, 24, 64)
+    q = rng.standard_normal((5, 24)).astype(np.float32)
+    index = _trained(codes, v, 8, nprobe=4)
     index.add(codes[:2000], v[:2000])
     before = index.search(codes[:5], 15, vectors=q, num_threads=1)
-    twin = cofisearch.IVFBinaryIndex(64, 8, nprobe=4, screen="asymmetric")
-    twin.train(codes, v)
+    twin = _trained(codes, v, 8, nprobe=4)
     twin.add(codes, v)
     after = twin.search(codes[:5], 15, vectors=q, num_threads=1)
     assert not np.array_equal(before.ids, after.ids)

@@ -345,7 +345,7 @@ class IVFBinaryIndex:
                 bits = self._screen_bits or -(-2 * v.shape[1] // 64) * 64
                 rotation = _rotation(v.shape[1], bits, rng)
                 scale = _centre_scale(routing, v if sample is None else v[sample], threads)
-                routing = _vector_routing(routing.centroids, rotation, scale)
+                routing = _with_screen(routing, rotation, scale)
             # An index emptied by removals keeps its next id: a removed id is not reused.
             fresh = _empty_lists(self._nlist, self.code_size, bits)
             self._state = (routing, fresh._replace(next_id=self._state[1].next_id))
@@ -653,9 +653,15 @@ def _train_vectors(vectors, nlist, niter, rng, threads):
 
 
 def _vector_routing(centroids, rotation=None, scale=None):
-    rotation_panel = None if rotation is None else _core.dot_pack(np.ascontiguousarray(rotation.T))
-    return _Routing("vectors", centroids, _norm_bound(centroids), rotation, scale,
-                    _core.dot_pack(centroids), rotation_panel)
+    routing = _Routing("vectors", centroids, _norm_bound(centroids), panel=_core.dot_pack(centroids))
+    return routing if rotation is None else _with_screen(routing, rotation, scale)
+
+
+def _with_screen(routing, rotation, scale):
+    """``routing`` with the asymmetric screen's rotation (and its packed columns) and
+    centre scales."""
+    return routing._replace(rotation=rotation, scale=scale,
+                            rotation_panel=_core.dot_pack(np.ascontiguousarray(rotation.T)))
 
 
 def _rotation(dim, bits, rng):
